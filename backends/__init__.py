@@ -1,0 +1,1 @@
+"""Built-in execution backends; each module implements the harness.backend.Backend contract."""

@@ -1,0 +1,61 @@
+"""The float64 oracle as a backend: harness.ops on the host CPU, output rounded to the case dtype.
+
+Run beside the others it shows the floor of the parity metrics (the error of rounding a perfect result to the
+case dtype) and the cost of the naive math. It is written from the math, never from a fast path.
+"""
+
+from __future__ import annotations
+
+import platform
+from typing import Any, ClassVar
+
+import torch
+
+from harness import ops as reference
+from harness.backend import Availability, Backend
+
+
+class CpuReference(Backend):
+    name: ClassVar[str] = "cpu-reference"
+    device: ClassVar[str] = "cpu"
+    dtypes: ClassVar[frozenset[str]] = frozenset({"float64", "float32", "bfloat16", "float16"})
+    description: ClassVar[str] = "float64 oracle (harness.ops) on the host CPU, rounded to the case dtype"
+
+    @classmethod
+    def probe(cls) -> Availability:
+        return Availability(True)
+
+    def to_device(self, t: torch.Tensor) -> torch.Tensor:
+        return t.to("cpu")
+
+    def to_host(self, t: torch.Tensor) -> torch.Tensor:
+        return t.detach().to("cpu")
+
+    def synchronize(self) -> None:
+        """Host computation is synchronous."""
+
+    def environment(self) -> dict[str, Any]:
+        return {"torch": torch.__version__, "device_name": platform.processor() or platform.machine()}
+
+    def attention(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        *,
+        causal: bool = False,
+        window: int | None = None,
+        scale: float | None = None,
+        kv_lens: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        out = reference.attention(q, k, v, causal=causal, window=window, scale=scale, kv_lens=kv_lens)
+        return out.to(q.dtype)
+
+    def rms_norm(self, x: torch.Tensor, w: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+        return reference.rms_norm(x, w, eps).to(x.dtype)
+
+    def rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, style: str = "half") -> torch.Tensor:
+        return reference.rope(x, cos, sin, style).to(x.dtype)
+
+    def swiglu(self, x: torch.Tensor) -> torch.Tensor:
+        return reference.swiglu(x).to(x.dtype)

@@ -1,0 +1,292 @@
+"""The backend contract (the plugin interface) and the backend registry.
+
+A backend wraps one execution platform (a float64 oracle, torch on the CPU, CUDA, ONNX Runtime, Ascend) behind
+the ops of the kernel contract (harness/ops.py), so the runner can feed every backend the same inputs and judge
+every output against the same reference.
+"""
+
+from __future__ import annotations
+
+import abc
+import inspect
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+
+from harness import ops as contract
+from harness.plugins import PluginError, entry_points, import_plugin
+from harness.timing import Timer, WallClockTimer
+
+if TYPE_CHECKING:
+    from harness.workload import Case
+
+log = logging.getLogger(__name__)
+
+BACKEND_GROUP = "harness.backends"
+DTYPES: dict[str, torch.dtype] = {
+    "float64": torch.float64,
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+
+
+@dataclass(frozen=True)
+class Availability:
+    """The result of `probe()`: whether the backend can run here, and if not, a human reason."""
+
+    available: bool
+    reason: str = ""
+
+    @property
+    def state(self) -> str:
+        return "available" if self.available else "unavailable"
+
+
+@dataclass(frozen=True)
+class Support:
+    """The answer of `supports(case)`: a "no" is a skip with a reason, never an error."""
+
+    ok: bool
+    reason: str = ""
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+
+YES = Support(True)
+
+
+class Backend(abc.ABC):
+    """An execution backend. Implementer's checklist:
+
+    1. Subclass (a torch device: subclass `harness.torch_backend.TorchBackend` and override only the ops you
+       have native kernels for) and set the class attributes `name` (unique, kebab-case: "my-npu"), `device`,
+       `dtypes` (names from DTYPES the backend computes in) and `simulated` (True when timings say nothing
+       about a real device).
+    2. `probe()` (classmethod): import your SDK guardedly and return `Availability(False, reason)` with the
+       import error's text when it fails. It must never raise and must be cheap: `harness list` calls it.
+    3. `to_device` / `to_host`: move a host tensor in, and an output back to a host tensor. Never change dtype
+       unless the device cannot hold it (then say so in `supports`).
+    4. `synchronize()`: block until queued work is done; the timer calls it around timed regions.
+    5. `environment()`: library versions, device name, driver / toolkit versions, as a flat JSON-able dict.
+    6. The ops (`attention` is required; `rms_norm`, `rope`, `swiglu`: override what you implement) with
+       exactly the semantics of harness/ops.py. Ops you do not override are reported as unsupported, so cases
+       using them are skipped with a reason rather than failing.
+    7. Optionally `supports(case)` for finer refusals (a shape limit, a dtype a given op lacks): call
+       `super().supports(case)` first; return `Support(False, "why")` for a skip.
+    8. Optionally `timer()` (device events) and `memory_stats()` (peak bytes).
+    9. Register: one line under [project.entry-points."harness.backends"] in your pyproject, or pass the module
+       or file with `--plugin`.
+    """
+
+    name: ClassVar[str] = ""
+    device: ClassVar[str] = "cpu"
+    dtypes: ClassVar[frozenset[str]] = frozenset({"float32", "bfloat16", "float16"})
+    simulated: ClassVar[bool] = False
+    description: ClassVar[str] = ""
+
+    @classmethod
+    @abc.abstractmethod
+    def probe(cls) -> Availability:
+        """Can this backend run here? Never raises; the reason is shown by `harness list`."""
+
+    @classmethod
+    def implemented_ops(cls) -> frozenset[str]:
+        """The contract ops this class overrides; derived, so it cannot drift from the code."""
+        return frozenset(op for op in contract.OPS if getattr(cls, op, None) is not getattr(Backend, op, None))
+
+    @classmethod
+    def capabilities(cls) -> dict[str, Any]:
+        return {
+            "device": cls.device,
+            "dtypes": sorted(cls.dtypes),
+            "ops": sorted(cls.implemented_ops()),
+            "simulated": cls.simulated,
+        }
+
+    def supports(self, case: Case) -> Support:
+        """Whether this backend can run the case; the default checks the op and the dtype capabilities."""
+        if case.op not in self.implemented_ops():
+            return Support(False, f"{self.name} does not implement op {case.op!r}")
+        if case.dtype not in self.dtypes:
+            return Support(
+                False, f"{self.name} does not compute in {case.dtype} (supports: {', '.join(sorted(self.dtypes))})"
+            )
+        return YES
+
+    @abc.abstractmethod
+    def to_device(self, t: torch.Tensor) -> torch.Tensor:
+        """Move a host tensor onto this backend's device."""
+
+    @abc.abstractmethod
+    def to_host(self, t: torch.Tensor) -> torch.Tensor:
+        """Move an output back to a host CPU tensor."""
+
+    @abc.abstractmethod
+    def synchronize(self) -> None:
+        """Wait for all queued work on the device."""
+
+    @abc.abstractmethod
+    def environment(self) -> dict[str, Any]:
+        """Library versions, device name, driver or toolkit versions."""
+
+    def timer(self) -> Timer:
+        """The timer for this device; wall clock with synchronization unless the device has events."""
+        return WallClockTimer(self.synchronize)
+
+    def memory_stats(self) -> dict[str, int]:
+        """Peak memory and similar counters in bytes; empty where the device keeps none."""
+        return {}
+
+    def reset_memory_stats(self) -> None:  # noqa: B027 - an optional hook, not an abstract method
+        """Reset the peak counters before a case; a no-op where there are none."""
+
+    # ----- the ops of the kernel contract (harness/ops.py) -----
+    @abc.abstractmethod
+    def attention(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        *,
+        causal: bool = False,
+        window: int | None = None,
+        scale: float | None = None,
+        kv_lens: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """[B,Hq,Sq,D] x [B,Hkv,Skv,D] x [B,Hkv,Skv,Dv] -> [B,Hq,Sq,Dv]; see harness.ops.attention."""
+
+    def rms_norm(self, x: torch.Tensor, w: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+        raise NotImplementedError(f"{self.name} does not implement rms_norm")
+
+    def rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, style: str = "half") -> torch.Tensor:
+        raise NotImplementedError(f"{self.name} does not implement rope")
+
+    def swiglu(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError(f"{self.name} does not implement swiglu")
+
+
+class RegistryError(Exception):
+    """Bad registry use: an unknown name, a duplicate name, a plugin without backends."""
+
+
+@dataclass(frozen=True)
+class Registration:
+    cls: type[Backend]
+    origin: str
+
+
+@dataclass
+class BackendRegistry:
+    """Name -> backend class, fed by the `harness.backends` entry points and `--plugin` modules."""
+
+    _entries: dict[str, Registration] = field(default_factory=dict)
+    load_errors: dict[str, str] = field(default_factory=dict)
+
+    def register(self, cls: type[Backend], origin: str) -> None:
+        if not (isinstance(cls, type) and issubclass(cls, Backend)):
+            raise RegistryError(f"{origin}: {cls!r} is not a harness.backend.Backend subclass")
+        if inspect.isabstract(cls):
+            missing = ", ".join(sorted(cls.__abstractmethods__))
+            raise RegistryError(
+                f"{origin}: backend class {cls.__name__} leaves abstract methods unimplemented: {missing}"
+            )
+        if not cls.name:
+            raise RegistryError(f"{origin}: backend class {cls.__name__} has no `name`")
+        unknown = set(cls.dtypes) - set(DTYPES)
+        if unknown:
+            raise RegistryError(
+                f"{origin}: backend {cls.name!r} lists unknown dtypes {sorted(unknown)}; known: {', '.join(DTYPES)}"
+            )
+        existing = self._entries.get(cls.name)
+        if existing is not None:
+            if existing.cls is cls:
+                return
+            raise RegistryError(
+                f"backend name {cls.name!r} is registered twice: by {existing.origin} "
+                f"({existing.cls.__module__}.{existing.cls.__qualname__}) and by {origin} "
+                f"({cls.__module__}.{cls.__qualname__}); rename one of them"
+            )
+        self._entries[cls.name] = Registration(cls, origin)
+
+    def load_entry_points(self) -> None:
+        """Register every backend of the entry-point group; one that fails to import is listed, not fatal."""
+        for ref in entry_points(BACKEND_GROUP):
+            try:
+                obj = ref.load()
+            except PluginError as exc:
+                self.load_errors[ref.name] = str(exc)
+                log.warning("%s", exc)
+                continue
+            self.register(obj, ref.origin)  # type: ignore[arg-type]
+
+    def load_plugin(self, spec: str) -> list[str]:
+        """Register the concrete Backend subclasses defined in a plugin module or file; returns their names."""
+        module = import_plugin(spec)
+        found = [
+            obj
+            for obj in vars(module).values()
+            if isinstance(obj, type)
+            and issubclass(obj, Backend)
+            and obj.__module__ == module.__name__
+            and not inspect.isabstract(obj)
+            and obj.name
+        ]
+        if not found:
+            raise RegistryError(f"plugin {spec!r} defines no concrete Backend subclass with a `name`")
+        for cls in found:
+            self.register(cls, f"plugin {spec}")
+        return [cls.name for cls in found]
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def get(self, name: str) -> type[Backend]:
+        try:
+            return self._entries[name].cls
+        except KeyError:
+            raise RegistryError(f"unknown backend {name!r}: not one of: {', '.join(self.names())}") from None
+
+    def origin(self, name: str) -> str:
+        return self._entries[name].origin
+
+    def select(self, names: Iterable[str]) -> list[str]:
+        """Validate a user's backend list ('all' = every registered backend), keeping order, no repeats."""
+        chosen: list[str] = []
+        for name in names:
+            for item in self.names() if name == "all" else [name]:
+                self.get(item)
+                if item not in chosen:
+                    chosen.append(item)
+        return chosen
+
+    def probe(self, name: str) -> Availability:
+        """Probe without ever raising: a probe that crashes is itself an unavailability reason."""
+        cls = self.get(name)
+        try:
+            result = cls.probe()
+        except Exception as exc:
+            return Availability(False, f"probe() raised {type(exc).__name__}: {exc}")
+        if not isinstance(result, Availability):
+            return Availability(False, f"probe() returned {result!r} instead of an Availability")
+        return result
+
+    def create(self, name: str) -> Backend:
+        return self.get(name)()
+
+
+def default_registry(
+    plugins: Iterable[str] = (), *, on_plugin: Callable[[str, list[str]], None] | None = None
+) -> BackendRegistry:
+    """The registry of installed backends plus any `--plugin` modules or files."""
+    registry = BackendRegistry()
+    registry.load_entry_points()
+    for spec in plugins:
+        names = registry.load_plugin(spec)
+        if on_plugin is not None:
+            on_plugin(spec, names)
+    return registry

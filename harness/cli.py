@@ -1,0 +1,308 @@
+"""The `harness` command line: thin wrappers that parse, call the library, and print.
+
+Exit codes (DESIGN.md): 0 all passed, 1 a parity failure or regression, 2 bad usage or bad input,
+3 cases errored or crashed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from harness import report as report_mod
+from harness.backend import DTYPES, BackendRegistry, RegistryError, default_registry
+from harness.plugins import PluginError
+from harness.results import ResultsError, ResultWriter, host_environment, new_run_id, read_records
+from harness.runner import Runner, RunOptions, UsageError
+from harness.suites import BUILTIN_SUITES, SuiteError, resolve_suite
+from harness.workload import DISTRIBUTIONS, WorkloadError, WorkloadRegistry
+
+EXIT_USAGE = 2
+BAD_INPUT = (UsageError, SuiteError, RegistryError, PluginError, WorkloadError, ResultsError)
+
+log = logging.getLogger("harness")
+
+
+def _split(values: tuple[str, ...]) -> list[str]:
+    """Options accept repeats and comma lists alike: -b a,b -b c."""
+    return [item.strip() for v in values for item in v.split(",") if item.strip()]
+
+
+@contextmanager
+def _bad_input_exits() -> Iterator[None]:
+    try:
+        yield
+    except BAD_INPUT as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
+
+
+def _registry(plugins: tuple[str, ...]) -> BackendRegistry:
+    return default_registry(_split(plugins))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
+def main(verbose: int) -> None:
+    """Backend-agnostic inference parity and benchmark harness."""
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+plugin_option = click.option(
+    "--plugin", "plugins", multiple=True, metavar="MODULE_OR_FILE.py", help="Load extra backends from a module or file."
+)
+
+
+@main.command("list")
+@plugin_option
+def list_cmd(plugins: tuple[str, ...]) -> None:
+    """Backends (with availability and reason), workloads and suites."""
+    with _bad_input_exits():
+        registry = _registry(plugins)
+        workloads = WorkloadRegistry.discover()
+    console = Console()
+    table = Table(title="backends", title_justify="left")
+    for col in ("name", "state", "reason", "device", "dtypes", "ops", "simulated"):
+        table.add_column(col)
+    for name in registry.names():
+        availability = registry.probe(name)
+        caps = registry.get(name).capabilities()
+        table.add_row(
+            name,
+            availability.state,
+            availability.reason or "",
+            caps["device"],
+            ",".join(caps["dtypes"]),
+            ",".join(caps["ops"]),
+            "yes" if caps["simulated"] else "",
+        )
+    for name, error in registry.load_errors.items():
+        table.add_row(name, "broken", error, "", "", "", "")
+    console.print(table)
+    wtable = Table(title="workloads", title_justify="left")
+    for col in ("name", "op", "presets (shapes)", "description"):
+        wtable.add_column(col)
+    for name in workloads.names():
+        w = workloads.get(name)
+        presets = "; ".join(f"{p}: {','.join(shapes)}" for p, shapes in w.presets.items())
+        wtable.add_row(name, w.op, presets, w.description)
+    console.print(wtable)
+    stable = Table(title="suites", title_justify="left")
+    for col in ("name", "description"):
+        stable.add_column(col)
+    for suite in BUILTIN_SUITES.values():
+        stable.add_row(suite.name, suite.description)
+    console.print(stable)
+
+
+@main.command("env")
+@plugin_option
+def env_cmd(plugins: tuple[str, ...]) -> None:
+    """The environment records carry: host, libraries, and each available backend's devices and versions."""
+    with _bad_input_exits():
+        registry = _registry(plugins)
+    backends: dict[str, Any] = {}
+    for name in registry.names():
+        availability = registry.probe(name)
+        if not availability.available:
+            backends[name] = {"available": False, "reason": availability.reason}
+            continue
+        try:
+            backends[name] = {"available": True, **registry.create(name).environment()}
+        except Exception as exc:
+            backends[name] = {"available": True, "error": f"{type(exc).__name__}: {exc}"}
+    click.echo(json.dumps({"host": host_environment(), "backends": backends}, indent=2))
+
+
+def _load_inputs(path: str) -> dict[str, Any]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(path)
+    except (OSError, SafetensorError) as exc:
+        raise UsageError(f"--inputs {path}: cannot read as safetensors: {exc}") from None
+
+
+def _print_table(rows: list[report_mod.Row], console: Console) -> None:
+    table = Table(show_lines=False)
+    for _, title in report_mod.TABLE_COLUMNS:
+        table.add_column(title, overflow="fold")
+    for row in rows:
+        cells = report_mod.table_cells(row)
+        style = "red" if row.verdict.split()[0] in ("FAIL", "ERROR", "CRASH", "TIMEOUT") else None
+        table.add_row(*cells, style=style)
+    console.print(table)
+
+
+@main.command("run")
+@click.option(
+    "--suite", default="smoke", show_default=True, help=f"Built-in suite ({', '.join(BUILTIN_SUITES)}) or a TOML file."
+)
+@click.option(
+    "-w",
+    "--workload",
+    "workloads",
+    multiple=True,
+    help="Workload name or glob ('attention.*'); repeat or comma-separate.",
+)
+@click.option("-b", "--backend", "backends", multiple=True, help="Backend names, or 'all'; repeat or comma-separate.")
+@click.option("--dtype", "dtypes", multiple=True, help=f"Case dtypes: {', '.join(DTYPES)}.")
+@click.option("--preset", "presets", multiple=True, help="Shape presets: tiny, small, real.")
+@click.option("--seeds", default=None, help="Comma list of input seeds, e.g. 0,1,2.")
+@click.option(
+    "--distribution", "distributions", multiple=True, help=f"Input distributions: {', '.join(DISTRIBUTIONS)}."
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="JSONL to append to (default results/runs/RUN_ID.jsonl).",
+)
+@click.option("--parity-only", is_flag=True, help="Judge parity, skip timing.")
+@click.option("--time-budget", type=float, default=None, help="Seconds of steady-state timing per case.")
+@click.option(
+    "--inputs",
+    "inputs_file",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="Run one workload on your own tensors (safetensors, contract names).",
+)
+@click.option(
+    "--save-outputs",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Write each case's inputs and outputs as safetensors under DIR.",
+)
+@click.option(
+    "--against",
+    default=None,
+    metavar="BACKEND_OR_DIR",
+    help="Judge by error ratio against a backend, or against outputs saved with --save-outputs.",
+)
+@click.option("--no-table", is_flag=True, help="Do not print the summary table.")
+@plugin_option
+def run_cmd(
+    suite: str,
+    workloads: tuple[str, ...],
+    backends: tuple[str, ...],
+    dtypes: tuple[str, ...],
+    presets: tuple[str, ...],
+    seeds: str | None,
+    distributions: tuple[str, ...],
+    out: Path | None,
+    parity_only: bool,
+    time_budget: float | None,
+    inputs_file: str | None,
+    save_outputs: Path | None,
+    against: str | None,
+    no_table: bool,
+    plugins: tuple[str, ...],
+) -> None:
+    """Run a suite (flags override its selection), stream records to JSONL, print a table."""
+    console = Console(stderr=True)
+    with _bad_input_exits():
+        chosen = resolve_suite(suite)
+        overrides: dict[str, Any] = {}
+        for field_name, values in (
+            ("workloads", workloads),
+            ("backends", backends),
+            ("dtypes", dtypes),
+            ("presets", presets),
+            ("inputs", distributions),
+        ):
+            if values:
+                overrides[field_name] = tuple(_split(values))
+        if seeds is not None:
+            try:
+                overrides["seeds"] = tuple(int(s) for s in seeds.split(",") if s.strip())
+            except ValueError:
+                raise UsageError(f"--seeds {seeds!r}: expected a comma list of integers, e.g. 0,1,2") from None
+        for dist in overrides.get("inputs", ()):
+            if dist not in DISTRIBUTIONS:
+                raise UsageError(f"unknown input distribution {dist!r}: not one of: {', '.join(DISTRIBUTIONS)}")
+        chosen = replace(chosen, **overrides)
+        timing = chosen.timing if time_budget is None else replace(chosen.timing, budget_s=time_budget)
+        registry = _registry(plugins)
+        workload_registry = WorkloadRegistry.discover()
+        user_inputs = None
+        if inputs_file is not None:
+            selected = workload_registry.select(chosen.workloads)
+            if len(selected) != 1:
+                raise UsageError(
+                    f"--inputs runs one workload; the selection matches {len(selected)}: "
+                    f"{', '.join(w.name for w in selected)} (pick one with -w)"
+                )
+            user_inputs = _load_inputs(inputs_file)
+        run_id = new_run_id()
+        options = RunOptions(parity_only=parity_only, timing=timing, save_outputs=save_outputs, against=against)
+        runner = Runner(registry, workload_registry, options, run_id, user_inputs=user_inputs)
+        cases = runner.plan(chosen)
+    out_path = out or Path("results") / "runs" / f"{run_id}.jsonl"
+    records: list[dict[str, Any]] = []
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[case]}"),
+        console=console,
+        transient=True,
+        disable=not console.is_terminal,
+    )
+    with progress, ResultWriter(out_path) as writer:
+        task = progress.add_task(f"suite {chosen.name}", total=len(cases), case="")
+
+        def on_record(case: Any, record: dict[str, Any]) -> None:
+            records.append(record)
+            progress.update(task, advance=1, case=case.key)
+
+        try:
+            summary = runner.run(cases, writer, on_record)
+        except KeyboardInterrupt:
+            console.print(f"interrupted: {writer.count} records kept in {out_path}")
+            sys.exit(130)
+    if not no_table:
+        stdout = Console()
+        _print_table(report_mod.summarize(records), stdout if stdout.is_terminal else Console(width=200))
+    counts = ", ".join(f"{n} {s}" for s, n in sorted(summary.counts.items()))
+    console.print(f"{len(records)} cases ({counts}); results: {out_path}")
+    sys.exit(summary.exit_code)
+
+
+@main.command("report")
+@click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--format", "fmt_name", type=click.Choice(report_mod.FORMATS), default="md", show_default=True)
+@click.option("--include-simulated-speed", is_flag=True, help="Show timings of simulated backends too.")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write to a file instead of stdout.",
+)
+def report_cmd(files: tuple[Path, ...], fmt_name: str, include_simulated_speed: bool, output: Path | None) -> None:
+    """Summarize result files: backend x case with verdict, key errors, median latency, TFLOP/s."""
+    with _bad_input_exits():
+        records = [r for f in files for r in read_records(f)]
+    text = report_mod.render(records, fmt_name, include_simulated_speed=include_simulated_speed)
+    if output is not None:
+        output.write_text(text)
+    else:
+        click.echo(text, nl=False)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

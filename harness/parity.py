@@ -1,0 +1,234 @@
+"""Parity: metrics of an output against the float64 reference, per-dtype budgets, verdicts.
+
+Several metrics are recorded because each catches a different mistake: rel_l2 the global error, the worst row a
+single bad token hidden in a global norm, the fraction outside atol + rtol*|ref| a scattered minority, the
+non-finite counts an overflow, and the non-triviality guard an all-zero or constant output that could otherwise
+slip under a loose budget. Budgets scale with the dtype's unit roundoff and the op's reduction length.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import torch
+
+# Unit roundoff of each dtype: the relative error of one rounding.
+UNIT_ROUNDOFF = {"float64": 2.0**-53, "float32": 2.0**-24, "bfloat16": 2.0**-8, "float16": 2.0**-11}
+ROW_GUARD = 1e-2  # a row's norm is floored at this fraction of the mean row norm (fully masked rows are zero)
+REL_GUARD = 1e-2  # max_rel divides by max(|ref|, this fraction of ref's RMS)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What a correct implementation stays within; atol is relative to the reference's RMS (scale-free)."""
+
+    rel_l2: float
+    worst_row_rel_l2: float
+    atol: float
+    rtol: float
+    max_outside: float  # allowed fraction of elements outside atol*rms(ref) + rtol*|ref|
+
+    def scaled(self, factor: float) -> Budget:
+        return Budget(
+            self.rel_l2 * factor,
+            self.worst_row_rel_l2 * factor,
+            self.atol * factor,
+            self.rtol * factor,
+            self.max_outside,
+        )
+
+
+# Budgets at a reduction length of up to 64. A correct kernel that accumulates in at least float32 and rounds
+# once to the case dtype lands near 0.5 u in rel_l2; the budgets leave ~4-8x headroom for different summation
+# orders, exp implementations and intermediate roundings (P in the case dtype before P V, as flash kernels do).
+BASE_BUDGETS: dict[str, Budget] = {
+    "float64": Budget(rel_l2=1e-12, worst_row_rel_l2=1e-11, atol=1e-12, rtol=1e-11, max_outside=0.0),
+    "float32": Budget(rel_l2=1e-5, worst_row_rel_l2=4e-5, atol=2e-5, rtol=1e-4, max_outside=1e-3),
+    "bfloat16": Budget(rel_l2=1.6e-2, worst_row_rel_l2=4e-2, atol=2e-2, rtol=3e-2, max_outside=1e-2),
+    "float16": Budget(rel_l2=2e-3, worst_row_rel_l2=5e-3, atol=2.5e-3, rtol=4e-3, max_outside=1e-2),
+}
+
+
+def reduction_factor(reduction_length: int) -> float:
+    """Budgets grow with log2 of the reduction length (a blocked / pairwise sum's error bound): 1 up to 64."""
+    return max(1.0, math.log2(max(reduction_length, 1)) / 6.0)
+
+
+def budget_for(dtype: str, reduction_length: int, overrides: dict[str, float] | None = None) -> Budget:
+    """The default budget of a dtype at a reduction length, with optional per-field overrides."""
+    try:
+        base = BASE_BUDGETS[dtype]
+    except KeyError:
+        raise ValueError(f"no parity budget for dtype {dtype!r}; known: {', '.join(BASE_BUDGETS)}") from None
+    budget = base.scaled(reduction_factor(reduction_length))
+    if overrides:
+        unknown = set(overrides) - set(asdict(budget))
+        if unknown:
+            raise ValueError(f"unknown budget fields {sorted(unknown)}; known: {', '.join(asdict(budget))}")
+        budget = replace(budget, **overrides)
+    return budget
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """Error of `out` against `ref`, computed in float64 over the elements finite in both."""
+
+    numel: int
+    max_abs: float
+    max_rel: float
+    rel_l2: float
+    cosine: float
+    worst_row_rel_l2: float
+    worst_row: int
+    worst_index: list[int]
+    frac_outside: float
+    nan_out: int
+    inf_out: int
+    nonfinite_ref: int
+    nonfinite_mismatch: int  # elements non-finite in out where ref is finite
+    out_constant: bool
+    ref_constant: bool
+
+    def to_record(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _nan_safe(x: float) -> float:
+    return x if math.isfinite(x) else float("nan")
+
+
+def compare(out: torch.Tensor, ref: torch.Tensor, budget: Budget) -> Metrics:
+    """All metrics of out against ref; shapes must match (a mismatch is a contract failure, raised)."""
+    if tuple(out.shape) != tuple(ref.shape):
+        raise ValueError(f"output shape {list(out.shape)} does not match the reference's {list(ref.shape)}")
+    o = out.detach().to("cpu", torch.float64)
+    r = ref.detach().to("cpu", torch.float64)
+    o_fin, r_fin = torch.isfinite(o), torch.isfinite(r)
+    both = o_fin & r_fin
+    o0 = torch.where(both, o, torch.zeros_like(o))
+    r0 = torch.where(both, r, torch.zeros_like(r))
+    diff = (o0 - r0).abs()
+    numel = o.numel()
+    ref_rms = float(r0.pow(2).mean().sqrt()) if numel else 0.0
+    ref_norm = float(r0.norm())
+    diff_norm = float(diff.norm())
+    rel_l2 = diff_norm / ref_norm if ref_norm > 0 else (0.0 if diff_norm == 0 else math.inf)
+    out_norm = float(o0.norm())
+    cosine = float((o0 * r0).sum()) / (out_norm * ref_norm) if out_norm > 0 and ref_norm > 0 else 0.0
+    rel = diff / torch.clamp(r0.abs(), min=REL_GUARD * ref_rms if ref_rms > 0 else 1e-300)
+    outside = diff > budget.atol * ref_rms + budget.rtol * r0.abs()
+
+    last = o.shape[-1] if o.dim() else 1
+    rows_d = diff.reshape(-1, last).norm(dim=-1)  # [rows]
+    rows_r = r0.reshape(-1, last).norm(dim=-1)  # [rows]
+    row_floor = ROW_GUARD * float(rows_r.mean()) if rows_r.numel() else 0.0
+    row_rel = rows_d / torch.clamp(rows_r, min=max(row_floor, 1e-300))
+    worst_row = int(row_rel.argmax()) if row_rel.numel() else 0
+    flat_worst = int(diff.argmax()) if numel else 0
+    worst_index = list(torch.unravel_index(torch.tensor(flat_worst), o.shape)) if o.dim() else []
+
+    def constant(t: torch.Tensor, finite: torch.Tensor) -> bool:
+        vals = t[finite]
+        return bool(vals.numel() == 0 or (vals.max() - vals.min()) == 0)
+
+    mismatch = int((~o_fin & r_fin).sum())
+    return Metrics(
+        numel=numel,
+        max_abs=_nan_safe(float(diff.max())) if numel else 0.0,
+        max_rel=_nan_safe(float(rel.max())) if numel else 0.0,
+        rel_l2=rel_l2,
+        cosine=cosine,
+        worst_row_rel_l2=float(row_rel.max()) if row_rel.numel() else 0.0,
+        worst_row=worst_row,
+        worst_index=[int(i) for i in worst_index],
+        frac_outside=float(outside.sum()) / numel if numel else 0.0,
+        nan_out=int(torch.isnan(o).sum()),
+        inf_out=int(torch.isinf(o).sum()),
+        nonfinite_ref=int((~r_fin).sum()),
+        nonfinite_mismatch=mismatch,
+        out_constant=constant(o, o_fin),
+        ref_constant=constant(r, r_fin),
+    )
+
+
+@dataclass(frozen=True)
+class Failure:
+    metric: str
+    value: float
+    budget: float
+
+    def describe(self) -> str:
+        return f"{self.metric} = {self.value:.3g} > budget {self.budget:.3g}"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    passed: bool
+    failures: tuple[Failure, ...] = field(default_factory=tuple)
+    mode: str = "reference"  # or "against <backend>"
+
+    @property
+    def reason(self) -> str:
+        if self.passed:
+            return ""
+        return "; ".join(f.describe() for f in self.failures)
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "passed": self.passed,
+            "mode": self.mode,
+            "reason": self.reason,
+            "failures": [asdict(f) for f in self.failures],
+        }
+
+
+def _guards(m: Metrics) -> list[Failure]:
+    """Failures no budget can excuse: non-finite values where the reference is finite, a trivial output."""
+    failures = []
+    if m.nonfinite_mismatch:
+        failures.append(Failure("nonfinite", float(m.nonfinite_mismatch), 0.0))
+    if m.out_constant and not m.ref_constant:
+        failures.append(Failure("constant_output", 1.0, 0.0))
+    return failures
+
+
+def judge(m: Metrics, budget: Budget) -> Verdict:
+    """Pass iff no guard trips and every budgeted metric is within its budget."""
+    failures = _guards(m)
+    for metric, value, limit in (
+        ("rel_l2", m.rel_l2, budget.rel_l2),
+        ("worst_row_rel_l2", m.worst_row_rel_l2, budget.worst_row_rel_l2),
+        ("frac_outside", m.frac_outside, budget.max_outside),
+    ):
+        if not value <= limit:  # NaN fails too
+            failures.append(Failure(metric, value, limit))
+    return Verdict(not failures, tuple(failures))
+
+
+DEFAULT_RATIO = 2.0  # --against: the candidate may have at most this multiple of the baseline's error
+RATIO_FLOOR = 0.1  # ... where the baseline's error is floored at this fraction of the absolute budget
+
+
+def judge_against(
+    m: Metrics, baseline: Metrics, budget: Budget, baseline_name: str, ratio: float = DEFAULT_RATIO
+) -> Verdict:
+    """Port validation: judge by err(candidate, ref) / err(baseline, ref), each floored near the dtype's noise."""
+    failures = _guards(m)
+    for metric, limit in (("rel_l2", budget.rel_l2), ("worst_row_rel_l2", budget.worst_row_rel_l2)):
+        allowed = ratio * max(getattr(baseline, metric), RATIO_FLOOR * limit)
+        value = getattr(m, metric)
+        if not value <= allowed:
+            failures.append(Failure(f"{metric}_vs_{baseline_name}", value, allowed))
+    return Verdict(not failures, tuple(failures), mode=f"against {baseline_name}")
+
+
+def bitwise_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Determinism check: the same bits, NaNs included."""
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    if not a.is_floating_point():
+        return bool(torch.equal(a, b))
+    as_int = {8: torch.int64, 4: torch.int32, 2: torch.int16}[a.element_size()]
+    return bool(torch.equal(a.contiguous().view(as_int), b.contiguous().view(as_int)))

@@ -1,0 +1,153 @@
+"""Reports from result records: one row per backend x case (seeds and input distributions folded in).
+
+A row's verdict counts its cases; its errors are the worst over seeds and distributions; its latency is the
+median over the timed cases (normal inputs). Simulated backends keep their rows but no speed figures unless
+asked, since their timings say nothing about a real device.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import statistics
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+FORMATS = ("md", "csv")
+
+
+@dataclass(frozen=True)
+class Row:
+    workload: str
+    preset: str
+    shape: str
+    dtype: str
+    backend: str
+    verdict: str
+    cases: int
+    rel_l2: float | None
+    worst_row_rel_l2: float | None
+    deterministic: bool | None
+    median_us: float | None
+    ci95_us: str
+    tflops: float | None
+    gbps: float | None
+    shape_info: str
+    note: str
+
+
+def _fold_verdict(statuses: list[str]) -> str:
+    n = len(statuses)
+    for status, label in (("crashed", "CRASH"), ("timeout", "TIMEOUT"), ("error", "ERROR"), ("failed", "FAIL")):
+        bad = statuses.count(status)
+        if bad:
+            return f"{label} {bad}/{n}"
+    passed = statuses.count("passed")
+    if passed:
+        return f"pass {passed}/{n}" if passed == n else f"pass {passed}/{n} ({n - passed} skipped)"
+    return "skip"
+
+
+def _max(values: Iterable[float | None]) -> float | None:
+    vals = [v for v in values if v is not None]
+    return max(vals) if vals else None
+
+
+def summarize(records: Iterable[dict[str, Any]], *, include_simulated_speed: bool = False) -> list[Row]:
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for r in records:
+        c = r["case"]
+        key = (c["workload"], c["preset"], c["shape"], c["dtype"], c["backend"])
+        groups.setdefault(key, []).append(r)
+    rows = []
+    for key, recs in groups.items():
+        parity = [r["parity"] for r in recs if r.get("parity")]
+        timed = [r["timing"] for r in recs if r.get("timing")]
+        simulated = any(r.get("simulated") for r in recs)
+        if simulated and not include_simulated_speed:
+            timed = []
+        dets = [p.get("deterministic") for p in parity if p.get("deterministic") is not None]
+        notes = [r["reason"] for r in recs if r.get("reason")]
+        median_ns = statistics.median(t["median_ns"] for t in timed) if timed else None
+        ci = ""
+        if len(timed) == 1:
+            ci = f"{timed[0]['ci95_low_ns'] / 1e3:.4g}-{timed[0]['ci95_high_ns'] / 1e3:.4g}"
+        rows.append(
+            Row(
+                *key,
+                verdict=_fold_verdict([r["status"] for r in recs]),
+                cases=len(recs),
+                rel_l2=_max(p["metrics"]["rel_l2"] for p in parity),
+                worst_row_rel_l2=_max(p["metrics"]["worst_row_rel_l2"] for p in parity),
+                deterministic=all(dets) if dets else None,
+                median_us=median_ns / 1e3 if median_ns is not None else None,
+                ci95_us=ci,
+                tflops=_max(t.get("tflops") for t in timed),
+                gbps=_max(t.get("gbps") for t in timed),
+                shape_info=next((r["shape_info"] for r in recs if r.get("shape_info")), ""),
+                note=("simulated; " if simulated else "") + (notes[0] if notes else ""),
+            )
+        )
+    return rows
+
+
+def fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "NO"
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)
+
+
+TABLE_COLUMNS = (
+    ("case", "case"),
+    ("dtype", "dtype"),
+    ("backend", "backend"),
+    ("verdict", "verdict"),
+    ("rel_l2", "rel_l2 (max)"),
+    ("worst_row_rel_l2", "worst row"),
+    ("deterministic", "bitwise"),
+    ("median_us", "median us"),
+    ("tflops", "TFLOP/s"),
+    ("gbps", "GB/s"),
+    ("note", "note"),
+)
+
+
+def table_cells(row: Row) -> list[str]:
+    values = asdict(row)
+    values["case"] = f"{row.workload} {row.preset}/{row.shape}"
+    cells = [fmt(values[name]) for name, _ in TABLE_COLUMNS]
+    cells[-1] = cells[-1][:90]
+    return cells
+
+
+def to_markdown(rows: list[Row]) -> str:
+    header = [title for _, title in TABLE_COLUMNS]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in table_cells(row)) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(rows: list[Row]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    names = [f.name for f in fields(Row)]
+    writer.writerow(names)
+    for row in rows:
+        values = asdict(row)
+        writer.writerow(["" if values[n] is None else values[n] for n in names])
+    return buf.getvalue()
+
+
+def render(records: Iterable[dict[str, Any]], fmt_name: str, *, include_simulated_speed: bool = False) -> str:
+    rows = summarize(records, include_simulated_speed=include_simulated_speed)
+    if fmt_name == "md":
+        return to_markdown(rows)
+    if fmt_name == "csv":
+        return to_csv(rows)
+    raise ValueError(f"report format {fmt_name!r} is not one of: {', '.join(FORMATS)}")

@@ -1,0 +1,373 @@
+"""The runner: expands a suite into cases, feeds every backend the same inputs, judges and times, streams records.
+
+Cases that share inputs (everything but the backend) form a group: inputs are generated (or loaded) once and
+the float64 reference is computed once per group, so adding a backend costs only that backend's own work.
+A backend that raises becomes an `error` record and the sweep goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from itertools import groupby
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from harness import parity
+from harness.backend import DTYPES, Availability, Backend, BackendRegistry, RegistryError
+from harness.results import SCHEMA_VERSION, host_environment, utc_now
+from harness.saved import SavedOutputs, SavedOutputsError
+from harness.suites import Suite
+from harness.timing import TimingConfig, measure
+from harness.workload import USER_SHAPE, Case, Workload, WorkloadError, WorkloadRegistry
+
+log = logging.getLogger(__name__)
+
+USER_INPUTS = "user"  # the `inputs` field of cases run on the user's own tensors
+
+
+class UsageError(ValueError):
+    """A selection that cannot run: unknown names, empty selection, inputs that do not fit (exit code 2)."""
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    parity_only: bool = False
+    timing: TimingConfig = field(default_factory=TimingConfig)
+    determinism: bool = True
+    save_outputs: Path | None = None
+    against: str | None = None  # a backend name, or a directory written by --save-outputs
+    budget_overrides: Mapping[str, float] | None = None
+
+
+@dataclass
+class RunSummary:
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def add(self, status: str) -> None:
+        self.counts[status] = self.counts.get(status, 0) + 1
+
+    @property
+    def exit_code(self) -> int:
+        """DESIGN.md: 0 all passed, 1 a parity failure, 3 cases errored or crashed."""
+        if any(self.counts.get(s) for s in ("error", "crashed", "timeout")):
+            return 3
+        if self.counts.get("failed"):
+            return 1
+        return 0
+
+
+@dataclass
+class InputGroup:
+    """Inputs shared by the cases of one input key, with the reference and baseline computed on first use."""
+
+    workload: Workload
+    shape: Any
+    inputs: dict[str, torch.Tensor]
+    problem: str | None = None  # non-finite inputs etc.: every case of the group is an error record
+    _reference: torch.Tensor | None = None
+    baseline: dict[str, Any] | None = None
+
+    def reference(self) -> torch.Tensor:
+        if self._reference is None:
+            self._reference = self.workload.reference(self.inputs, self.shape)
+        return self._reference
+
+
+def _nonfinite_problem(inputs: Mapping[str, torch.Tensor]) -> str | None:
+    bad = []
+    for name, t in inputs.items():
+        if t.is_floating_point():
+            nan, inf = int(torch.isnan(t).sum()), int(torch.isinf(t).sum())
+            if nan or inf:
+                bad.append(f"{name} has {nan} NaN and {inf} Inf values")
+    return "non-finite inputs: " + "; ".join(bad) + " (parity needs finite inputs)" if bad else None
+
+
+def cast_inputs(tensors: Mapping[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Round floating tensors to the case dtype; integer tensors (kv_lens, ids) stay as they are."""
+    return {n: (t.to(dtype) if t.is_floating_point() else t) for n, t in tensors.items()}
+
+
+class Runner:
+    def __init__(
+        self,
+        backends: BackendRegistry,
+        workloads: WorkloadRegistry,
+        options: RunOptions,
+        run_id: str,
+        user_inputs: Mapping[str, torch.Tensor] | None = None,
+    ) -> None:
+        self.backends = backends
+        self.workloads = workloads
+        self.options = options
+        self.run_id = run_id
+        self.user_inputs = dict(user_inputs) if user_inputs is not None else None
+        self._instances: dict[str, Backend] = {}
+        self._availability: dict[str, Availability] = {}
+        self._environments: dict[str, dict[str, Any]] = {}
+        self.saved_in = self._against_dir()
+        self.saved_out = SavedOutputs(options.save_outputs) if options.save_outputs else None
+
+    # ----- planning -----
+    def _against_dir(self) -> SavedOutputs | None:
+        target = self.options.against
+        if target is None:
+            return None
+        if Path(target).is_dir():
+            saved = SavedOutputs(Path(target))
+            try:
+                saved.baseline_backend()
+            except SavedOutputsError as exc:
+                raise UsageError(str(exc)) from None
+            return saved
+        try:
+            self.backends.get(target)
+        except RegistryError:
+            raise UsageError(
+                f"--against {target!r} is neither a directory written by --save-outputs nor a backend "
+                f"(known backends: {', '.join(self.backends.names())})"
+            ) from None
+        return None
+
+    def plan(self, suite: Suite) -> list[Case]:
+        """Cases in input-group order (the backend varies fastest). Raises UsageError on a bad selection."""
+        try:
+            workloads = self.workloads.select(suite.workloads)
+            backends = self.backends.select(suite.backends)
+        except (WorkloadError, RegistryError) as exc:
+            raise UsageError(str(exc)) from None
+        for dtype in suite.dtypes:
+            if dtype not in DTYPES:
+                raise UsageError(f"unknown dtype {dtype!r}: not one of: {', '.join(DTYPES)}")
+        cases = []
+        for w in workloads:
+            for preset in suite.presets:
+                try:
+                    shapes = list(w.shapes(preset))
+                except WorkloadError as exc:
+                    raise UsageError(str(exc)) from None
+                if self.user_inputs is not None:
+                    self._user_shape(w, preset)  # validates now, so bad inputs exit 2 before anything runs
+                    shapes = [USER_SHAPE]
+                for shape in shapes:
+                    for dtype in suite.dtypes:
+                        for dist in [USER_INPUTS] if self.user_inputs is not None else suite.inputs:
+                            for seed in [0] if self.user_inputs is not None else suite.seeds:
+                                cases += [Case(w.name, preset, shape, dtype, dist, seed, b, w.op) for b in backends]
+        if not cases:
+            raise UsageError("the selection is empty: no workload x preset x dtype x backend combination")
+        return cases
+
+    def _template(self, workload: Workload, preset: str, shape_name: str) -> Any:
+        shapes = workload.shapes(preset)
+        return shapes.get(shape_name) or next(iter(shapes.values()))
+
+    def _user_shape(self, workload: Workload, preset: str) -> Any:
+        assert self.user_inputs is not None
+        try:
+            return workload.shape_from_inputs(self.user_inputs, self._template(workload, preset, ""))
+        except WorkloadError as exc:
+            raise UsageError(f"--inputs: {exc}") from None
+
+    # ----- running -----
+    def run(
+        self, cases: Iterable[Case], writer: Any, on_record: Callable[[Case, dict[str, Any]], None] | None = None
+    ) -> RunSummary:
+        summary = RunSummary()
+        for _, group_iter in groupby(cases, key=lambda c: c.input_key):
+            group_cases = list(group_iter)
+            group = self._prepare(group_cases[0])
+            for case in group_cases:
+                record = self._run_case(case, group)
+                writer.write(record)
+                summary.add(record["status"])
+                if on_record is not None:
+                    on_record(case, record)
+        return summary
+
+    def _prepare(self, case: Case) -> InputGroup | str:
+        """Inputs for a group, or the reason none could be had (a skip for each of its cases)."""
+        workload = self.workloads.get(case.workload)
+        dtype = DTYPES[case.dtype]
+        if self.saved_in is not None:
+            saved = self.saved_in.load_inputs(case)
+            if saved is None:
+                return f"{self.saved_in.root} has no saved inputs for {case.input_key}"
+            try:
+                shape = workload.shape_from_inputs(saved, self._template(workload, case.preset, case.shape))
+            except WorkloadError as exc:
+                return f"saved inputs for {case.input_key} do not fit {workload.name}: {exc}"
+            inputs = saved
+        elif self.user_inputs is not None:
+            shape = self._user_shape(workload, case.preset)
+            inputs = cast_inputs(self.user_inputs, dtype)
+        else:
+            shape = workload.shape(case.preset, case.shape)
+            inputs = workload.make_inputs(shape, dtype, case.seed, case.inputs)
+        return InputGroup(workload, shape, inputs, problem=_nonfinite_problem(inputs))
+
+    def _backend(self, name: str) -> tuple[Backend | None, str | None]:
+        if name not in self._availability:
+            self._availability[name] = self.backends.probe(name)
+        availability = self._availability[name]
+        if not availability.available:
+            return None, f"backend {name} unavailable: {availability.reason}"
+        if name not in self._instances:
+            self._instances[name] = self.backends.create(name)
+        return self._instances[name], None
+
+    def _environment(self, name: str, backend: Backend | None) -> dict[str, Any]:
+        if name not in self._environments:
+            env: dict[str, Any] = {}
+            if backend is not None:
+                try:
+                    env = dict(backend.environment())
+                except Exception as exc:
+                    env = {"error": f"environment() raised {type(exc).__name__}: {exc}"}
+            self._environments[name] = env
+        return {**host_environment(), "backend": self._environments[name]}
+
+    def _base_record(self, case: Case, group: InputGroup | str) -> dict[str, Any]:
+        cls = self.backends.get(case.backend)
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "run_id": self.run_id,
+            "time_utc": utc_now(),
+            "case": case.to_record(),
+            "status": "skipped",
+            "reason": "",
+            "shape_info": group.shape.describe()
+            if isinstance(group, InputGroup) and hasattr(group.shape, "describe")
+            else None,
+            "simulated": cls.simulated,
+            "parity": None,
+            "timing": None,
+            "memory": None,
+        }
+
+    def _run_case(self, case: Case, group: InputGroup | str) -> dict[str, Any]:
+        started = time.perf_counter()
+        record = self._base_record(case, group)
+        backend: Backend | None = None
+        try:
+            if isinstance(group, str):
+                record["reason"] = group
+            elif group.problem:
+                record.update(status="error", reason=group.problem)
+            else:
+                backend, unavailable = self._backend(case.backend)
+                support = backend.supports(case) if backend is not None else None
+                if unavailable:
+                    record["reason"] = unavailable
+                elif support is not None and not support:
+                    record["reason"] = support.reason
+                else:
+                    assert backend is not None
+                    self._execute(case, group, backend, record)
+        except Exception as exc:
+            log.debug("case %s raised", case.key, exc_info=True)
+            record.update(
+                status="error",
+                reason=f"{type(exc).__name__}: {exc}",
+                traceback=traceback.format_exc(limit=-6),
+            )
+        record["environment"] = self._environment(case.backend, backend)
+        record["duration_s"] = round(time.perf_counter() - started, 4)
+        return record
+
+    def _call(self, backend: Backend, group: InputGroup) -> tuple[Callable[[], torch.Tensor], torch.Tensor]:
+        """A zero-argument call of the op on device-resident inputs, and its first output on the host."""
+        dev_inputs = {n: backend.to_device(t) for n, t in group.inputs.items()}
+        args, kwargs = group.workload.split_args(dev_inputs, group.shape)
+        op = getattr(backend, group.workload.op)
+
+        def call() -> torch.Tensor:
+            return op(*args, **kwargs)
+
+        backend.reset_memory_stats()
+        return call, backend.to_host(call())
+
+    def _execute(self, case: Case, group: InputGroup, backend: Backend, record: dict[str, Any]) -> None:
+        call, out = self._call(backend, group)
+        backend.synchronize()
+        ref = group.reference()
+        workload, shape = group.workload, group.shape
+        budget = parity.budget_for(
+            case.dtype, workload.reduction_length(shape), dict(self.options.budget_overrides or {})
+        )
+        structural = []
+        if tuple(out.shape) != tuple(ref.shape):
+            structural.append(f"output shape {list(out.shape)} != contract shape {list(ref.shape)}")
+        if out.dtype != DTYPES[case.dtype]:
+            structural.append(f"output dtype {out.dtype} != case dtype {case.dtype}")
+        if structural:
+            record.update(status="failed", reason="; ".join(structural))
+            return
+        metrics = parity.compare(out, ref, budget)
+        baseline = self._baseline(case, group)
+        if isinstance(baseline, str):
+            record.update(status="skipped", reason=baseline)
+            return
+        if baseline is None:
+            verdict = parity.judge(metrics, budget)
+        else:
+            verdict = parity.judge_against(metrics, baseline["metrics"], budget, baseline["backend"])
+        deterministic = None
+        if self.options.determinism:
+            deterministic = parity.bitwise_equal(out, backend.to_host(call()))
+        record["parity"] = {
+            "metrics": metrics.to_record(),
+            "budget": asdict(budget),
+            "reduction_length": workload.reduction_length(shape),
+            "verdict": verdict.to_record(),
+            "deterministic": deterministic,
+            "baseline": None
+            if baseline is None
+            else {
+                "backend": baseline["backend"],
+                "source": baseline["source"],
+                "metrics": baseline["metrics"].to_record(),
+            },
+        }
+        record.update(status="passed" if verdict.passed else "failed", reason=verdict.reason)
+        if self.saved_out is not None:
+            self.saved_out.save(case, group.inputs, out)
+        if not self.options.parity_only and case.inputs != "stress":
+            itemsize = DTYPES[case.dtype].itemsize
+            measurement = measure(call, backend.timer(), self.options.timing)
+            record["timing"] = measurement.to_record(workload.flops(shape), workload.bytes_moved(shape, itemsize))
+        record["memory"] = backend.memory_stats() or None
+
+    def _baseline(self, case: Case, group: InputGroup) -> dict[str, Any] | str | None:
+        """The --against baseline's metrics for this group (computed once), a reason to skip, or None."""
+        target = self.options.against
+        if target is None:
+            return None
+        if group.baseline is not None:
+            return group.baseline
+        ref = group.reference()
+        budget = parity.budget_for(case.dtype, group.workload.reduction_length(group.shape))
+        if self.saved_in is not None:
+            name = self.saved_in.baseline_backend()
+            out = self.saved_in.load_output(case, name)
+            if out is None:
+                return f"{self.saved_in.root} has no output of {name} for {case.input_key}"
+            source = str(self.saved_in.root)
+        else:
+            name = target
+            backend, unavailable = self._backend(name)
+            if backend is None:
+                return f"baseline {unavailable}"
+            support = backend.supports(case)
+            if not support:
+                return f"baseline {name}: {support.reason}"
+            _, out = self._call(backend, group)
+            source = "this run"
+        group.baseline = {"backend": name, "source": source, "metrics": parity.compare(out, ref, budget)}
+        return group.baseline

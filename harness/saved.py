@@ -1,0 +1,64 @@
+"""Saved inputs and outputs (--save-outputs DIR), and reading them back to judge another machine (--against DIR).
+
+Layout: DIR/<input key with '/' as '__'>/inputs.safetensors holds the exact tensors a case group saw;
+DIR/<...>/<backend>.safetensors holds that backend's output as `out`. Safetensors files carry the case as
+metadata so a directory can be inspected without the harness.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from safetensors.torch import load_file, save_file
+
+if TYPE_CHECKING:
+    from harness.workload import Case
+
+INPUTS_FILE = "inputs.safetensors"
+
+
+class SavedOutputsError(ValueError):
+    """A --against directory that cannot serve as a baseline."""
+
+
+def _dirname(case: Case) -> str:
+    return case.input_key.replace("/", "__")
+
+
+class SavedOutputs:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def save(self, case: Case, inputs: dict[str, torch.Tensor], out: torch.Tensor) -> None:
+        folder = self.root / _dirname(case)
+        folder.mkdir(parents=True, exist_ok=True)
+        meta = {"case": json.dumps(case.to_record())}
+        if not (folder / INPUTS_FILE).exists():
+            save_file({n: t.contiguous() for n, t in inputs.items()}, str(folder / INPUTS_FILE), metadata=meta)
+        save_file({"out": out.contiguous()}, str(folder / f"{case.backend}.safetensors"), metadata=meta)
+
+    def backends(self) -> list[str]:
+        names = {p.stem for p in self.root.glob("*/*.safetensors") if p.name != INPUTS_FILE}
+        return sorted(names)
+
+    def baseline_backend(self) -> str:
+        """The one backend whose outputs the directory holds (the platform being ported from)."""
+        names = self.backends()
+        if len(names) != 1:
+            found = ", ".join(names) if names else "none"
+            raise SavedOutputsError(
+                f"--against {self.root}: expected saved outputs of exactly one backend, found {found}; "
+                "save the source platform's run alone with --save-outputs"
+            )
+        return names[0]
+
+    def load_inputs(self, case: Case) -> dict[str, torch.Tensor] | None:
+        path = self.root / _dirname(case) / INPUTS_FILE
+        return load_file(str(path)) if path.is_file() else None
+
+    def load_output(self, case: Case, backend: str) -> torch.Tensor | None:
+        path = self.root / _dirname(case) / f"{backend}.safetensors"
+        return load_file(str(path))["out"] if path.is_file() else None

@@ -1,0 +1,161 @@
+"""Suites: named selections of workloads, presets, dtypes, backends, seeds and input distributions.
+
+Built-in suites are `smoke` (every workload, tiny shapes, seconds) and `ci` (tiny shapes, more seeds); a user's
+suite is a TOML file whose errors name the offending key and its line.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from harness.backend import DTYPES
+from harness.timing import TimingConfig
+from harness.workload import DISTRIBUTIONS
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+class SuiteError(ValueError):
+    """An unknown suite or a malformed suite file."""
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    description: str = ""
+    workloads: tuple[str, ...] = ("*",)
+    presets: tuple[str, ...] = ("tiny",)
+    dtypes: tuple[str, ...] = ("float32", "bfloat16", "float16")
+    backends: tuple[str, ...] = ("all",)
+    seeds: tuple[int, ...] = (0,)
+    inputs: tuple[str, ...] = DISTRIBUTIONS
+    timing: TimingConfig = field(default_factory=TimingConfig)
+
+
+BUILTIN_SUITES: dict[str, Suite] = {
+    s.name: s
+    for s in (
+        Suite(
+            "smoke",
+            "every workload at tiny shapes in float32/bfloat16/float16, normal and stress inputs: seconds",
+            timing=TimingConfig(budget_s=0.02, warmup_s=0.005, min_samples=3),
+        ),
+        Suite(
+            "ci",
+            "every workload at tiny shapes, three seeds, normal and stress inputs: parity for CI jobs",
+            seeds=(0, 1, 2),
+            timing=TimingConfig(budget_s=0.05, warmup_s=0.01, min_samples=5),
+        ),
+        Suite(
+            "bench-cpu",
+            "every workload at small shapes in float32/bfloat16 (no float16: no fast fp16 on most CPUs)",
+            presets=("small",),
+            dtypes=("float32", "bfloat16"),
+            inputs=("normal",),
+            timing=TimingConfig(budget_s=1.0, warmup_s=0.1, min_samples=10),
+        ),
+    )
+}
+
+_LIST_FIELDS = {"workloads": str, "presets": str, "dtypes": str, "backends": str, "seeds": int, "inputs": str}
+_TIMING_FIELDS = {f.name: f.type for f in fields(TimingConfig)}
+
+
+def _line_of(text: str, key: str, table: str | None = None) -> int | None:
+    """The line where `key = ...` is set (inside [table] when given): TOML parsers do not report key positions."""
+    in_table = table is None
+    for number, line in enumerate(text.splitlines(), start=1):
+        header = re.match(r"\s*\[([^\]]+)\]", line)
+        if header:
+            in_table = table is None or header.group(1).strip() == table
+            continue
+        if in_table and re.match(rf"\s*{re.escape(key)}\s*=", line):
+            return number
+    return None
+
+
+def _where(path: Path, text: str, key: str, table: str | None = None) -> str:
+    line = _line_of(text, key, table)
+    dotted = f"{table}.{key}" if table else key
+    return f"{path}:{line}: key {dotted!r}" if line else f"{path}: key {dotted!r}"
+
+
+def load_suite_file(path: Path) -> Suite:
+    """Parse a suite TOML file. Top-level keys: name, description, the list fields; a [timing] table."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SuiteError(f"cannot read suite file {path}: {exc.strerror or exc}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise SuiteError(f"{path}: malformed TOML: {exc}") from None
+    known = {"name", "description", "timing", *_LIST_FIELDS}
+    values: dict[str, Any] = {"name": path.stem}
+    for key, value in data.items():
+        if key not in known:
+            raise SuiteError(f"{_where(path, text, key)} is not a suite setting; accepted: {', '.join(sorted(known))}")
+        if key in ("name", "description"):
+            if not isinstance(value, str):
+                raise SuiteError(f"{_where(path, text, key)} must be a string, got {type(value).__name__}")
+            values[key] = value
+        elif key == "timing":
+            values["timing"] = _timing(path, text, value)
+        else:
+            kind = _LIST_FIELDS[key]
+            items = [value] if isinstance(value, kind) and not isinstance(value, bool) else value
+            if (
+                not isinstance(items, list)
+                or not items
+                or not all(isinstance(i, kind) and not isinstance(i, bool) for i in items)
+            ):
+                raise SuiteError(
+                    f"{_where(path, text, key)} must be a non-empty list of {kind.__name__}s, got {value!r}"
+                )
+            values[key] = tuple(items)
+    suite = Suite(**values)
+    _check_values(suite, lambda key: _where(path, text, key))
+    return suite
+
+
+def _timing(path: Path, text: str, table: Any) -> TimingConfig:
+    if not isinstance(table, dict):
+        raise SuiteError(f"{_where(path, text, 'timing')} must be a table ([timing])")
+    config = TimingConfig()
+    for key, value in table.items():
+        if key not in _TIMING_FIELDS:
+            raise SuiteError(
+                f"{_where(path, text, key, 'timing')} is not a timing setting; accepted: {', '.join(_TIMING_FIELDS)}"
+            )
+        expected = int if key.endswith("samples") else (int, float)
+        if isinstance(value, bool) or not isinstance(value, expected) or value <= 0:
+            raise SuiteError(f"{_where(path, text, key, 'timing')} must be a positive number, got {value!r}")
+        config = replace(config, **{key: value})
+    return config
+
+
+def _check_values(suite: Suite, where: Any) -> None:
+    for key, allowed in (("dtypes", DTYPES), ("inputs", DISTRIBUTIONS)):
+        for item in getattr(suite, key):
+            if item not in allowed:
+                raise SuiteError(f"{where(key)}: {item!r} is not one of: {', '.join(allowed)}")
+    for seed in suite.seeds:
+        if seed < 0:
+            raise SuiteError(f"{where('seeds')}: seeds must be >= 0, got {seed}")
+
+
+def resolve_suite(spec: str) -> Suite:
+    """A built-in suite by name, or a TOML file by path."""
+    if spec in BUILTIN_SUITES:
+        return BUILTIN_SUITES[spec]
+    if spec.endswith(".toml") or Path(spec).is_file():
+        return load_suite_file(Path(spec))
+    raise SuiteError(f"unknown suite {spec!r}: not one of: {', '.join(BUILTIN_SUITES)} (or a path to a .toml file)")

@@ -1,0 +1,233 @@
+"""Workloads and cases: what runs, with which shapes, dtypes and inputs.
+
+A workload names one op of the kernel contract and a set of shape presets (`tiny` for CI, `small` for CPU
+benchmarking, `real` for GPUs and NPUs); each preset holds one or more named shapes (a GQA and an MQA variant,
+say). It generates seeded inputs on the host, already rounded to the case dtype, so the float64 reference sees
+exactly what the backend saw. A case is one point of workload x preset x shape x dtype x inputs x seed x backend.
+"""
+
+from __future__ import annotations
+
+import abc
+import fnmatch
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+
+from harness import ops as contract
+from harness.plugins import PluginError, entry_points
+
+log = logging.getLogger(__name__)
+
+WORKLOAD_GROUP = "harness.workloads"
+DISTRIBUTIONS = ("normal", "stress")
+PRESETS = ("tiny", "small", "real")
+USER_SHAPE = "user"  # the shape name of a case run on the user's own tensors (--inputs)
+
+
+class WorkloadError(ValueError):
+    """An unknown workload, preset or shape, or user inputs that do not fit a workload."""
+
+
+@dataclass(frozen=True, order=True)
+class Case:
+    """One unit of work and of results; `key` is stable across runs and machines (resume, compare, --against)."""
+
+    workload: str
+    preset: str
+    shape: str
+    dtype: str
+    inputs: str
+    seed: int
+    backend: str
+    op: str = field(compare=False)
+
+    @property
+    def input_key(self) -> str:
+        """Everything that determines the inputs and the reference, i.e. the key without the backend."""
+        return f"{self.workload}/{self.preset}/{self.shape}/{self.dtype}/{self.inputs}/seed{self.seed}"
+
+    @property
+    def key(self) -> str:
+        return f"{self.input_key}@{self.backend}"
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "workload": self.workload,
+            "op": self.op,
+            "preset": self.preset,
+            "shape": self.shape,
+            "dtype": self.dtype,
+            "inputs": self.inputs,
+            "seed": self.seed,
+            "backend": self.backend,
+        }
+
+
+def generator(seed: int, *salt: str) -> torch.Generator:
+    """A CPU generator seeded by the seed and the tensor's name, so inputs do not depend on generation order."""
+    mixed = seed * 1_000_003
+    for s in salt:
+        for ch in s:
+            mixed = (mixed * 31 + ord(ch)) % (2**61 - 1)
+    return torch.Generator().manual_seed(mixed)
+
+
+def random_tensor(
+    shape: tuple[int, ...], dtype: torch.dtype, *, seed: int, name: str, distribution: str, scale: float = 1.0
+) -> torch.Tensor:
+    """Seeded host tensor in `dtype`. `stress`: 3x wider, with 0.2% outliers at +-8 sigma (overflow bait)."""
+    if distribution not in DISTRIBUTIONS:
+        raise WorkloadError(f"input distribution {distribution!r} is not one of: {', '.join(DISTRIBUTIONS)}")
+    gen = generator(seed, name, distribution)
+    x = torch.randn(shape, generator=gen, dtype=torch.float32) * scale
+    if distribution == "stress":
+        x = x * 3.0
+        outliers = torch.rand(shape, generator=gen) < 0.002
+        signs = torch.where(torch.rand(shape, generator=gen) < 0.5, -1.0, 1.0)
+        x = torch.where(outliers, signs * 8.0 * 3.0 * scale, x)
+    return x.to(dtype)
+
+
+class Workload(abc.ABC):
+    """A named op invocation with shape presets. Subclasses implement the abstract methods for their shape type."""
+
+    name: str
+    op: ClassVar[str]
+    description: str = ""
+
+    def __init__(self, name: str, presets: Mapping[str, Mapping[str, Any]], description: str = "") -> None:
+        if self.op not in contract.OPS:
+            raise WorkloadError(f"workload {name!r}: op {self.op!r} is not one of: {', '.join(contract.OPS)}")
+        self.name = name
+        self.presets = {p: dict(shapes) for p, shapes in presets.items()}
+        self.description = description
+
+    def shapes(self, preset: str) -> dict[str, Any]:
+        try:
+            return self.presets[preset]
+        except KeyError:
+            raise WorkloadError(
+                f"workload {self.name!r} has no preset {preset!r}; presets: {', '.join(self.presets)}"
+            ) from None
+
+    def shape(self, preset: str, shape: str) -> Any:
+        shapes = self.shapes(preset)
+        if shape not in shapes:
+            raise WorkloadError(
+                f"workload {self.name!r} preset {preset!r} has no shape {shape!r}; shapes: {', '.join(shapes)}"
+            )
+        return shapes[shape]
+
+    @abc.abstractmethod
+    def make_inputs(self, shape: Any, dtype: torch.dtype, seed: int, distribution: str) -> dict[str, torch.Tensor]:
+        """Host tensors named as in the kernel contract, float ones already in `dtype`."""
+
+    @abc.abstractmethod
+    def op_kwargs(self, shape: Any) -> dict[str, Any]:
+        """The op's non-tensor keyword arguments for this shape (causal, window, scale...)."""
+
+    @abc.abstractmethod
+    def flops(self, shape: Any) -> float:
+        """Useful floating-point operations of one call (masked-out work not counted)."""
+
+    @abc.abstractmethod
+    def bytes_moved(self, shape: Any, itemsize: int) -> float:
+        """Bytes one call must read and write at the least."""
+
+    @abc.abstractmethod
+    def reduction_length(self, shape: Any) -> int:
+        """The longest sum in the op: error budgets grow with it."""
+
+    @abc.abstractmethod
+    def shape_from_inputs(self, tensors: Mapping[str, torch.Tensor], template: Any) -> Any:
+        """Shape of the user's tensors (--inputs), taking non-tensor settings from `template`.
+
+        Raises WorkloadError naming the tensor, the expected and the actual shape when they do not fit.
+        """
+
+    def check_input_names(self, tensors: Mapping[str, torch.Tensor]) -> None:
+        spec = contract.OPS[self.op]
+        missing = [n for n in spec.inputs if n not in tensors]
+        unknown = [n for n in tensors if n not in spec.inputs + spec.optional_inputs]
+        if missing or unknown:
+            accepted = ", ".join(spec.inputs) + (
+                f" (optional: {', '.join(spec.optional_inputs)})" if spec.optional_inputs else ""
+            )
+            problems = []
+            if missing:
+                problems.append(f"missing {', '.join(missing)}")
+            if unknown:
+                problems.append(f"unknown {', '.join(unknown)}")
+            raise WorkloadError(f"inputs for op {self.op!r} ({self.name}): {'; '.join(problems)}; accepted: {accepted}")
+
+    def split_args(self, inputs: Mapping[str, torch.Tensor], shape: Any) -> tuple[list[torch.Tensor], dict[str, Any]]:
+        """Positional tensors and keyword arguments of the op call, from named inputs."""
+        spec = contract.OPS[self.op]
+        args = [inputs[n] for n in spec.inputs]
+        kwargs = {n: inputs[n] for n in spec.optional_inputs if n in inputs}
+        kwargs.update(self.op_kwargs(shape))
+        return args, kwargs
+
+    def reference(self, inputs: Mapping[str, torch.Tensor], shape: Any) -> torch.Tensor:
+        """The float64 oracle's output for these exact inputs."""
+        args, kwargs = self.split_args(inputs, shape)
+        return getattr(contract, self.op)(*args, **kwargs)
+
+
+class WorkloadRegistry:
+    """Name -> workload, fed by the `harness.workloads` entry points (each a callable returning workloads)."""
+
+    def __init__(self, workloads: Iterable[Workload] = ()) -> None:
+        self._workloads: dict[str, Workload] = {}
+        self._origins: dict[str, str] = {}
+        for w in workloads:
+            self.register(w, "direct")
+
+    def register(self, workload: Workload, origin: str) -> None:
+        if workload.name in self._workloads:
+            raise WorkloadError(
+                f"workload name {workload.name!r} is registered twice: "
+                f"by {self._origins[workload.name]} and by {origin}"
+            )
+        self._workloads[workload.name] = workload
+        self._origins[workload.name] = origin
+
+    @classmethod
+    def discover(cls) -> WorkloadRegistry:
+        registry = cls()
+        for ref in entry_points(WORKLOAD_GROUP):
+            provider = ref.load()
+            try:
+                items = provider() if callable(provider) else provider
+                for w in items if isinstance(items, Iterable) else [items]:
+                    registry.register(w, ref.origin)
+            except WorkloadError:
+                raise
+            except Exception as exc:
+                raise PluginError(f"{ref.origin}: building workloads failed: {type(exc).__name__}: {exc}") from exc
+        return registry
+
+    def names(self) -> list[str]:
+        return sorted(self._workloads)
+
+    def get(self, name: str) -> Workload:
+        try:
+            return self._workloads[name]
+        except KeyError:
+            raise WorkloadError(f"unknown workload {name!r}: not one of: {', '.join(self.names())}") from None
+
+    def select(self, patterns: Iterable[str]) -> list[Workload]:
+        """Workloads matching any of the glob patterns, in name order; a pattern matching nothing is an error."""
+        chosen: dict[str, Workload] = {}
+        for pattern in patterns:
+            hits = [n for n in self.names() if fnmatch.fnmatchcase(n, pattern)]
+            if not hits:
+                raise WorkloadError(f"no workload matches {pattern!r}; known workloads: {', '.join(self.names())}")
+            for n in hits:
+                chosen[n] = self._workloads[n]
+        return [chosen[n] for n in sorted(chosen)]

@@ -1,0 +1,1 @@
+"""Built-in workloads (attention; MoE and LLMs as they land), registered through `harness.workloads`."""

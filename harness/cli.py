@@ -48,6 +48,12 @@ def _bad_input_exits() -> Iterator[None]:
         sys.exit(EXIT_USAGE)
 
 
+def _stdout_console() -> Console:
+    """The terminal's width on a terminal; wide enough for whole tables when piped or captured."""
+    console = Console()
+    return console if console.is_terminal else Console(width=200)
+
+
 def _registry(plugins: tuple[str, ...]) -> BackendRegistry:
     return default_registry(_split(plugins))
 
@@ -72,7 +78,7 @@ def list_cmd(plugins: tuple[str, ...]) -> None:
     with _bad_input_exits():
         registry = _registry(plugins)
         workloads = WorkloadRegistry.discover()
-    console = Console()
+    console = _stdout_console()
     table = Table(title="backends", title_justify="left")
     for col in ("name", "state", "reason", "device", "dtypes", "ops", "simulated"):
         table.add_column(col)
@@ -275,8 +281,7 @@ def run_cmd(
             console.print(f"interrupted: {writer.count} records kept in {out_path}")
             sys.exit(130)
     if not no_table:
-        stdout = Console()
-        _print_table(report_mod.summarize(records), stdout if stdout.is_terminal else Console(width=200))
+        _print_table(report_mod.summarize(records), _stdout_console())
     counts = ", ".join(f"{n} {s}" for s, n in sorted(summary.counts.items()))
     console.print(f"{len(records)} cases ({counts}); results: {out_path}")
     sys.exit(summary.exit_code)

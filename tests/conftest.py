@@ -1,0 +1,60 @@
+"""Shared fixtures: the backend registry, a CLI runner that returns parsed records, plugin file paths."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+
+from harness.backend import BackendRegistry, default_registry
+from harness.cli import main
+
+PLUGINS = Path(__file__).parent / "plugins"
+
+
+@dataclass
+class CliRun:
+    result: Result
+    records: list[dict[str, Any]]
+
+    @property
+    def exit_code(self) -> int:
+        return self.result.exit_code
+
+    @property
+    def output(self) -> str:
+        return self.result.output
+
+    def by_key(self) -> dict[str, dict[str, Any]]:
+        return {r["case"]["key"]: r for r in self.records}
+
+
+@pytest.fixture(scope="session")
+def registry() -> BackendRegistry:
+    return default_registry()
+
+
+def plugin(name: str) -> str:
+    return str(PLUGINS / f"{name}.py")
+
+
+@pytest.fixture
+def harness_cli(tmp_path: Path):
+    """Invoke `harness ARGS...`; for `run`, results go to a fresh file whose records are returned."""
+
+    def invoke(*args: str, out: Path | None = None) -> CliRun:
+        argv = list(args)
+        if argv and argv[0] == "run" and "--out" not in argv:
+            out = out or tmp_path / f"run{len(list(tmp_path.glob('run*.jsonl')))}.jsonl"
+            argv += ["--out", str(out)]
+        result = CliRunner().invoke(main, argv, catch_exceptions=False)
+        records = []
+        if out is not None and out.exists():
+            records = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
+        return CliRun(result, records)
+
+    return invoke

@@ -1,0 +1,110 @@
+"""The backend and workload registries: entry points, plugins, duplicates, selection."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import pytest
+
+from backends.torch_cpu import TorchCpu
+from harness.backend import Availability, Backend, BackendRegistry, RegistryError, default_registry
+from harness.plugins import PluginError
+from harness.workload import WorkloadError, WorkloadRegistry
+from tests.conftest import plugin
+
+
+def test_builtins_register_through_entry_points() -> None:
+    registry = default_registry()
+    assert {"cpu-reference", "torch-cpu"} <= set(registry.names())
+    assert "entry point harness.backends:torch-cpu" in registry.origin("torch-cpu")
+
+
+def test_plugin_file_registers_its_backends() -> None:
+    registry = default_registry([plugin("blockwise")])
+    assert "blockwise-online" in registry.names()
+    assert registry.probe("blockwise-online").available
+
+
+def test_duplicate_name_is_refused_naming_both_origins() -> None:
+    with pytest.raises(
+        RegistryError, match=r"'torch-cpu' is registered twice: by entry point .* and by plugin .*duplicate_name"
+    ):
+        default_registry([plugin("duplicate_name")])
+
+
+def test_abstract_or_nameless_classes_are_refused() -> None:
+    class Half(Backend):
+        name: ClassVar[str] = "half"
+
+    class Nameless(TorchCpu):
+        name: ClassVar[str] = ""
+
+    registry = BackendRegistry()
+    with pytest.raises(RegistryError, match=r"leaves abstract methods unimplemented: .*attention"):
+        registry.register(Half, "test")
+    with pytest.raises(RegistryError, match="has no `name`"):
+        registry.register(Nameless, "test")
+
+
+def test_unknown_names_and_bad_plugins() -> None:
+    registry = default_registry()
+    with pytest.raises(RegistryError, match=r"unknown backend 'npu': not one of: .*torch-cpu"):
+        registry.select(["npu"])
+    assert registry.select(["all"]) == registry.names()
+    with pytest.raises(PluginError, match="does not exist"):
+        registry.load_plugin("/no/such/file.py")
+    with pytest.raises(PluginError, match=r"neither an existing \.py file nor an importable module"):
+        registry.load_plugin("no_such_module_xyz")
+
+
+def test_probe_that_raises_becomes_a_reason() -> None:
+    class Exploding(TorchCpu):
+        name: ClassVar[str] = "exploding"
+
+        @classmethod
+        def probe(cls) -> Availability:
+            raise OSError("libvendor.so: cannot open shared object file")
+
+    registry = BackendRegistry()
+    registry.register(Exploding, "test")
+    availability = registry.probe("exploding")
+    assert not availability.available and "libvendor.so" in availability.reason
+
+
+def test_implemented_ops_are_derived_from_overrides() -> None:
+    class AttentionOnly(Backend):
+        name: ClassVar[str] = "attention-only"
+
+        @classmethod
+        def probe(cls) -> Availability:
+            return Availability(True)
+
+        def to_device(self, t):
+            return t
+
+        def to_host(self, t):
+            return t
+
+        def synchronize(self) -> None:
+            pass
+
+        def environment(self) -> dict:
+            return {}
+
+        def attention(self, q, k, v, **kw):
+            return q
+
+    assert AttentionOnly.implemented_ops() == {"attention"}
+    assert TorchCpu.implemented_ops() == {"attention", "rms_norm", "rope", "swiglu"}
+
+
+def test_workload_selection_by_glob() -> None:
+    registry = WorkloadRegistry.discover()
+    assert [w.name for w in registry.select(["attention.*"])] == [
+        "attention.chunked_prefill",
+        "attention.decode",
+        "attention.prefill",
+        "attention.sliding_window",
+    ]
+    with pytest.raises(WorkloadError, match=r"no workload matches 'moe\.\*'"):
+        registry.select(["moe.*"])

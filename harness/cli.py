@@ -11,7 +11,7 @@ import logging
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from harness import parity
 from harness import report as report_mod
 from harness.backend import DTYPES, BackendRegistry, RegistryError, default_registry
 from harness.plugins import PluginError
@@ -142,6 +143,20 @@ def _load_inputs(path: str) -> dict[str, Any]:
         raise UsageError(f"--inputs {path}: cannot read as safetensors: {exc}") from None
 
 
+def _budget_overrides(items: tuple[str, ...]) -> dict[str, float]:
+    fields = set(asdict(parity.BASE_BUDGETS["float32"]))
+    overrides = {}
+    for item in _split(items):
+        key, sep, value = item.partition("=")
+        if not sep or key not in fields:
+            raise UsageError(f"--budget {item!r}: expected FIELD=VALUE with FIELD one of: {', '.join(sorted(fields))}")
+        try:
+            overrides[key] = float(value)
+        except ValueError:
+            raise UsageError(f"--budget {item!r}: {value!r} is not a number") from None
+    return overrides
+
+
 def _print_table(rows: list[report_mod.Row], console: Console) -> None:
     table = Table(show_lines=False)
     for _, title in report_mod.TABLE_COLUMNS:
@@ -198,6 +213,13 @@ def _print_table(rows: list[report_mod.Row], console: Console) -> None:
     metavar="BACKEND_OR_DIR",
     help="Judge by error ratio against a backend, or against outputs saved with --save-outputs.",
 )
+@click.option(
+    "--budget",
+    "budgets",
+    multiple=True,
+    metavar="FIELD=VALUE",
+    help="Override a parity budget field for every case: rel_l2, worst_row_rel_l2, atol, rtol, max_outside.",
+)
 @click.option("--no-table", is_flag=True, help="Do not print the summary table.")
 @plugin_option
 def run_cmd(
@@ -214,6 +236,7 @@ def run_cmd(
     inputs_file: str | None,
     save_outputs: Path | None,
     against: str | None,
+    budgets: tuple[str, ...],
     no_table: bool,
     plugins: tuple[str, ...],
 ) -> None:
@@ -253,7 +276,13 @@ def run_cmd(
                 )
             user_inputs = _load_inputs(inputs_file)
         run_id = new_run_id()
-        options = RunOptions(parity_only=parity_only, timing=timing, save_outputs=save_outputs, against=against)
+        options = RunOptions(
+            parity_only=parity_only,
+            timing=timing,
+            save_outputs=save_outputs,
+            against=against,
+            budget_overrides=_budget_overrides(budgets),
+        )
         runner = Runner(registry, workload_registry, options, run_id, user_inputs=user_inputs)
         cases = runner.plan(chosen)
     out_path = out or Path("results") / "runs" / f"{run_id}.jsonl"

@@ -352,7 +352,7 @@ class Runner:
         if group.baseline is not None:
             return group.baseline
         ref = group.reference()
-        budget = parity.budget_for(case.dtype, group.workload.reduction_length(group.shape))
+        budget = group.workload.budget(case.dtype, group.shape, self.options.budget_overrides)
         if self.saved_in is not None:
             name = self.saved_in.baseline_backend()
             out = self.saved_in.load_output(case, name)

@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 import torch
 
 from harness import ops as contract
+from harness import parity
 from harness.plugins import PluginError, entry_points
 
 log = logging.getLogger(__name__)
@@ -149,6 +150,13 @@ class Workload(abc.ABC):
 
         Raises WorkloadError naming the tensor, the expected and the actual shape when they do not fit.
         """
+
+    def budget(self, dtype: str, shape: Any, overrides: Mapping[str, float] | None = None) -> parity.Budget:
+        """The parity budget of a case: the dtype's default at this reduction length, then any overrides.
+
+        A workload whose op is known to need more (or allow less) overrides this; users override per run.
+        """
+        return parity.budget_for(dtype, self.reduction_length(shape), dict(overrides or {}))
 
     def check_input_names(self, tensors: Mapping[str, torch.Tensor]) -> None:
         spec = contract.OPS[self.op]

@@ -215,3 +215,23 @@ def test_env_and_python_dash_m() -> None:
     proc = subprocess.run([sys.executable, "-m", "harness", "env"], capture_output=True, text=True, check=True)
     env = json.loads(proc.stdout)
     assert env["host"]["torch"] and env["backends"]["torch-cpu"]["available"] is True
+
+
+def test_budget_override_tightens_the_verdict(harness_cli) -> None:
+    args = ("run", "-b", "torch-cpu", "-w", "attention.decode", "--dtype", "bfloat16", "--parity-only")
+    assert harness_cli(*args).exit_code == 0
+    strict = harness_cli(*args, "--budget", "rel_l2=1e-6")
+    assert strict.exit_code == 1
+    assert all(r["parity"]["budget"]["rel_l2"] == 1e-6 for r in strict.records)
+    assert all("rel_l2 = " in r["reason"] and "budget 1e-06" in r["reason"] for r in strict.records)
+    bad = harness_cli(*args, "--budget", "rel=1")
+    assert bad.exit_code == 2 and "FIELD one of: atol, max_outside, rel_l2" in bad.output
+
+
+def test_report_reads_a_file_whose_writer_was_killed(harness_cli, tmp_path: Path) -> None:
+    out = tmp_path / "r.jsonl"
+    harness_cli("run", "-b", "torch-cpu", "-w", "attention.decode", "--dtype", "float32", "--parity-only", out=out)
+    text = out.read_text()
+    out.write_text(text + text.splitlines()[0][:40])  # a half-written record at the end
+    md = harness_cli("report", str(out))
+    assert md.exit_code == 0 and "pass 2/2" in md.output

@@ -27,6 +27,7 @@ from harness.plugins import PluginError
 from harness.results import ResultsError, ResultWriter, host_environment, new_run_id, read_records
 from harness.runner import Runner, RunOptions, UsageError
 from harness.suites import BUILTIN_SUITES, SuiteError, resolve_suite
+from harness.timing import NOISE_THRESHOLD
 from harness.workload import DISTRIBUTIONS, WorkloadError, WorkloadRegistry
 
 EXIT_USAGE = 2
@@ -312,6 +313,12 @@ def run_cmd(
     if not no_table:
         _print_table(report_mod.summarize(records), _stdout_console())
     counts = ", ".join(f"{n} {s}" for s, n in sorted(summary.counts.items()))
+    noisy = sum(1 for r in records if r.get("timing") and r["timing"]["noisy"])
+    if noisy:
+        console.print(
+            f"warning: {noisy} timed cases are noisy (IQR/median > {NOISE_THRESHOLD:.0%}); "
+            "compare ratios measured side by side, or raise --time-budget"
+        )
     console.print(f"{len(records)} cases ({counts}); results: {out_path}")
     sys.exit(summary.exit_code)
 

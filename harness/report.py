@@ -54,6 +54,10 @@ def _max(values: Iterable[float | None]) -> float | None:
     return max(vals) if vals else None
 
 
+def _notes(simulated: bool, noisy: bool, reasons: list[str]) -> list[str]:
+    return (["simulated"] if simulated else []) + (["noisy timing"] if noisy else []) + reasons[:1]
+
+
 def summarize(records: Iterable[dict[str, Any]], *, include_simulated_speed: bool = False) -> list[Row]:
     groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for r in records:
@@ -86,7 +90,7 @@ def summarize(records: Iterable[dict[str, Any]], *, include_simulated_speed: boo
                 tflops=_max(t.get("tflops") for t in timed),
                 gbps=_max(t.get("gbps") for t in timed),
                 shape_info=next((r["shape_info"] for r in recs if r.get("shape_info")), ""),
-                note=("simulated; " if simulated else "") + (notes[0] if notes else ""),
+                note="; ".join(_notes(simulated, any(t["noisy"] for t in timed), notes)),
             )
         )
     return rows

@@ -23,7 +23,7 @@ from harness.backend import DTYPES, Availability, Backend, BackendRegistry, Regi
 from harness.results import SCHEMA_VERSION, host_environment, utc_now
 from harness.saved import SavedOutputs, SavedOutputsError
 from harness.suites import Suite
-from harness.timing import TimingConfig, measure
+from harness.timing import NOISE_THRESHOLD, TimingConfig, measure
 from harness.workload import USER_SHAPE, Case, Workload, WorkloadError, WorkloadRegistry
 
 log = logging.getLogger(__name__)
@@ -342,6 +342,14 @@ class Runner:
             itemsize = DTYPES[case.dtype].itemsize
             measurement = measure(call, backend.timer(), self.options.timing)
             record["timing"] = measurement.to_record(workload.flops(shape), workload.bytes_moved(shape, itemsize))
+            if measurement.stats.noisy:
+                stats = measurement.stats
+                log.info(
+                    "%s: noisy timing, IQR/median = %.0f%% (> %.0f%%); compare ratios measured side by side",
+                    case.key,
+                    100 * stats.iqr_ns / stats.median_ns,
+                    100 * NOISE_THRESHOLD,
+                )
         record["memory"] = backend.memory_stats() or None
 
     def _baseline(self, case: Case, group: InputGroup) -> dict[str, Any] | str | None:

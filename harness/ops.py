@@ -41,8 +41,22 @@ OPS: dict[str, OpSpec] = {
         OpSpec("rms_norm", ("x", "w"), (), "x [..., H], w [H] -> x / rms(x) * w"),
         OpSpec("rope", ("x", "cos", "sin"), (), "x [..., S, D], cos/sin broadcastable to x; half or interleave"),
         OpSpec("swiglu", ("x",), (), "x [..., 2F] -> silu(x[..., :F]) * x[..., F:]"),
+        OpSpec(
+            "route",
+            ("logits",),
+            ("bias",),
+            "logits [T,E] -> (weights [T,k], ids [T,k]); softmax_topk or sigmoid_group_topk",
+        ),
+        OpSpec(
+            "moe",
+            ("x", "router_w", "w_gate", "w_up", "w_down"),
+            ("bias", "shared_w_gate", "shared_w_up", "shared_w_down", "shared_gate", "route_weights", "route_ids"),
+            "x [T,H] -> [T,H]: route, SwiGLU experts, weighted combine, optional (gated) shared expert",
+        ),
     )
 }
+
+ROUTING_SCHEMES = ("softmax_topk", "sigmoid_group_topk")
 
 ROPE_STYLES = ("half", "interleave")
 
@@ -203,3 +217,239 @@ def swiglu(x: torch.Tensor) -> torch.Tensor:
     x64 = x.detach().to("cpu", torch.float64)
     gate, up = x64.chunk(2, dim=-1)
     return gate * torch.sigmoid(gate) * up
+
+
+# ----- Mixture of Experts -----
+
+
+@dataclass(frozen=True)
+class Routing:
+    """A routing decision: per token, k expert ids (best first) and their combine weights."""
+
+    weights: torch.Tensor  # [T, k]
+    ids: torch.Tensor  # [T, k] int64
+
+
+def check_route_args(
+    logits: torch.Tensor, *, top_k: int, scheme: str, bias: torch.Tensor | None, n_group: int, topk_group: int
+) -> None:
+    _require(logits.dim() == 2, f"route input logits: expected 2 dims [T, E], got shape {list(logits.shape)}")
+    E = logits.shape[1]
+    _require(scheme in ROUTING_SCHEMES, f"route: scheme {scheme!r} is not one of: {', '.join(ROUTING_SCHEMES)}")
+    _require(1 <= top_k <= E, f"route: top_k must lie in [1, {E}], got {top_k}")
+    _require(n_group >= 1 and E % n_group == 0, f"route: n_group={n_group} must divide the {E} experts")
+    _require(1 <= topk_group <= n_group, f"route: topk_group must lie in [1, n_group={n_group}], got {topk_group}")
+    _require(
+        top_k <= topk_group * (E // n_group),
+        f"route: top_k={top_k} exceeds the {topk_group * (E // n_group)} experts of the kept groups",
+    )
+    if n_group > 1:
+        _require(E // n_group >= 2, "route: groups are ranked by their top-2 scores, so need >= 2 experts each")
+    if bias is not None:
+        _require(bias.shape == (E,), f"route input bias: expected shape [{E}], got {list(bias.shape)}")
+        _require(scheme == "sigmoid_group_topk", "route: a correction bias is only defined for sigmoid_group_topk")
+
+
+def selection_scores(
+    logits: torch.Tensor,
+    *,
+    scheme: str,
+    bias: torch.Tensor | None = None,
+    n_group: int = 1,
+    topk_group: int = 1,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(scores, choice, group_scores) in the dtype and on the device of `logits`.
+
+    softmax_topk: scores = choice = softmax(logits). sigmoid_group_topk: scores = sigmoid(logits), choice =
+    scores + bias (the bias steers SELECTION only), and experts of groups outside the best `topk_group` groups
+    (ranked by the sum of each group's top-2 choice values) get choice -inf. Shared by the reference (float64)
+    and by torch backends (float32 on their device).
+    """
+    T, E = logits.shape
+    if scheme == "softmax_topk":
+        scores = torch.softmax(logits, dim=-1)
+        return scores, scores, None
+    scores = torch.sigmoid(logits)
+    choice = scores + bias.to(logits) if bias is not None else scores
+    if n_group == 1:
+        return scores, choice, None
+    grouped = choice.view(T, n_group, E // n_group)  # [T, G, E/G]
+    group_scores = grouped.topk(2, dim=-1).values.sum(dim=-1)  # [T, G]
+    keep = stable_topk_ids(group_scores, topk_group)  # [T, topk_group]
+    group_mask = torch.zeros_like(group_scores, dtype=torch.bool).scatter_(1, keep, True)  # [T, G]
+    expert_mask = group_mask.repeat_interleave(E // n_group, dim=1)  # [T, E]
+    return scores, choice.masked_fill(~expert_mask, -math.inf), group_scores
+
+
+def route_scores(
+    logits: torch.Tensor,
+    *,
+    top_k: int,
+    scheme: str,
+    bias: torch.Tensor | None = None,
+    n_group: int = 1,
+    topk_group: int = 1,
+    scaling: float = 1.0,
+    renormalize: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The routing rule in the dtype and on the device of `logits`: (weights [T,k], ids [T,k] int64)."""
+    scores, choice, _ = selection_scores(logits, scheme=scheme, bias=bias, n_group=n_group, topk_group=topk_group)
+    ids = stable_topk_ids(choice, top_k)  # [T, k]
+    weights = scores.gather(1, ids)  # [T, k]
+    if renormalize:
+        weights = weights / weights.sum(dim=-1, keepdim=True)
+    return weights * scaling, ids
+
+
+def stable_topk_ids(values: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the k largest along the last dim; an exact tie goes to the lower index."""
+    return torch.sort(values, dim=-1, descending=True, stable=True).indices[..., :k]
+
+
+def route(
+    logits: torch.Tensor,
+    *,
+    top_k: int,
+    scheme: str,
+    bias: torch.Tensor | None = None,
+    n_group: int = 1,
+    topk_group: int = 1,
+    scaling: float = 1.0,
+    renormalize: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference router: (weights [T,k] float64, ids [T,k] int64), ids best first.
+
+    Schemes: `softmax_topk` (Mixtral, Qwen2/Qwen3-MoE) and `sigmoid_group_topk` (DeepSeek-V3; see
+    selection_scores). The weights are the UNBIASED scores of the chosen experts, divided by their sum when
+    `renormalize`, then times `scaling` (routed_scaling_factor). Ties: an exact tie goes to the lower expert
+    index (and, between groups, to the lower group index).
+    """
+    check_route_args(logits, top_k=top_k, scheme=scheme, bias=bias, n_group=n_group, topk_group=topk_group)
+    return route_scores(
+        logits.detach().to("cpu", torch.float64),
+        top_k=top_k,
+        scheme=scheme,
+        bias=None if bias is None else bias.detach().to("cpu", torch.float64),
+        n_group=n_group,
+        topk_group=topk_group,
+        scaling=scaling,
+        renormalize=renormalize,
+    )
+
+
+def _swiglu_mlp(x: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor) -> torch.Tensor:
+    """down(silu(gate(x)) * up(x)) with weights in nn.Linear layout: w_gate/w_up [F, H], w_down [H, F]."""
+    gate = x @ w_gate.T  # [N, F]
+    return (gate * torch.sigmoid(gate) * (x @ w_up.T)) @ w_down.T  # [N, H]
+
+
+def check_moe_inputs(
+    x: torch.Tensor,
+    router_w: torch.Tensor,
+    w_gate: torch.Tensor,
+    w_up: torch.Tensor,
+    w_down: torch.Tensor,
+    shared: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None,
+    shared_gate: torch.Tensor | None,
+    routing_override: tuple[torch.Tensor, torch.Tensor] | None,
+) -> None:
+    _require(x.dim() == 2, f"moe input x: expected 2 dims [T, H], got shape {list(x.shape)}")
+    T, H = x.shape
+    E = router_w.shape[0] if router_w.dim() == 2 else -1
+    _require(
+        router_w.dim() == 2 and router_w.shape[1] == H,
+        f"moe input router_w: expected shape [E, {H}], got {list(router_w.shape)}",
+    )
+    F = w_gate.shape[1] if w_gate.dim() == 3 else -1
+    for name, t, expected in (
+        ("w_gate", w_gate, (E, F, H)),
+        ("w_up", w_up, (E, F, H)),
+        ("w_down", w_down, (E, H, F)),
+    ):
+        _require(tuple(t.shape) == expected, f"moe input {name}: expected shape {list(expected)}, got {list(t.shape)}")
+    if shared is not None:
+        sg, su, sd = shared
+        Fs = sg.shape[0] if sg.dim() == 2 else -1
+        for name, t, expected in (
+            ("shared_w_gate", sg, (Fs, H)),
+            ("shared_w_up", su, (Fs, H)),
+            ("shared_w_down", sd, (H, Fs)),
+        ):
+            _require(
+                tuple(t.shape) == expected, f"moe input {name}: expected shape {list(expected)}, got {list(t.shape)}"
+            )
+    if shared_gate is not None:
+        _require(shared is not None, "moe: shared_gate needs a shared expert")
+        _require(
+            tuple(shared_gate.shape) == (1, H),
+            f"moe input shared_gate: expected shape [1, {H}], got {list(shared_gate.shape)}",
+        )
+    if routing_override is not None:
+        w, ids = routing_override
+        _require(
+            w.dim() == 2 and w.shape[0] == T, f"moe input route_weights: expected shape [{T}, k], got {list(w.shape)}"
+        )
+        _require(
+            tuple(ids.shape) == tuple(w.shape),
+            f"moe input route_ids: expected shape {list(w.shape)}, got {list(ids.shape)}",
+        )
+        _require(not ids.is_floating_point(), f"moe input route_ids: expected an integer dtype, got {ids.dtype}")
+        if ids.numel():
+            lo, hi = int(ids.min()), int(ids.max())
+            _require(lo >= 0 and hi < E, f"moe input route_ids: values must lie in [0, {E - 1}], got [{lo}, {hi}]")
+
+
+def moe(
+    x: torch.Tensor,
+    router_w: torch.Tensor,
+    w_gate: torch.Tensor,
+    w_up: torch.Tensor,
+    w_down: torch.Tensor,
+    *,
+    top_k: int,
+    scheme: str,
+    bias: torch.Tensor | None = None,
+    n_group: int = 1,
+    topk_group: int = 1,
+    scaling: float = 1.0,
+    renormalize: bool,
+    shared: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+    shared_gate: torch.Tensor | None = None,
+    routing_override: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Reference MoE layer in float64: [T, H] -> [T, H].
+
+    Router logits x @ router_w^T, routed by `route` (or `routing_override=(weights, ids)`), each chosen expert a
+    SwiGLU MLP, outputs combined with the routing weights; plus the shared expert when given, scaled by
+    sigmoid(x @ shared_gate^T) when `shared_gate` [1, H] is given (Qwen2-MoE) and added as is otherwise
+    (DeepSeek-V3). Loops over experts, never over tokens.
+    """
+    check_moe_inputs(x, router_w, w_gate, w_up, w_down, shared, shared_gate, routing_override)
+    x64 = x.detach().to("cpu", torch.float64)  # [T, H]
+    if routing_override is None:
+        logits = x64 @ router_w.detach().to("cpu", torch.float64).T  # [T, E]
+        weights, ids = route(
+            logits,
+            top_k=top_k,
+            scheme=scheme,
+            bias=bias,
+            n_group=n_group,
+            topk_group=topk_group,
+            scaling=scaling,
+            renormalize=renormalize,
+        )
+    else:
+        weights = routing_override[0].detach().to("cpu", torch.float64)
+        ids = routing_override[1].detach().to("cpu", torch.long)
+    out = torch.zeros_like(x64)  # [T, H]
+    wg, wu, wd = (w.detach().to("cpu", torch.float64) for w in (w_gate, w_up, w_down))
+    for e in torch.unique(ids).tolist():
+        tok, slot = (ids == e).nonzero(as_tuple=True)  # tokens routed to e, and which of their k slots
+        y = _swiglu_mlp(x64[tok], wg[e], wu[e], wd[e])  # [n_e, H]
+        out.index_add_(0, tok, y * weights[tok, slot, None])
+    if shared is not None:
+        s = _swiglu_mlp(x64, *(w.detach().to("cpu", torch.float64) for w in shared))  # [T, H]
+        if shared_gate is not None:
+            s = s * torch.sigmoid(x64 @ shared_gate.detach().to("cpu", torch.float64).T)  # [T, 1] gate
+        out = out + s
+    return out

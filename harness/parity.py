@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from harness import ops
+
 # Unit roundoff of each dtype: the relative error of one rounding.
 UNIT_ROUNDOFF = {"float64": 2.0**-53, "float32": 2.0**-24, "bfloat16": 2.0**-8, "float16": 2.0**-11}
 ROW_GUARD = 1e-2  # a row's norm is floored at this fraction of the mean row norm (fully masked rows are zero)
@@ -158,8 +160,11 @@ class Failure:
     metric: str
     value: float
     budget: float
+    detail: str = ""  # a message for failures that are not a number over a budget (wrong output shape)
 
     def describe(self) -> str:
+        if self.detail:
+            return f"{self.metric}: {self.detail}"
         return f"{self.metric} = {self.value:.3g} > budget {self.budget:.3g}"
 
 
@@ -184,26 +189,26 @@ class Verdict:
         }
 
 
-def _guards(m: Metrics) -> list[Failure]:
+def _guards(m: Metrics, prefix: str) -> list[Failure]:
     """Failures no budget can excuse: non-finite values where the reference is finite, a trivial output."""
     failures = []
     if m.nonfinite_mismatch:
-        failures.append(Failure("nonfinite", float(m.nonfinite_mismatch), 0.0))
+        failures.append(Failure(f"{prefix}nonfinite", float(m.nonfinite_mismatch), 0.0))
     if m.out_constant and not m.ref_constant:
-        failures.append(Failure("constant_output", 1.0, 0.0))
+        failures.append(Failure(f"{prefix}constant_output", 1.0, 0.0))
     return failures
 
 
-def judge(m: Metrics, budget: Budget) -> Verdict:
-    """Pass iff no guard trips and every budgeted metric is within its budget."""
-    failures = _guards(m)
+def judge(m: Metrics, budget: Budget, prefix: str = "") -> Verdict:
+    """Pass iff no guard trips and every budgeted metric is within its budget; `prefix` names the output."""
+    failures = _guards(m, prefix)
     for metric, value, limit in (
         ("rel_l2", m.rel_l2, budget.rel_l2),
         ("worst_row_rel_l2", m.worst_row_rel_l2, budget.worst_row_rel_l2),
         ("frac_outside", m.frac_outside, budget.max_outside),
     ):
         if not value <= limit:  # NaN fails too
-            failures.append(Failure(metric, value, limit))
+            failures.append(Failure(f"{prefix}{metric}", value, limit))
     return Verdict(not failures, tuple(failures))
 
 
@@ -212,16 +217,22 @@ RATIO_FLOOR = 0.1  # ... where the baseline's error is floored at this fraction 
 
 
 def judge_against(
-    m: Metrics, baseline: Metrics, budget: Budget, baseline_name: str, ratio: float = DEFAULT_RATIO
+    m: Metrics, baseline: Metrics, budget: Budget, baseline_name: str, ratio: float = DEFAULT_RATIO, prefix: str = ""
 ) -> Verdict:
     """Port validation: judge by err(candidate, ref) / err(baseline, ref), each floored near the dtype's noise."""
-    failures = _guards(m)
+    failures = _guards(m, prefix)
     for metric, limit in (("rel_l2", budget.rel_l2), ("worst_row_rel_l2", budget.worst_row_rel_l2)):
         allowed = ratio * max(getattr(baseline, metric), RATIO_FLOOR * limit)
         value = getattr(m, metric)
         if not value <= allowed:
-            failures.append(Failure(f"{metric}_vs_{baseline_name}", value, allowed))
+            failures.append(Failure(f"{prefix}{metric}_vs_{baseline_name}", value, allowed))
     return Verdict(not failures, tuple(failures), mode=f"against {baseline_name}")
+
+
+def merge(mode: str, *verdicts: Verdict, extra: tuple[Failure, ...] = ()) -> Verdict:
+    """One verdict from several checks of a case: it passes only if all of them do."""
+    failures = tuple(extra) + tuple(f for v in verdicts for f in v.failures)
+    return Verdict(not failures, failures, mode)
 
 
 def bitwise_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -232,3 +243,118 @@ def bitwise_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
         return bool(torch.equal(a, b))
     as_int = {8: torch.int64, 4: torch.int32, 2: torch.int16}[a.element_size()]
     return bool(torch.equal(a.contiguous().view(as_int), b.contiguous().view(as_int)))
+
+
+# ----- MoE routing -----
+
+NEAR_TIE_FACTOR = 8.0  # a top-k boundary gap under 8 unit roundoffs of the token's largest logit is a near-tie
+SIGMOID_MAX_SLOPE = 0.25  # sigmoid'(x) <= 1/4: a logit error moves a sigmoid score by at most a quarter of it
+
+
+@dataclass(frozen=True)
+class RoutingReport:
+    """How a backend's routing decision compares with the reference's, token by token."""
+
+    tokens: int
+    agreement: float  # fraction of tokens whose top-k expert SET matches exactly
+    disagreements: int
+    near_ties: int  # tokens whose reference top-k (or group) boundary gap is under the dtype's tolerance
+    explained: int  # disagreements on near-tie tokens: reported, not failed
+    unexplained: int  # disagreements no near-tie explains: a routing bug
+    unexplained_tokens: list[int]
+    weights_rel_l2: float  # combine weights of the agreeing tokens against the reference's
+    tie_tolerance: float  # median per-token tolerance, in logits
+
+    def to_record(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def routing_near_ties(
+    logits: torch.Tensor,
+    dtype: str,
+    *,
+    top_k: int,
+    scheme: str,
+    bias: torch.Tensor | None = None,
+    n_group: int = 1,
+    topk_group: int = 1,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per token: (near-tie bool [T], tolerance in logits [T]) from the reference's float64 logits.
+
+    The gap is measured where selection ranks: logits for softmax (monotone), biased sigmoid scores for
+    sigmoid_group_topk, plus the gap between the last kept group and the next one.
+    """
+    l64 = logits.detach().to("cpu", torch.float64)  # [T, E]
+    tol = NEAR_TIE_FACTOR * UNIT_ROUNDOFF[dtype] * l64.abs().amax(dim=-1).clamp(min=1.0)  # [T]
+    if scheme == "softmax_topk":
+        choice, group_scores, choice_tol = l64, None, tol
+    else:
+        b64 = None if bias is None else bias.detach().to("cpu", torch.float64)
+        _, choice, group_scores = ops.selection_scores(
+            l64, scheme=scheme, bias=b64, n_group=n_group, topk_group=topk_group
+        )
+        choice_tol = SIGMOID_MAX_SLOPE * tol
+
+    def boundary_gap(values: torch.Tensor, k: int) -> torch.Tensor:
+        if k >= values.shape[-1]:
+            return torch.full(values.shape[:1], math.inf, dtype=torch.float64)
+        ranked = values.sort(dim=-1, descending=True).values  # [T, n]
+        gap = ranked[:, k - 1] - ranked[:, k]
+        return torch.where(torch.isfinite(ranked[:, k]), gap, torch.full_like(gap, math.inf))
+
+    near = boundary_gap(choice, top_k) < choice_tol
+    if group_scores is not None:
+        near |= boundary_gap(group_scores, topk_group) < 2 * choice_tol  # a group score sums two choices
+    return near, tol
+
+
+def _by_expert(weights: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each token's k (weight, id) pairs ordered by expert id, so routings compare as sets."""
+    ids_sorted, perm = ids.to(torch.long).sort(dim=-1)
+    return weights.to(torch.float64).gather(1, perm), ids_sorted
+
+
+def compare_routing(
+    out: tuple[torch.Tensor, torch.Tensor],
+    ref: tuple[torch.Tensor, torch.Tensor],
+    near_ties: torch.Tensor,
+    tolerance: torch.Tensor,
+    budget: Budget,
+) -> tuple[RoutingReport, torch.Tensor, Verdict]:
+    """Routing agreement, near-ties, weights error of agreeing tokens; the verdict and the agreement mask [T]."""
+    out_w, out_ids = _by_expert(*out)
+    ref_w, ref_ids = _by_expert(*ref)
+    if out_ids.shape != ref_ids.shape:
+        detail = f"routing ids shape {list(out_ids.shape)} != reference {list(ref_ids.shape)}"
+        failure = Failure("routing_shape", 0.0, 0.0, detail=detail)
+        empty = RoutingReport(ref_ids.shape[0], 0.0, ref_ids.shape[0], 0, 0, ref_ids.shape[0], [], math.nan, 0.0)
+        return empty, torch.zeros(ref_ids.shape[0], dtype=torch.bool), Verdict(False, (failure,))
+    agree = (out_ids == ref_ids).all(dim=-1)  # [T]
+    disagree = ~agree
+    unexplained = disagree & ~near_ties
+    weights = compare(out_w[agree], ref_w[agree], budget) if bool(agree.any()) else None
+    report = RoutingReport(
+        tokens=int(agree.numel()),
+        agreement=float(agree.double().mean()) if agree.numel() else 1.0,
+        disagreements=int(disagree.sum()),
+        near_ties=int(near_ties.sum()),
+        explained=int((disagree & near_ties).sum()),
+        unexplained=int(unexplained.sum()),
+        unexplained_tokens=unexplained.nonzero().flatten()[:8].tolist(),
+        weights_rel_l2=weights.rel_l2 if weights is not None else math.nan,
+        tie_tolerance=float(tolerance.median()) if tolerance.numel() else 0.0,
+    )
+    failures = []
+    if report.unexplained:
+        failures.append(
+            Failure(
+                "routing_unexplained",
+                float(report.unexplained),
+                0.0,
+                detail=f"{report.unexplained} of {report.tokens} tokens pick other experts with no near-tie at "
+                f"their top-k boundary (tokens {report.unexplained_tokens})",
+            )
+        )
+    if weights is not None:
+        failures += judge(weights, budget, prefix="routing_weights.").failures
+    return report, agree, Verdict(not failures, tuple(failures))

@@ -24,7 +24,7 @@ from harness.results import SCHEMA_VERSION, host_environment, utc_now
 from harness.saved import SavedOutputs, SavedOutputsError
 from harness.suites import Suite
 from harness.timing import NOISE_THRESHOLD, TimingConfig, measure
-from harness.workload import USER_SHAPE, Case, Workload, WorkloadError, WorkloadRegistry
+from harness.workload import USER_SHAPE, Case, CaseInputs, Workload, WorkloadError, WorkloadRegistry
 
 log = logging.getLogger(__name__)
 
@@ -62,23 +62,6 @@ class RunSummary:
         return 0
 
 
-@dataclass
-class InputGroup:
-    """Inputs shared by the cases of one input key, with the reference and baseline computed on first use."""
-
-    workload: Workload
-    shape: Any
-    inputs: dict[str, torch.Tensor]
-    problem: str | None = None  # non-finite inputs etc.: every case of the group is an error record
-    _reference: torch.Tensor | None = None
-    baseline: dict[str, Any] | None = None
-
-    def reference(self) -> torch.Tensor:
-        if self._reference is None:
-            self._reference = self.workload.reference(self.inputs, self.shape)
-        return self._reference
-
-
 def _nonfinite_problem(inputs: Mapping[str, torch.Tensor]) -> str | None:
     bad = []
     for name, t in inputs.items():
@@ -87,11 +70,6 @@ def _nonfinite_problem(inputs: Mapping[str, torch.Tensor]) -> str | None:
             if nan or inf:
                 bad.append(f"{name} has {nan} NaN and {inf} Inf values")
     return "non-finite inputs: " + "; ".join(bad) + " (parity needs finite inputs)" if bad else None
-
-
-def cast_inputs(tensors: Mapping[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """Round floating tensors to the case dtype; integer tensors (kv_lens, ids) stay as they are."""
-    return {n: (t.to(dtype) if t.is_floating_point() else t) for n, t in tensors.items()}
 
 
 class Runner:
@@ -191,7 +169,7 @@ class Runner:
                     on_record(case, record)
         return summary
 
-    def _prepare(self, case: Case) -> InputGroup | str:
+    def _prepare(self, case: Case) -> CaseInputs | str:
         """Inputs for a group, or the reason none could be had (a skip for each of its cases)."""
         workload = self.workloads.get(case.workload)
         dtype = DTYPES[case.dtype]
@@ -206,11 +184,11 @@ class Runner:
             inputs = saved
         elif self.user_inputs is not None:
             shape = self._user_shape(workload, case.preset)
-            inputs = cast_inputs(self.user_inputs, dtype)
+            inputs = workload.cast_inputs(self.user_inputs, dtype)
         else:
             shape = workload.shape(case.preset, case.shape)
             inputs = workload.make_inputs(shape, dtype, case.seed, case.inputs)
-        return InputGroup(workload, shape, inputs, problem=_nonfinite_problem(inputs))
+        return CaseInputs(workload, shape, case.dtype, inputs, problem=_nonfinite_problem(inputs))
 
     def _backend(self, name: str) -> tuple[Backend | None, str | None]:
         if name not in self._availability:
@@ -233,7 +211,7 @@ class Runner:
             self._environments[name] = env
         return {**host_environment(), "backend": self._environments[name]}
 
-    def _base_record(self, case: Case, group: InputGroup | str) -> dict[str, Any]:
+    def _base_record(self, case: Case, group: CaseInputs | str) -> dict[str, Any]:
         cls = self.backends.get(case.backend)
         return {
             "schema_version": SCHEMA_VERSION,
@@ -243,7 +221,7 @@ class Runner:
             "status": "skipped",
             "reason": "",
             "shape_info": group.shape.describe()
-            if isinstance(group, InputGroup) and hasattr(group.shape, "describe")
+            if isinstance(group, CaseInputs) and hasattr(group.shape, "describe")
             else None,
             "simulated": cls.simulated,
             "parity": None,
@@ -251,7 +229,7 @@ class Runner:
             "memory": None,
         }
 
-    def _run_case(self, case: Case, group: InputGroup | str) -> dict[str, Any]:
+    def _run_case(self, case: Case, group: CaseInputs | str) -> dict[str, Any]:
         started = time.perf_counter()
         record = self._base_record(case, group)
         backend: Backend | None = None
@@ -281,48 +259,51 @@ class Runner:
         record["duration_s"] = round(time.perf_counter() - started, 4)
         return record
 
-    def _call(self, backend: Backend, group: InputGroup) -> tuple[Callable[[], torch.Tensor], torch.Tensor]:
-        """A zero-argument call of the op on device-resident inputs, and its first output on the host."""
+    def _callers(self, backend: Backend, group: CaseInputs) -> tuple[Callable[..., Any], Callable[[], Any]]:
+        """(call, timed): `call(**extra)` runs the op with extra keyword tensors and returns host outputs;
+        `timed()` is the bare op on device-resident inputs, for timing and the determinism check."""
         dev_inputs = {n: backend.to_device(t) for n, t in group.inputs.items()}
         args, kwargs = group.workload.split_args(dev_inputs, group.shape)
         op = getattr(backend, group.workload.op)
 
-        def call() -> torch.Tensor:
+        def timed() -> Any:
             return op(*args, **kwargs)
 
-        backend.reset_memory_stats()
-        return call, backend.to_host(call())
+        def call(**extra: Any) -> Any:
+            result = op(*args, **kwargs, **_map_tensors(extra, backend.to_device))
+            backend.synchronize()
+            return _map_tensors(result, backend.to_host)
 
-    def _execute(self, case: Case, group: InputGroup, backend: Backend, record: dict[str, Any]) -> None:
-        call, out = self._call(backend, group)
-        backend.synchronize()
-        ref = group.reference()
+        return call, timed
+
+    def _execute(self, case: Case, group: CaseInputs, backend: Backend, record: dict[str, Any]) -> None:
         workload, shape = group.workload, group.shape
-        budget = parity.budget_for(
-            case.dtype, workload.reduction_length(shape), dict(self.options.budget_overrides or {})
-        )
-        structural = []
-        if tuple(out.shape) != tuple(ref.shape):
-            structural.append(f"output shape {list(out.shape)} != contract shape {list(ref.shape)}")
-        if out.dtype != DTYPES[case.dtype]:
-            structural.append(f"output dtype {out.dtype} != case dtype {case.dtype}")
-        if structural:
-            record.update(status="failed", reason="; ".join(structural))
+        budget = workload.budget(case.dtype, shape, self.options.budget_overrides)
+        call, timed = self._callers(backend, group)
+        backend.reset_memory_stats()
+        evaluation = workload.evaluate(call, group, budget)
+        if evaluation.metrics is None:
+            verdict = parity.merge("reference", extra=evaluation.failures)
+            record.update(status="failed", reason=verdict.reason, parity={"verdict": verdict.to_record()})
             return
-        metrics = parity.compare(out, ref, budget)
         baseline = self._baseline(case, group)
         if isinstance(baseline, str):
             record.update(status="skipped", reason=baseline)
             return
         if baseline is None:
-            verdict = parity.judge(metrics, budget)
+            primary = parity.judge(evaluation.metrics, budget, evaluation.prefix)
         else:
-            verdict = parity.judge_against(metrics, baseline["metrics"], budget, baseline["backend"])
+            primary = parity.judge_against(
+                evaluation.metrics, baseline["metrics"], budget, baseline["backend"], prefix=evaluation.prefix
+            )
+        verdict = parity.merge(primary.mode, primary, extra=evaluation.failures)
         deterministic = None
         if self.options.determinism:
-            deterministic = parity.bitwise_equal(out, backend.to_host(call()))
+            first = _map_tensors(timed(), backend.to_host)
+            second = _map_tensors(timed(), backend.to_host)
+            deterministic = _all_bitwise_equal(first, second)
         record["parity"] = {
-            "metrics": metrics.to_record(),
+            "metrics": evaluation.metrics.to_record(),
             "budget": asdict(budget),
             "reduction_length": workload.reduction_length(shape),
             "verdict": verdict.to_record(),
@@ -334,13 +315,14 @@ class Runner:
                 "source": baseline["source"],
                 "metrics": baseline["metrics"].to_record(),
             },
+            **evaluation.details,
         }
         record.update(status="passed" if verdict.passed else "failed", reason=verdict.reason)
-        if self.saved_out is not None:
-            self.saved_out.save(case, group.inputs, out)
+        if self.saved_out is not None and evaluation.output is not None:
+            self.saved_out.save(case, group.inputs, evaluation.output)
         if not self.options.parity_only and case.inputs != "stress":
             itemsize = DTYPES[case.dtype].itemsize
-            measurement = measure(call, backend.timer(), self.options.timing)
+            measurement = measure(timed, backend.timer(), self.options.timing)
             record["timing"] = measurement.to_record(workload.flops(shape), workload.bytes_moved(shape, itemsize))
             if measurement.stats.noisy:
                 stats = measurement.stats
@@ -352,20 +334,21 @@ class Runner:
                 )
         record["memory"] = backend.memory_stats() or None
 
-    def _baseline(self, case: Case, group: InputGroup) -> dict[str, Any] | str | None:
-        """The --against baseline's metrics for this group (computed once), a reason to skip, or None."""
+    def _baseline(self, case: Case, group: CaseInputs) -> dict[str, Any] | str | None:
+        """The --against baseline's primary metrics for this group (computed once), a reason to skip, or None."""
         target = self.options.against
         if target is None:
             return None
-        if group.baseline is not None:
-            return group.baseline
-        ref = group.reference()
+        cached = group.memo.get("baseline")
+        if cached is not None:
+            return cached
         budget = group.workload.budget(case.dtype, group.shape, self.options.budget_overrides)
         if self.saved_in is not None:
             name = self.saved_in.baseline_backend()
             out = self.saved_in.load_output(case, name)
             if out is None:
                 return f"{self.saved_in.root} has no output of {name} for {case.input_key}"
+            metrics = parity.compare(out, group.reference(), budget)
             source = str(self.saved_in.root)
         else:
             name = target
@@ -375,7 +358,29 @@ class Runner:
             support = backend.supports(case)
             if not support:
                 return f"baseline {name}: {support.reason}"
-            _, out = self._call(backend, group)
+            evaluation = group.workload.evaluate(self._callers(backend, group)[0], group, budget)
+            if evaluation.metrics is None:
+                return f"baseline {name} gave a malformed output: {evaluation.failures[0].describe()}"
+            metrics = evaluation.metrics
             source = "this run"
-        group.baseline = {"backend": name, "source": source, "metrics": parity.compare(out, ref, budget)}
-        return group.baseline
+        group.memo["baseline"] = {"backend": name, "source": source, "metrics": metrics}
+        return group.memo["baseline"]
+
+
+def _map_tensors(value: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+    """Apply fn to every tensor in a (nested) tuple / list / dict; other values pass through."""
+    if isinstance(value, torch.Tensor):
+        return fn(value)
+    if isinstance(value, (tuple, list)):
+        return type(value)(_map_tensors(v, fn) for v in value)
+    if isinstance(value, dict):
+        return {k: _map_tensors(v, fn) for k, v in value.items()}
+    return value
+
+
+def _all_bitwise_equal(a: Any, b: Any) -> bool:
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and parity.bitwise_equal(a, b)
+    if isinstance(a, (tuple, list)):
+        return len(a) == len(b) and all(_all_bitwise_equal(x, y) for x, y in zip(a, b, strict=True))
+    return a == b

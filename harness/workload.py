@@ -11,7 +11,7 @@ from __future__ import annotations
 import abc
 import fnmatch
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -19,6 +19,7 @@ import torch
 
 from harness import ops as contract
 from harness import parity
+from harness.backend import DTYPES
 from harness.plugins import PluginError, entry_points
 
 log = logging.getLogger(__name__)
@@ -94,12 +95,70 @@ def random_tensor(
     return x.to(dtype)
 
 
+Call = Callable[..., Any]  # call(**extra_op_kwargs) -> the backend's output(s), on the host
+
+
+@dataclass
+class CaseInputs:
+    """The inputs shared by the cases of one input key; references computed on first use, once per group."""
+
+    workload: Workload
+    shape: Any
+    dtype: str
+    inputs: dict[str, torch.Tensor]
+    problem: str | None = None  # e.g. non-finite inputs: every case of the group becomes an error record
+    memo: dict[str, Any] = field(default_factory=dict)
+
+    def cached(self, key: str, compute: Callable[[], Any]) -> Any:
+        if key not in self.memo:
+            self.memo[key] = compute()
+        return self.memo[key]
+
+    def reference(self) -> torch.Tensor:
+        """The float64 reference of the primary output (what `--against` and saved outputs compare)."""
+        return self.cached("reference", lambda: self.workload.reference(self.inputs, self.shape))
+
+
+@dataclass
+class Evaluation:
+    """A backend's output judged: the primary output and its metrics (None when it is malformed), failures
+    beyond the primary metrics (routing, say), and extra record sections."""
+
+    output: torch.Tensor | None
+    metrics: parity.Metrics | None
+    prefix: str = ""  # the name of the primary output in failure messages ("forced." for moe.layer)
+    failures: tuple[parity.Failure, ...] = ()
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def structural_failures(out: Any, ref: torch.Tensor, dtype: str, prefix: str = "") -> tuple[parity.Failure, ...]:
+    """An output that is not a tensor of the contract's shape and the case dtype fails before any metric."""
+    if not isinstance(out, torch.Tensor):
+        return (parity.Failure(f"{prefix}output", 0.0, 0.0, detail=f"expected a tensor, got {type(out).__name__}"),)
+    problems = []
+    if tuple(out.shape) != tuple(ref.shape):
+        problems.append(f"output shape {list(out.shape)} != contract shape {list(ref.shape)}")
+    if out.dtype != DTYPES[dtype]:
+        problems.append(f"output dtype {out.dtype} != case dtype {dtype}")
+    return tuple(parity.Failure(f"{prefix}output", 0.0, 0.0, detail=p) for p in problems)
+
+
+def evaluate_tensor(out: Any, ref: torch.Tensor, dtype: str, budget: parity.Budget, prefix: str = "") -> Evaluation:
+    """The standard judgement of one output tensor against its reference."""
+    failures = structural_failures(out, ref, dtype, prefix)
+    if failures:
+        return Evaluation(out if isinstance(out, torch.Tensor) else None, None, prefix, failures)
+    return Evaluation(out, parity.compare(out, ref, budget), prefix)
+
+
 class Workload(abc.ABC):
     """A named op invocation with shape presets. Subclasses implement the abstract methods for their shape type."""
 
     name: str
     op: ClassVar[str]
     description: str = ""
+    # Inputs that stay float32 whatever the case dtype (a router's correction bias is float32 in real models).
+    float32_inputs: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, name: str, presets: Mapping[str, Mapping[str, Any]], description: str = "") -> None:
         if self.op not in contract.OPS:
@@ -185,6 +244,18 @@ class Workload(abc.ABC):
         """The float64 oracle's output for these exact inputs."""
         args, kwargs = self.split_args(inputs, shape)
         return getattr(contract, self.op)(*args, **kwargs)
+
+    def evaluate(self, call: Call, group: CaseInputs, budget: parity.Budget) -> Evaluation:
+        """Call the backend and judge its output. The default: one output tensor against the reference;
+        workloads with richer outputs (MoE routing) override this."""
+        return evaluate_tensor(call(), group.reference(), group.dtype, budget)
+
+    def cast_inputs(self, tensors: Mapping[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        """Round the user's floating tensors to the case dtype (float32-only inputs to float32); ints stay."""
+        return {
+            n: (t.to(torch.float32 if n in self.float32_inputs else dtype) if t.is_floating_point() else t)
+            for n, t in tensors.items()
+        }
 
 
 class WorkloadRegistry:

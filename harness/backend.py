@@ -73,9 +73,11 @@ class Backend(abc.ABC):
        unless the device cannot hold it (then say so in `supports`).
     4. `synchronize()`: block until queued work is done; the timer calls it around timed regions.
     5. `environment()`: library versions, device name, driver / toolkit versions, as a flat JSON-able dict.
-    6. The ops (`attention` is required; `rms_norm`, `rope`, `swiglu`: override what you implement) with
-       exactly the semantics of harness/ops.py. Ops you do not override are reported as unsupported, so cases
-       using them are skipped with a reason rather than failing.
+    6. The ops (`attention` is required; `rms_norm`, `rope`, `swiglu`, `route`, `moe`: override what you
+       implement) with exactly the semantics of harness/ops.py. Ops you do not override are reported as
+       unsupported, so cases using them are skipped with a reason rather than failing. `moe` must honour
+       `routing_override` (parity forces the reference's routing to separate arithmetic from routing flips)
+       and `return_routing` (return the routing it applied, so flips can be counted).
     7. Optionally `supports(case)` for finer refusals (a shape limit, a dtype a given op lacks): call
        `super().supports(case)` first; return `Support(False, "why")` for a skip.
     8. Optionally `timer()` (device events) and `memory_stats()` (peak bytes).
@@ -168,6 +170,45 @@ class Backend(abc.ABC):
 
     def swiglu(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError(f"{self.name} does not implement swiglu")
+
+    def route(
+        self,
+        logits: torch.Tensor,
+        *,
+        top_k: int,
+        scheme: str,
+        bias: torch.Tensor | None = None,
+        n_group: int = 1,
+        topk_group: int = 1,
+        scaling: float = 1.0,
+        renormalize: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """[T,E] logits -> (weights [T,k], ids [T,k] int64); see harness.ops.route."""
+        raise NotImplementedError(f"{self.name} does not implement route")
+
+    def moe(
+        self,
+        x: torch.Tensor,
+        router_w: torch.Tensor,
+        w_gate: torch.Tensor,
+        w_up: torch.Tensor,
+        w_down: torch.Tensor,
+        *,
+        top_k: int,
+        scheme: str,
+        bias: torch.Tensor | None = None,
+        n_group: int = 1,
+        topk_group: int = 1,
+        scaling: float = 1.0,
+        renormalize: bool,
+        shared: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+        shared_gate: torch.Tensor | None = None,
+        routing_override: tuple[torch.Tensor, torch.Tensor] | None = None,
+        return_routing: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """[T,H] -> [T,H]; see harness.ops.moe. With `return_routing`, also the (weights [T,k], ids [T,k])
+        the layer actually applied, so parity can compare routing decisions token by token."""
+        raise NotImplementedError(f"{self.name} does not implement moe")
 
 
 class RegistryError(Exception):

@@ -247,7 +247,7 @@ def bitwise_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 # ----- MoE routing -----
 
-NEAR_TIE_FACTOR = 8.0  # a top-k boundary gap under 8 unit roundoffs of the token's largest logit is a near-tie
+NEAR_TIE_FACTOR = 4.0  # gap under 4 unit roundoffs of the largest logit: two logits each rounded once, 2x margin
 SIGMOID_MAX_SLOPE = 0.25  # sigmoid'(x) <= 1/4: a logit error moves a sigmoid score by at most a quarter of it
 
 
@@ -320,22 +320,24 @@ def compare_routing(
     near_ties: torch.Tensor,
     tolerance: torch.Tensor,
     budget: Budget,
-) -> tuple[RoutingReport, torch.Tensor, Verdict]:
-    """Routing agreement, near-ties, weights error of agreeing tokens; the verdict and the agreement mask [T]."""
+) -> tuple[RoutingReport, torch.Tensor, Metrics | None, tuple[Failure, ...]]:
+    """Routing agreement and near-ties: (report, agreement mask [T], metrics of the agreeing tokens' combine
+    weights or None when no token agrees, failures: unexplained disagreements or a malformed routing)."""
+    tokens = ref[1].shape[0]
+    if tuple(out[0].shape) != tuple(ref[1].shape) or tuple(out[1].shape) != tuple(ref[1].shape):
+        detail = f"weights {list(out[0].shape)} and ids {list(out[1].shape)}; expected {list(ref[1].shape)}"
+        report = RoutingReport(tokens, 0.0, tokens, int(near_ties.sum()), 0, tokens, [], math.nan, 0.0)
+        failure = Failure("routing_shape", 0.0, 0.0, detail=detail)
+        return report, torch.zeros(tokens, dtype=torch.bool), None, (failure,)
     out_w, out_ids = _by_expert(*out)
     ref_w, ref_ids = _by_expert(*ref)
-    if out_ids.shape != ref_ids.shape:
-        detail = f"routing ids shape {list(out_ids.shape)} != reference {list(ref_ids.shape)}"
-        failure = Failure("routing_shape", 0.0, 0.0, detail=detail)
-        empty = RoutingReport(ref_ids.shape[0], 0.0, ref_ids.shape[0], 0, 0, ref_ids.shape[0], [], math.nan, 0.0)
-        return empty, torch.zeros(ref_ids.shape[0], dtype=torch.bool), Verdict(False, (failure,))
     agree = (out_ids == ref_ids).all(dim=-1)  # [T]
     disagree = ~agree
     unexplained = disagree & ~near_ties
     weights = compare(out_w[agree], ref_w[agree], budget) if bool(agree.any()) else None
     report = RoutingReport(
-        tokens=int(agree.numel()),
-        agreement=float(agree.double().mean()) if agree.numel() else 1.0,
+        tokens=tokens,
+        agreement=float(agree.double().mean()) if tokens else 1.0,
         disagreements=int(disagree.sum()),
         near_ties=int(near_ties.sum()),
         explained=int((disagree & near_ties).sum()),
@@ -344,17 +346,11 @@ def compare_routing(
         weights_rel_l2=weights.rel_l2 if weights is not None else math.nan,
         tie_tolerance=float(tolerance.median()) if tolerance.numel() else 0.0,
     )
-    failures = []
+    failures: tuple[Failure, ...] = ()
     if report.unexplained:
-        failures.append(
-            Failure(
-                "routing_unexplained",
-                float(report.unexplained),
-                0.0,
-                detail=f"{report.unexplained} of {report.tokens} tokens pick other experts with no near-tie at "
-                f"their top-k boundary (tokens {report.unexplained_tokens})",
-            )
+        detail = (
+            f"{report.unexplained} of {tokens} tokens pick other experts with no near-tie at their top-k "
+            f"boundary (tokens {report.unexplained_tokens})"
         )
-    if weights is not None:
-        failures += judge(weights, budget, prefix="routing_weights.").failures
-    return report, agree, Verdict(not failures, tuple(failures))
+        failures = (Failure("routing_unexplained", float(report.unexplained), 0.0, detail=detail),)
+    return report, agree, weights, failures

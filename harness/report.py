@@ -29,6 +29,9 @@ class Row:
     rel_l2: float | None
     worst_row_rel_l2: float | None
     deterministic: bool | None
+    routing_agreement: float | None  # MoE: worst fraction of tokens with the reference's exact top-k set
+    near_ties: int | None  # MoE: tokens at a top-k boundary closer than the dtype resolves, summed over cases
+    routing_unexplained: int | None  # MoE: disagreements no near-tie explains, summed over cases
     median_us: float | None
     ci95_us: str
     tflops: float | None
@@ -72,6 +75,7 @@ def summarize(records: Iterable[dict[str, Any]], *, include_simulated_speed: boo
         if simulated and not include_simulated_speed:
             timed = []
         dets = [p.get("deterministic") for p in parity if p.get("deterministic") is not None]
+        routing = [p["routing"] for p in parity if p.get("routing")]
         notes = [r["reason"] for r in recs if r.get("reason")]
         median_ns = statistics.median(t["median_ns"] for t in timed) if timed else None
         ci = ""
@@ -82,9 +86,12 @@ def summarize(records: Iterable[dict[str, Any]], *, include_simulated_speed: boo
                 *key,
                 verdict=_fold_verdict([r["status"] for r in recs]),
                 cases=len(recs),
-                rel_l2=_max(p["metrics"]["rel_l2"] for p in parity),
-                worst_row_rel_l2=_max(p["metrics"]["worst_row_rel_l2"] for p in parity),
+                rel_l2=_max(p["metrics"]["rel_l2"] for p in parity if p.get("metrics")),
+                worst_row_rel_l2=_max(p["metrics"]["worst_row_rel_l2"] for p in parity if p.get("metrics")),
                 deterministic=all(dets) if dets else None,
+                routing_agreement=min(r["agreement"] for r in routing) if routing else None,
+                near_ties=sum(r["near_ties"] for r in routing) if routing else None,
+                routing_unexplained=sum(r["unexplained"] for r in routing) if routing else None,
                 median_us=median_ns / 1e3 if median_ns is not None else None,
                 ci95_us=ci,
                 tflops=_max(t.get("tflops") for t in timed),
@@ -114,6 +121,7 @@ TABLE_COLUMNS = (
     ("rel_l2", "rel_l2 (max)"),
     ("worst_row_rel_l2", "worst row"),
     ("deterministic", "bitwise"),
+    ("routing", "routing agree / near-ties / unexplained"),
     ("median_us", "median us"),
     ("tflops", "TFLOP/s"),
     ("gbps", "GB/s"),
@@ -124,6 +132,11 @@ TABLE_COLUMNS = (
 def table_cells(row: Row) -> list[str]:
     values = asdict(row)
     values["case"] = f"{row.workload} {row.preset}/{row.shape}"
+    values["routing"] = (
+        f"{row.routing_agreement:.1%} / {row.near_ties} / {row.routing_unexplained}"
+        if row.routing_agreement is not None
+        else None
+    )
     cells = [fmt(values[name]) for name, _ in TABLE_COLUMNS]
     cells[-1] = cells[-1][:90]
     return cells

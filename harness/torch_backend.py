@@ -74,3 +74,89 @@ class TorchBackend(Backend):
     def swiglu(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = x.chunk(2, dim=-1)
         return F.silu(gate) * up
+
+    def route(
+        self,
+        logits: torch.Tensor,
+        *,
+        top_k: int,
+        scheme: str,
+        bias: torch.Tensor | None = None,
+        n_group: int = 1,
+        topk_group: int = 1,
+        scaling: float = 1.0,
+        renormalize: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        # Scores in float32 whatever the case dtype, as transformers' routers do; weights back in the case dtype.
+        weights, ids = contract.route_scores(
+            logits.float(),
+            top_k=top_k,
+            scheme=scheme,
+            bias=None if bias is None else bias.float(),
+            n_group=n_group,
+            topk_group=topk_group,
+            scaling=scaling,
+            renormalize=renormalize,
+        )
+        return weights.to(logits.dtype), ids
+
+    def moe(
+        self,
+        x: torch.Tensor,
+        router_w: torch.Tensor,
+        w_gate: torch.Tensor,
+        w_up: torch.Tensor,
+        w_down: torch.Tensor,
+        *,
+        top_k: int,
+        scheme: str,
+        bias: torch.Tensor | None = None,
+        n_group: int = 1,
+        topk_group: int = 1,
+        scaling: float = 1.0,
+        renormalize: bool,
+        shared: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+        shared_gate: torch.Tensor | None = None,
+        routing_override: tuple[torch.Tensor, torch.Tensor] | None = None,
+        return_routing: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Sort token slots by expert, run each expert on its contiguous segment, combine with index_add_."""
+        T, H = x.shape
+        E = w_gate.shape[0]
+        if routing_override is None:
+            logits = x @ router_w.T  # [T, E] in the case dtype
+            weights, ids = contract.route_scores(
+                logits.float(),
+                top_k=top_k,
+                scheme=scheme,
+                bias=None if bias is None else bias.float(),
+                n_group=n_group,
+                topk_group=topk_group,
+                scaling=scaling,
+                renormalize=renormalize,
+            )  # float32 [T, k], int64 [T, k]
+        else:
+            weights, ids = routing_override[0].float(), routing_override[1].long()
+        k = ids.shape[1]
+        flat = ids.reshape(-1)  # [T*k] expert of each (token, slot)
+        order = torch.argsort(flat, stable=True)  # slots grouped by expert
+        token = order // k  # [T*k] source token of each grouped slot
+        counts = torch.bincount(flat, minlength=E).tolist()
+        grouped = x[token]  # [T*k, H]
+        expert_out = torch.empty_like(grouped)  # [T*k, H]
+        start = 0
+        for e, n in enumerate(counts):
+            if n:
+                seg = grouped[start : start + n]  # [n, H]
+                expert_out[start : start + n] = (F.silu(seg @ w_gate[e].T) * (seg @ w_up[e].T)) @ w_down[e].T
+                start += n
+        combined = torch.zeros(T, H, dtype=torch.float32, device=x.device)  # accumulate in float32
+        combined.index_add_(0, token, expert_out.float() * weights.reshape(-1)[order, None])
+        if shared is not None:
+            s_gate, s_up, s_down = shared
+            shared_out = (F.silu(x @ s_gate.T) * (x @ s_up.T)) @ s_down.T  # [T, H]
+            if shared_gate is not None:
+                shared_out = shared_out * torch.sigmoid(x @ shared_gate.T)  # [T, 1] gate
+            combined += shared_out.float()
+        out = combined.to(x.dtype)
+        return (out, weights, ids) if return_routing else out

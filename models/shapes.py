@@ -25,3 +25,48 @@ ATTENTION_MODELS: dict[str, AttentionDims] = {
     # v dim 512 (D != Dv), softmax scale from the unabsorbed qk head dim 192.
     "deepseek-v3-mla": AttentionDims(hq=128, hkv=1, d=576, dv=512, scale=192**-0.5),
 }
+
+
+@dataclass(frozen=True)
+class MoeDims:
+    """A MoE layer's geometry and routing rule (the `route` / `moe` keyword arguments of the contract)."""
+
+    h: int  # hidden size
+    f: int  # expert intermediate size
+    e: int  # routed experts
+    top_k: int
+    scheme: str  # softmax_topk | sigmoid_group_topk
+    renormalize: bool
+    n_group: int = 1
+    topk_group: int = 1
+    scaling: float = 1.0
+    bias: bool = False  # a selection-only correction bias (DeepSeek-V3's e_score_correction_bias)
+    shared_f: int = 0  # shared expert intermediate size; 0 = none
+    shared_gate: bool = False  # sigmoid gate on the shared expert (Qwen2-MoE)
+
+
+MOE_MODELS: dict[str, MoeDims] = {
+    # Mixtral-8x7B: 8 experts, top-2, softmax then renormalized over the two.
+    "mixtral": MoeDims(h=4096, f=14336, e=8, top_k=2, scheme="softmax_topk", renormalize=True),
+    # Qwen3-30B-A3B: 128 fine-grained experts, top-8, norm_topk_prob=True.
+    "qwen3-moe": MoeDims(h=2048, f=768, e=128, top_k=8, scheme="softmax_topk", renormalize=True),
+    # Qwen1.5-MoE-A2.7B (Qwen2-MoE): 60 experts, top-4, not renormalized, a sigmoid-gated shared expert.
+    "qwen2-moe": MoeDims(
+        h=2048, f=1408, e=60, top_k=4, scheme="softmax_topk", renormalize=False, shared_f=5632, shared_gate=True
+    ),
+    # DeepSeek-V3: 256 experts in 8 groups, keep 4 groups, top-8; sigmoid scores with a selection-only bias,
+    # renormalized, times routed_scaling_factor 2.5; one always-on shared expert.
+    "deepseek-v3": MoeDims(
+        h=7168,
+        f=2048,
+        e=256,
+        top_k=8,
+        scheme="sigmoid_group_topk",
+        renormalize=True,
+        n_group=8,
+        topk_group=4,
+        scaling=2.5,
+        bias=True,
+        shared_f=2048,
+    ),
+}

@@ -12,6 +12,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from harness.workload import WorkloadRegistry
 from tests.conftest import plugin
 
 pytestmark = pytest.mark.slow
@@ -22,12 +23,14 @@ def test_smoke_suite_passes_on_both_cpu_backends(harness_cli) -> None:
     assert run.exit_code == 0, run.output
     assert {r["status"] for r in run.records} == {"passed"}
     workloads = {r["case"]["workload"] for r in run.records}
-    assert workloads == {
+    assert workloads == set(WorkloadRegistry.discover().names())
+    assert {
         "attention.prefill",
         "attention.chunked_prefill",
         "attention.decode",
         "attention.sliding_window",
-    }
+    } <= workloads
+    assert {"moe.route", "moe.experts", "moe.layer"} <= workloads
     assert {r["case"]["dtype"] for r in run.records} == {"float32", "bfloat16", "float16"}
     first = run.records[0]
     assert first["schema_version"] == 1 and first["run_id"] and first["time_utc"].endswith("Z")

@@ -10,6 +10,7 @@ from tests.conftest import plugin
 pytestmark = pytest.mark.slow
 
 DTYPES = "float32,bfloat16,float16"
+ATTENTION = ("-w", "attention.*")
 
 
 def verdicts(run, **match) -> dict[str, str]:
@@ -43,7 +44,9 @@ def test_top_left_causal_fails_chunked_prefill_passes_prefill(harness_cli) -> No
 
 
 def test_wrong_gqa_head_mapping_fails_every_gqa_case(harness_cli) -> None:
-    run = harness_cli("run", "--plugin", plugin("wrong_gqa"), "-b", "bug-wrong-gqa", "--dtype", DTYPES, "--parity-only")
+    run = harness_cli(
+        "run", "--plugin", plugin("wrong_gqa"), "-b", "bug-wrong-gqa", *ATTENTION, "--dtype", DTYPES, "--parity-only"
+    )
     assert run.exit_code == 1
     assert set(verdicts(run, shape="gqa").values()) == {"failed"}
     # With one kv head, h % 1 == h // Hq: the mapping cannot be wrong, and the verdict must not say it is.
@@ -52,7 +55,15 @@ def test_wrong_gqa_head_mapping_fails_every_gqa_case(harness_cli) -> None:
 
 def test_float16_softmax_without_max_subtraction_fails_on_stress_inputs(harness_cli) -> None:
     run = harness_cli(
-        "run", "--plugin", plugin("naive_softmax"), "-b", "bug-naive-softmax", "--dtype", "float16", "--parity-only"
+        "run",
+        "--plugin",
+        plugin("naive_softmax"),
+        "-b",
+        "bug-naive-softmax",
+        *ATTENTION,
+        "--dtype",
+        "float16",
+        "--parity-only",
     )
     assert run.exit_code == 1
     assert set(verdicts(run, inputs="stress").values()) == {"failed"}
@@ -64,7 +75,7 @@ def test_float16_softmax_without_max_subtraction_fails_on_stress_inputs(harness_
 
 @pytest.mark.parametrize(("name", "backend"), [("zeros", "bug-zeros"), ("dropped_token", "bug-dropped-token")])
 def test_zeros_and_dropped_tokens_fail_everywhere(harness_cli, name: str, backend: str) -> None:
-    run = harness_cli("run", "--plugin", plugin(name), "-b", backend, "--dtype", DTYPES, "--parity-only")
+    run = harness_cli("run", "--plugin", plugin(name), "-b", backend, *ATTENTION, "--dtype", DTYPES, "--parity-only")
     assert run.exit_code == 1
     assert set(verdicts(run).values()) == {"failed"}
     if name == "dropped_token":
@@ -79,6 +90,7 @@ def test_blockwise_online_softmax_passes(harness_cli) -> None:
         plugin("blockwise"),
         "-b",
         "blockwise-online",
+        *ATTENTION,
         "--dtype",
         DTYPES,
         "--parity-only",

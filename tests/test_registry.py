@@ -95,7 +95,7 @@ def test_implemented_ops_are_derived_from_overrides() -> None:
             return q
 
     assert AttentionOnly.implemented_ops() == {"attention"}
-    assert TorchCpu.implemented_ops() == {"attention", "rms_norm", "rope", "swiglu"}
+    assert TorchCpu.implemented_ops() == {"attention", "rms_norm", "rope", "swiglu", "route", "moe"}
 
 
 def test_workload_selection_by_glob() -> None:
@@ -106,5 +106,6 @@ def test_workload_selection_by_glob() -> None:
         "attention.prefill",
         "attention.sliding_window",
     ]
-    with pytest.raises(WorkloadError, match=r"no workload matches 'moe\.\*'"):
-        registry.select(["moe.*"])
+    assert [w.name for w in registry.select(["moe.*"])] == ["moe.experts", "moe.layer", "moe.route"]
+    with pytest.raises(WorkloadError, match=r"no workload matches 'llm\.\*'"):
+        registry.select(["llm.*"])

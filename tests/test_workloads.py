@@ -11,7 +11,7 @@ from models.attention import AttentionShape, visible_pairs
 REGISTRY = WorkloadRegistry.discover()
 
 
-@pytest.mark.parametrize("name", REGISTRY.names())
+@pytest.mark.parametrize("name", [n for n in REGISTRY.names() if n.startswith("attention.")])
 def test_every_workload_has_gqa_and_mqa_tiny_small_and_real(name: str) -> None:
     w = REGISTRY.get(name)
     assert set(w.presets) == {"tiny", "small", "real"}

@@ -1,0 +1,358 @@
+"""Mixture-of-Experts workloads: the router alone, the experts under a given routing, and the whole layer.
+
+Shapes are named after the routing scheme they reproduce (Mixtral, Qwen3-MoE, Qwen2-MoE with its gated shared
+expert, DeepSeek-V3 with grouped sigmoid routing, a selection-only bias and a shared expert); `real` presets
+carry those models' dimensions. Parity separates routing from arithmetic: routing is compared token by token
+(exact top-k sets, near-ties at the boundary), and the expert arithmetic is judged with the routing forced to
+the reference's, so a flipped near-tie is not mistaken for a broken GEMM, nor a broken GEMM excused as a flip.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar
+
+import torch
+
+from harness import ops as contract
+from harness import parity
+from harness.workload import Call, CaseInputs, Evaluation, Workload, WorkloadError, evaluate_tensor, random_tensor
+from models.shapes import MOE_MODELS, MoeDims
+
+ROUTER_SCALE = 1.0  # router logits ~ N(0, 1) on normal inputs
+BIAS_SCALE = 0.1  # DeepSeek-style correction bias, comparable to the spread of sigmoid scores
+
+
+@dataclass(frozen=True)
+class MoeShape:
+    t: int  # tokens
+    dims: MoeDims
+
+    def describe(self) -> str:
+        d = self.dims
+        text = f"T{self.t} H{d.h} F{d.f} E{d.e} k{d.top_k} {d.scheme}"
+        text += " renorm" if d.renormalize else ""
+        text += f" groups {d.topk_group}/{d.n_group}" if d.n_group > 1 else ""
+        text += f" x{d.scaling:g}" if d.scaling != 1.0 else ""
+        text += " bias" if d.bias else ""
+        text += f" shared{d.shared_f}" + ("(gated)" if d.shared_gate else "") if d.shared_f else ""
+        return text
+
+    def routing_kwargs(self) -> dict[str, Any]:
+        d = self.dims
+        return {
+            "top_k": d.top_k,
+            "scheme": d.scheme,
+            "n_group": d.n_group,
+            "topk_group": d.topk_group,
+            "scaling": d.scaling,
+            "renormalize": d.renormalize,
+        }
+
+    def active_experts(self) -> float:
+        """Expected number of experts receiving at least one token under uniform routing."""
+        d = self.dims
+        return d.e * (1.0 - (1.0 - d.top_k / d.e) ** self.t)
+
+
+def _weights(shape: MoeShape, dtype: torch.dtype, seed: int, distribution: str) -> dict[str, torch.Tensor]:
+    """x (the only input that follows the distribution) and layer weights scaled so activations stay O(1)."""
+    d = shape.dims
+
+    def w(name: str, dims: tuple[int, ...], fan_in: int) -> torch.Tensor:
+        return random_tensor(dims, dtype, seed=seed, name=name, distribution="normal", scale=fan_in**-0.5)
+
+    tensors = {
+        "x": random_tensor((shape.t, d.h), dtype, seed=seed, name="x", distribution=distribution),
+        "router_w": w("router_w", (d.e, d.h), d.h) * ROUTER_SCALE,
+        "w_gate": w("w_gate", (d.e, d.f, d.h), d.h),
+        "w_up": w("w_up", (d.e, d.f, d.h), d.h),
+        "w_down": w("w_down", (d.e, d.h, d.f), d.f),
+    }
+    if d.bias:
+        tensors["bias"] = (
+            random_tensor((d.e,), torch.float32, seed=seed, name="bias", distribution="normal") * BIAS_SCALE
+        )
+    if d.shared_f:
+        tensors["shared_w_gate"] = w("shared_w_gate", (d.shared_f, d.h), d.h)
+        tensors["shared_w_up"] = w("shared_w_up", (d.shared_f, d.h), d.h)
+        tensors["shared_w_down"] = w("shared_w_down", (d.h, d.shared_f), d.shared_f)
+    if d.shared_gate:
+        tensors["shared_gate"] = w("shared_gate", (1, d.h), d.h)
+    return tensors
+
+
+def _selection_kwargs(shape: MoeShape) -> dict[str, Any]:
+    """The routing arguments that decide WHICH experts are chosen (not their weights)."""
+    d = shape.dims
+    return {"top_k": d.top_k, "scheme": d.scheme, "n_group": d.n_group, "topk_group": d.topk_group}
+
+
+def _router_logits(inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """Float64 router logits of the exact (rounded) inputs: [T, E]."""
+    return inputs["x"].double() @ inputs["router_w"].double().T
+
+
+class _MoeWorkload(Workload):
+    """What the three MoE workloads share: shapes, weights, argument packing, FLOP and byte counts."""
+
+    float32_inputs: ClassVar[tuple[str, ...]] = ("bias", "route_weights")
+
+    def op_kwargs(self, shape: MoeShape) -> dict[str, Any]:
+        return shape.routing_kwargs()
+
+    def reduction_length(self, shape: MoeShape) -> int:
+        return max(shape.dims.h, shape.dims.f, shape.dims.shared_f)
+
+    def split_args(
+        self, inputs: Mapping[str, torch.Tensor], shape: MoeShape
+    ) -> tuple[list[torch.Tensor], dict[str, Any]]:
+        """The contract packs the shared expert and a forced routing into tuples; inputs name them flat."""
+        args, kwargs = super().split_args(inputs, shape)
+        if "shared_w_gate" in kwargs:
+            kwargs["shared"] = (kwargs.pop("shared_w_gate"), kwargs.pop("shared_w_up"), kwargs.pop("shared_w_down"))
+        if "route_weights" in kwargs:
+            kwargs["routing_override"] = (kwargs.pop("route_weights"), kwargs.pop("route_ids"))
+        return args, kwargs
+
+    def reference_routing(self, group: CaseInputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """The reference's free routing of this group's inputs (float64 weights, ids), computed once."""
+        bias = group.inputs.get("bias")
+        return group.cached(
+            "routing",
+            lambda: contract.route(_router_logits(group.inputs), bias=bias, **group.shape.routing_kwargs()),
+        )
+
+    def _expert_flops(self, shape: MoeShape) -> float:
+        d = shape.dims
+        flops = 6.0 * shape.t * d.top_k * d.h * d.f  # gate, up, down of each activated expert
+        flops += 6.0 * shape.t * d.h * d.shared_f + (2.0 * shape.t * d.h if d.shared_gate else 0.0)
+        return flops
+
+    def _expert_bytes(self, shape: MoeShape, itemsize: int) -> float:
+        d = shape.dims
+        weights = 3 * shape.active_experts() * d.h * d.f + 3 * d.h * d.shared_f + (d.h if d.shared_gate else 0)
+        activations = 2 * shape.t * d.h
+        routing = shape.t * d.top_k * (4 + 8)  # float32 weights and int64 ids
+        return float((weights + activations) * itemsize + routing)
+
+    def shape_from_inputs(self, tensors: Mapping[str, torch.Tensor], template: MoeShape) -> MoeShape:
+        self.check_input_names(tensors)
+        x, w_gate = tensors["x"], tensors["w_gate"]
+        if x.dim() != 2 or w_gate.dim() != 3:
+            raise WorkloadError(
+                f"{self.name}: inputs x [T, H] and w_gate [E, F, H] expected; "
+                f"got {list(x.shape)} and {list(w_gate.shape)}"
+            )
+        has_shared = "shared_w_gate" in tensors
+        dims = replace(
+            template.dims,
+            h=x.shape[1],
+            f=w_gate.shape[1],
+            e=w_gate.shape[0],
+            bias="bias" in tensors,
+            shared_f=tensors["shared_w_gate"].shape[0] if has_shared else 0,
+            shared_gate="shared_gate" in tensors,
+        )
+        shape = MoeShape(t=x.shape[0], dims=dims)
+        args, kwargs = self.split_args(tensors, shape)
+        try:
+            contract.check_moe_inputs(
+                *args, kwargs.get("shared"), kwargs.get("shared_gate"), kwargs.get("routing_override")
+            )
+            contract.check_route_args(torch.empty(0, dims.e), bias=tensors.get("bias"), **_selection_kwargs(shape))
+        except contract.ContractError as exc:
+            raise WorkloadError(f"{self.name}: {exc}") from None
+        return shape
+
+
+class MoeLayer(_MoeWorkload):
+    """Route + experts + combine (+ shared expert): the whole layer as a model runs it."""
+
+    op: ClassVar[str] = "moe"
+
+    def make_inputs(self, shape: MoeShape, dtype: torch.dtype, seed: int, distribution: str) -> dict[str, torch.Tensor]:
+        return _weights(shape, dtype, seed, distribution)
+
+    def forced_routing(self, group: CaseInputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """The reference's routing as handed to the backend: float32 weights, int64 ids."""
+        weights, ids = self.reference_routing(group)
+        return weights.float(), ids
+
+    def reference(self, inputs: Mapping[str, torch.Tensor], shape: MoeShape) -> torch.Tensor:
+        """The primary reference: the layer under the reference's routing (weights rounded to float32, as the
+        backend receives them), so it measures arithmetic alone."""
+        args, kwargs = self.split_args(inputs, shape)
+        weights, ids = contract.route(_router_logits(inputs), bias=inputs.get("bias"), **shape.routing_kwargs())
+        return contract.moe(*args, **kwargs, routing_override=(weights.float(), ids))
+
+    def evaluate(self, call: Call, group: CaseInputs, budget: parity.Budget) -> Evaluation:
+        result = call(return_routing=True)
+        if not (isinstance(result, tuple) and len(result) == 3):
+            detail = f"moe(return_routing=True) must return (out, weights, ids), got {type(result).__name__}"
+            return Evaluation(None, None, failures=(parity.Failure("output", 0, 0, detail=detail),))
+        out, weights, ids = result
+        shape, dtype = group.shape, group.dtype
+        free_ref = group.cached("free_reference", lambda: super(MoeLayer, self).reference(group.inputs, shape))
+        ref_routing = self.reference_routing(group)
+        near, tol = group.cached(
+            "near_ties",
+            lambda: parity.routing_near_ties(
+                _router_logits(group.inputs), dtype, bias=group.inputs.get("bias"), **_selection_kwargs(shape)
+            ),
+        )
+        routing_budget = parity.budget_for(dtype, shape.dims.e)
+        report, agree, weight_metrics, failures = parity.compare_routing(
+            (weights, ids), ref_routing, near, tol, routing_budget
+        )
+        if weight_metrics is not None:
+            failures += parity.judge(weight_metrics, routing_budget, prefix="routing_weights.").failures
+        forced = evaluate_tensor(call(routing_override=self.forced_routing(group)), group.reference(), dtype, budget)
+        details: dict[str, Any] = {"routing": report.to_record()}
+        e2e = evaluate_tensor(out, free_ref, dtype, budget, prefix="e2e.")
+        failures += e2e.failures
+        if e2e.metrics is not None:
+            details["e2e"] = e2e.metrics.to_record()
+            if bool(agree.any()):
+                agreeing = parity.compare(out[agree], free_ref[agree], budget)
+                details["e2e_agreeing"] = agreeing.to_record()
+                failures += parity.judge(agreeing, budget, prefix="e2e_agreeing.").failures
+        return Evaluation(forced.output, forced.metrics, "forced.", failures + forced.failures, details)
+
+    def flops(self, shape: MoeShape) -> float:
+        return 2.0 * shape.t * shape.dims.h * shape.dims.e + self._expert_flops(shape)
+
+    def bytes_moved(self, shape: MoeShape, itemsize: int) -> float:
+        return self._expert_bytes(shape, itemsize) + shape.dims.e * shape.dims.h * itemsize
+
+
+class MoeExperts(_MoeWorkload):
+    """The experts and the combine under a given routing (the reference's routing of the same x): arithmetic
+    alone, as an expert-parallel or grouped-GEMM kernel sees it."""
+
+    op: ClassVar[str] = "moe"
+
+    def make_inputs(self, shape: MoeShape, dtype: torch.dtype, seed: int, distribution: str) -> dict[str, torch.Tensor]:
+        tensors = _weights(shape, dtype, seed, distribution)
+        weights, ids = contract.route(_router_logits(tensors), bias=tensors.get("bias"), **shape.routing_kwargs())
+        tensors["route_weights"] = weights.float()
+        tensors["route_ids"] = ids
+        return tensors
+
+    def flops(self, shape: MoeShape) -> float:
+        return self._expert_flops(shape)
+
+    def bytes_moved(self, shape: MoeShape, itemsize: int) -> float:
+        return self._expert_bytes(shape, itemsize)
+
+
+class MoeRoute(_MoeWorkload):
+    """The router alone: scores, (grouped) top-k selection, weights; judged as routing, not as a tensor."""
+
+    op: ClassVar[str] = "route"
+
+    def make_inputs(self, shape: MoeShape, dtype: torch.dtype, seed: int, distribution: str) -> dict[str, torch.Tensor]:
+        d = shape.dims
+        tensors = {
+            "logits": random_tensor((shape.t, d.e), dtype, seed=seed, name="logits", distribution=distribution),
+        }
+        if d.bias:
+            tensors["bias"] = (
+                random_tensor((d.e,), torch.float32, seed=seed, name="bias", distribution="normal") * BIAS_SCALE
+            )
+        return tensors
+
+    def split_args(
+        self, inputs: Mapping[str, torch.Tensor], shape: MoeShape
+    ) -> tuple[list[torch.Tensor], dict[str, Any]]:
+        return Workload.split_args(self, inputs, shape)
+
+    def reference(self, inputs: Mapping[str, torch.Tensor], shape: MoeShape) -> torch.Tensor:
+        """The primary reference: the combine weights ordered by expert id (routings compare as sets)."""
+        weights, ids = contract.route(inputs["logits"], bias=inputs.get("bias"), **shape.routing_kwargs())
+        return weights.gather(1, ids.argsort(dim=-1))
+
+    def evaluate(self, call: Call, group: CaseInputs, budget: parity.Budget) -> Evaluation:
+        result = call()
+        if not (isinstance(result, tuple) and len(result) == 2):
+            detail = f"route must return (weights, ids), got {type(result).__name__}"
+            return Evaluation(None, None, failures=(parity.Failure("output", 0, 0, detail=detail),))
+        weights, ids = result
+        logits, bias, shape = group.inputs["logits"], group.inputs.get("bias"), group.shape
+        ref_routing = group.cached("routing", lambda: contract.route(logits, bias=bias, **shape.routing_kwargs()))
+        near, tol = group.cached(
+            "near_ties", lambda: parity.routing_near_ties(logits, group.dtype, bias=bias, **_selection_kwargs(shape))
+        )
+        report, _, weight_metrics, failures = parity.compare_routing((weights, ids), ref_routing, near, tol, budget)
+        if weight_metrics is None:
+            failures += (parity.Failure("routing_weights", 0, 0, detail="no token's routing agrees"),)
+        output = weights.gather(1, ids.argsort(dim=-1)) if weights.shape == ids.shape else None
+        return Evaluation(output, weight_metrics, "routing_weights.", failures, {"routing": report.to_record()})
+
+    def budget(self, dtype: str, shape: MoeShape, overrides: Mapping[str, float] | None = None) -> parity.Budget:
+        return parity.budget_for(dtype, shape.dims.e, dict(overrides or {}))
+
+    def reduction_length(self, shape: MoeShape) -> int:
+        return shape.dims.e
+
+    def flops(self, shape: MoeShape) -> float:
+        return 5.0 * shape.t * shape.dims.e  # scores and selection: a handful of operations per logit
+
+    def bytes_moved(self, shape: MoeShape, itemsize: int) -> float:
+        return float(shape.t * shape.dims.e * itemsize + shape.t * shape.dims.top_k * (itemsize + 8))
+
+    def shape_from_inputs(self, tensors: Mapping[str, torch.Tensor], template: MoeShape) -> MoeShape:
+        self.check_input_names(tensors)
+        logits = tensors["logits"]
+        if logits.dim() != 2:
+            raise WorkloadError(f"{self.name}: input logits: expected 2 dims [T, E], got shape {list(logits.shape)}")
+        shape = MoeShape(t=logits.shape[0], dims=replace(template.dims, e=logits.shape[1], bias="bias" in tensors))
+        try:
+            contract.check_route_args(logits, bias=tensors.get("bias"), **_selection_kwargs(shape))
+        except contract.ContractError as exc:
+            raise WorkloadError(f"{self.name}: {exc}") from None
+        return shape
+
+
+def _scaled(model: str, **dims: Any) -> MoeDims:
+    return replace(MOE_MODELS[model], **dims)
+
+
+# Tiny: CI in seconds, float16 included on a CPU without fp16 arithmetic. Small: CPU benchmarking.
+TINY = {
+    "mixtral": _scaled("mixtral", h=64, f=128),
+    "qwen3-moe": _scaled("qwen3-moe", h=64, f=32, e=16, top_k=4),
+    "qwen2-moe": _scaled("qwen2-moe", h=64, f=32, e=8, top_k=2, shared_f=64),
+    "deepseek-v3": _scaled("deepseek-v3", h=64, f=32, e=16, top_k=4, n_group=4, topk_group=2, shared_f=32),
+}
+SMALL = {
+    "mixtral": _scaled("mixtral", h=512, f=1024),
+    "qwen3-moe": _scaled("qwen3-moe", h=512, f=256, e=32, top_k=4),
+    "qwen2-moe": _scaled("qwen2-moe", h=512, f=256, e=16, top_k=4, shared_f=1024),
+    "deepseek-v3": _scaled("deepseek-v3", h=512, f=256, e=32, top_k=4, n_group=4, topk_group=2, shared_f=256),
+}
+REAL_TOKENS = {"mixtral": 4096, "qwen3-moe": 8192, "qwen2-moe": 4096, "deepseek-v3": 8192}
+
+
+def _presets() -> dict[str, dict[str, MoeShape]]:
+    return {
+        "tiny": {name: MoeShape(t=64, dims=dims) for name, dims in TINY.items()},
+        "small": {name: MoeShape(t=256, dims=dims) for name, dims in SMALL.items()},
+        "real": {name: MoeShape(t=REAL_TOKENS[name], dims=dims) for name, dims in MOE_MODELS.items()},
+    }
+
+
+def workloads() -> list[Workload]:
+    """The built-in MoE workloads (the `harness.workloads` entry point)."""
+    return [
+        MoeRoute("moe.route", _presets(), "the router alone: scores, (grouped) top-k, weights; judged as routing"),
+        MoeExperts(
+            "moe.experts", _presets(), "SwiGLU experts and the weighted combine under a given routing (arithmetic)"
+        ),
+        MoeLayer(
+            "moe.layer",
+            _presets(),
+            "route + experts + combine (+ shared expert); routing and arithmetic judged apart",
+        ),
+    ]

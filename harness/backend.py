@@ -266,7 +266,10 @@ class BackendRegistry:
             self.register(obj, ref.origin)  # type: ignore[arg-type]
 
     def load_plugin(self, spec: str) -> list[str]:
-        """Register the concrete Backend subclasses defined in a plugin module or file; returns their names."""
+        """Register the concrete Backend subclasses a plugin module or file defines with a `name` of their own.
+
+        Returns their names. A class that only inherits `name` (a shared helper base) is not registered.
+        """
         module = import_plugin(spec)
         found = [
             obj
@@ -275,10 +278,11 @@ class BackendRegistry:
             and issubclass(obj, Backend)
             and obj.__module__ == module.__name__
             and not inspect.isabstract(obj)
+            and "name" in vars(obj)  # helper bases that only inherit a name are not backends of their own
             and obj.name
         ]
         if not found:
-            raise RegistryError(f"plugin {spec!r} defines no concrete Backend subclass with a `name`")
+            raise RegistryError(f"plugin {spec!r} defines no concrete Backend subclass that sets its own `name`")
         for cls in found:
             self.register(cls, f"plugin {spec}")
         return [cls.name for cls in found]

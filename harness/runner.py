@@ -270,9 +270,9 @@ class Runner:
             return op(*args, **kwargs)
 
         def call(**extra: Any) -> Any:
-            result = op(*args, **kwargs, **_map_tensors(extra, backend.to_device))
+            result = op(*args, **kwargs, **map_tensors(extra, backend.to_device))
             backend.synchronize()
-            return _map_tensors(result, backend.to_host)
+            return map_tensors(result, backend.to_host)
 
         return call, timed
 
@@ -299,8 +299,8 @@ class Runner:
         verdict = parity.merge(primary.mode, primary, extra=evaluation.failures)
         deterministic = None
         if self.options.determinism:
-            first = _map_tensors(timed(), backend.to_host)
-            second = _map_tensors(timed(), backend.to_host)
+            first = map_tensors(timed(), backend.to_host)
+            second = map_tensors(timed(), backend.to_host)
             deterministic = _all_bitwise_equal(first, second)
         record["parity"] = {
             "metrics": evaluation.metrics.to_record(),
@@ -367,14 +367,14 @@ class Runner:
         return group.memo["baseline"]
 
 
-def _map_tensors(value: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+def map_tensors(value: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
     """Apply fn to every tensor in a (nested) tuple / list / dict; other values pass through."""
     if isinstance(value, torch.Tensor):
         return fn(value)
     if isinstance(value, (tuple, list)):
-        return type(value)(_map_tensors(v, fn) for v in value)
+        return type(value)(map_tensors(v, fn) for v in value)
     if isinstance(value, dict):
-        return {k: _map_tensors(v, fn) for k, v in value.items()}
+        return {k: map_tensors(v, fn) for k, v in value.items()}
     return value
 
 

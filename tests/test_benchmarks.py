@@ -1,0 +1,34 @@
+"""The benchmark scripts run end to end and print their figures (no timing assertions: shared machines are noisy)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("transformers", reason="the MoE benchmark compares against transformers (llm/test extra)")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_moe_cpu_benchmark_prints_tokens_per_second_beside_transformers(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "moe.jsonl"
+    bench = load("moe_cpu")
+    assert bench.main(["--preset", "tiny", "--time-budget", "0.02", "--rounds", "1", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "torch-cpu tok/s" in printed and "hf grouped_mm tok/s" in printed
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert {r["shape"] for r in rows} == {"mixtral", "qwen3-moe", "qwen2-moe", "deepseek-v3"}
+    for r in rows:
+        assert set(r["tokens_per_s"]) == {"torch-cpu", "grouped_mm", "eager"}
+        assert all(v > 0 for v in r["tokens_per_s"].values())
+        assert r["hf_rel_l2_vs_torch_cpu"] < 1e-5  # float32: the same function on the same weights

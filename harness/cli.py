@@ -183,6 +183,13 @@ def _print_table(rows: list[report_mod.Row], console: Console) -> None:
 @click.option("-b", "--backend", "backends", multiple=True, help="Backend names, or 'all'; repeat or comma-separate.")
 @click.option("--dtype", "dtypes", multiple=True, help=f"Case dtypes: {', '.join(DTYPES)}.")
 @click.option("--preset", "presets", multiple=True, help="Shape presets: tiny, small, real.")
+@click.option(
+    "--shape",
+    "shapes",
+    multiple=True,
+    help="Shape names within the presets (gqa, mqa, llama3-8b, deepseek-v3, ...); with --inputs, the shape "
+    "whose mask or routing rule applies to your tensors.",
+)
 @click.option("--seeds", default=None, help="Comma list of input seeds, e.g. 0,1,2.")
 @click.option(
     "--distribution", "distributions", multiple=True, help=f"Input distributions: {', '.join(DISTRIBUTIONS)}."
@@ -215,6 +222,13 @@ def _print_table(rows: list[report_mod.Row], console: Console) -> None:
     help="Judge by error ratio against a backend, or against outputs saved with --save-outputs.",
 )
 @click.option(
+    "--against-ratio",
+    type=click.FloatRange(min=1.0),
+    default=parity.DEFAULT_RATIO,
+    show_default=True,
+    help="With --against: the error a case may have, as a multiple of the baseline's.",
+)
+@click.option(
     "--budget",
     "budgets",
     multiple=True,
@@ -229,6 +243,7 @@ def run_cmd(
     backends: tuple[str, ...],
     dtypes: tuple[str, ...],
     presets: tuple[str, ...],
+    shapes: tuple[str, ...],
     seeds: str | None,
     distributions: tuple[str, ...],
     out: Path | None,
@@ -237,6 +252,7 @@ def run_cmd(
     inputs_file: str | None,
     save_outputs: Path | None,
     against: str | None,
+    against_ratio: float,
     budgets: tuple[str, ...],
     no_table: bool,
     plugins: tuple[str, ...],
@@ -251,6 +267,7 @@ def run_cmd(
             ("backends", backends),
             ("dtypes", dtypes),
             ("presets", presets),
+            ("shapes", shapes),
             ("inputs", distributions),
         ):
             if values:
@@ -282,6 +299,7 @@ def run_cmd(
             timing=timing,
             save_outputs=save_outputs,
             against=against,
+            against_ratio=against_ratio,
             budget_overrides=_budget_overrides(budgets),
         )
         runner = Runner(registry, workload_registry, options, run_id, user_inputs=user_inputs)

@@ -42,6 +42,7 @@ class RunOptions:
     determinism: bool = True
     save_outputs: Path | None = None
     against: str | None = None  # a backend name, or a directory written by --save-outputs
+    against_ratio: float = parity.DEFAULT_RATIO  # --against: allowed multiple of the baseline's error
     budget_overrides: Mapping[str, float] | None = None
 
 
@@ -86,6 +87,7 @@ class Runner:
         self.options = options
         self.run_id = run_id
         self.user_inputs = dict(user_inputs) if user_inputs is not None else None
+        self.shape_filter: tuple[str, ...] = ()
         self._instances: dict[str, Backend] = {}
         self._availability: dict[str, Availability] = {}
         self._environments: dict[str, dict[str, Any]] = {}
@@ -123,14 +125,18 @@ class Runner:
         for dtype in suite.dtypes:
             if dtype not in DTYPES:
                 raise UsageError(f"unknown dtype {dtype!r}: not one of: {', '.join(DTYPES)}")
+        self.shape_filter = suite.shapes
         cases = []
+        known_shapes: set[str] = set()
         for w in workloads:
             for preset in suite.presets:
                 try:
-                    shapes = list(w.shapes(preset))
+                    all_shapes = list(w.shapes(preset))
                 except WorkloadError as exc:
                     raise UsageError(str(exc)) from None
-                if self.user_inputs is not None:
+                known_shapes.update(all_shapes)
+                shapes = self._selected_shapes(w, preset)
+                if self.user_inputs is not None and shapes:
                     self._user_shape(w, preset)  # validates now, so bad inputs exit 2 before anything runs
                     shapes = [USER_SHAPE]
                 for shape in shapes:
@@ -138,13 +144,26 @@ class Runner:
                         for dist in [USER_INPUTS] if self.user_inputs is not None else suite.inputs:
                             for seed in [0] if self.user_inputs is not None else suite.seeds:
                                 cases += [Case(w.name, preset, shape, dtype, dist, seed, b, w.op) for b in backends]
+        unknown = [s for s in suite.shapes if s not in known_shapes]
+        if unknown:
+            raise UsageError(
+                f"unknown shape {unknown[0]!r} for the selected workloads; shapes: {', '.join(sorted(known_shapes))}"
+            )
         if not cases:
-            raise UsageError("the selection is empty: no workload x preset x dtype x backend combination")
+            raise UsageError("the selection is empty: no workload x preset x shape x dtype x backend combination")
         return cases
 
+    def _selected_shapes(self, workload: Workload, preset: str) -> list[str]:
+        """The preset's shape names that pass --shape (all when none was given)."""
+        return [s for s in workload.shapes(preset) if not self.shape_filter or s in self.shape_filter]
+
     def _template(self, workload: Workload, preset: str, shape_name: str) -> Any:
+        """A preset shape whose non-tensor settings (mask, routing rule) apply to tensors from a file."""
         shapes = workload.shapes(preset)
-        return shapes.get(shape_name) or next(iter(shapes.values()))
+        if shape_name in shapes:
+            return shapes[shape_name]
+        selected = self._selected_shapes(workload, preset) or list(shapes)
+        return shapes[selected[0]]
 
     def _user_shape(self, workload: Workload, preset: str) -> Any:
         assert self.user_inputs is not None
@@ -294,7 +313,12 @@ class Runner:
             primary = parity.judge(evaluation.metrics, budget, evaluation.prefix)
         else:
             primary = parity.judge_against(
-                evaluation.metrics, baseline["metrics"], budget, baseline["backend"], prefix=evaluation.prefix
+                evaluation.metrics,
+                baseline["metrics"],
+                budget,
+                baseline["backend"],
+                ratio=self.options.against_ratio,
+                prefix=evaluation.prefix,
             )
         verdict = parity.merge(primary.mode, primary, extra=evaluation.failures)
         deterministic = None

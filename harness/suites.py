@@ -32,6 +32,7 @@ class Suite:
     description: str = ""
     workloads: tuple[str, ...] = ("*",)
     presets: tuple[str, ...] = ("tiny",)
+    shapes: tuple[str, ...] = ()  # shape names within the presets; empty = all
     dtypes: tuple[str, ...] = ("float32", "bfloat16", "float16")
     backends: tuple[str, ...] = ("all",)
     seeds: tuple[int, ...] = (0,)
@@ -64,7 +65,15 @@ BUILTIN_SUITES: dict[str, Suite] = {
     )
 }
 
-_LIST_FIELDS = {"workloads": str, "presets": str, "dtypes": str, "backends": str, "seeds": int, "inputs": str}
+_LIST_FIELDS = {
+    "workloads": str,
+    "presets": str,
+    "shapes": str,
+    "dtypes": str,
+    "backends": str,
+    "seeds": int,
+    "inputs": str,
+}
 _TIMING_FIELDS = {f.name: f.type for f in fields(TimingConfig)}
 
 

@@ -59,6 +59,7 @@ def test_unknown_backend_exits_2_naming_the_known_ones(harness_cli) -> None:
         (("--preset", "huge"), "no preset 'huge'"),
         (("--distribution", "cauchy"), "unknown input distribution 'cauchy'"),
         (("--seeds", "a,b"), "expected a comma list of integers"),
+        (("--shape", "llama9"), "unknown shape 'llama9' for the selected workloads; shapes: deepseek-v3, gqa"),
         (("--suite", "nosuite"), "unknown suite 'nosuite'"),
     ],
 )
@@ -238,3 +239,30 @@ def test_report_reads_a_file_whose_writer_was_killed(harness_cli, tmp_path: Path
     out.write_text(text + text.splitlines()[0][:40])  # a half-written record at the end
     md = harness_cli("report", str(out))
     assert md.exit_code == 0 and "pass 2/2" in md.output
+
+
+def test_against_ratio_sets_the_bar(harness_cli) -> None:
+    args = ("run", "-b", "torch-cpu", "-w", "moe.layer", "--dtype", "bfloat16", "--parity-only")
+    strict = harness_cli(*args, "--against", "cpu-reference", "--against-ratio", "1")
+    loose = harness_cli(*args, "--against", "cpu-reference", "--against-ratio", "10")
+    # bfloat16 torch-cpu rounds intermediates the oracle does not: worse than the oracle, within 10x of it.
+    assert strict.exit_code == 1 and loose.exit_code == 0
+    assert all("forced.rel_l2_vs_cpu-reference" in r["reason"] for r in strict.records)
+
+
+def test_moe_user_inputs(harness_cli, tmp_path: Path) -> None:
+    from models.moe import TINY, MoeShape, _weights
+
+    tensors = _weights(MoeShape(t=24, dims=TINY["deepseek-v3"]), torch.float32, 0, "normal")
+    good = tmp_path / "moe.safetensors"
+    save_file(tensors, str(good))
+    args = ("run", "-w", "moe.layer", "-b", "torch-cpu", "--shape", "deepseek-v3")
+    run = harness_cli(*args, "--dtype", "float32,bfloat16", "--inputs", str(good))
+    assert run.exit_code == 0, run.output
+    assert all(r["shape_info"].startswith("T24 H64 F32 E16 k4 sigmoid_group_topk") for r in run.records)
+    assert run.records[1]["parity"]["routing"]["tokens"] == 24
+    tensors["bias"] = tensors["bias"][:5].contiguous()
+    bad = tmp_path / "bad.safetensors"
+    save_file(tensors, str(bad))
+    run = harness_cli(*args, "--inputs", str(bad))
+    assert run.exit_code == 2 and "route input bias: expected shape [16], got [5]" in run.output

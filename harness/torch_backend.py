@@ -125,11 +125,11 @@ class TorchBackend(Backend):
         E = w_gate.shape[0]
         if routing_override is None:
             logits = x @ router_w.T  # [T, E] in the case dtype
-            weights, ids = contract.route_scores(
+            weights, ids = self.route(
                 logits.float(),
                 top_k=top_k,
                 scheme=scheme,
-                bias=None if bias is None else bias.float(),
+                bias=bias,
                 n_group=n_group,
                 topk_group=topk_group,
                 scaling=scaling,

@@ -130,3 +130,6 @@ class CpuReference(Backend):
             routing_override=(weights, ids),
         ).to(x.dtype)
         return (out, weights, ids) if return_routing else out
+
+    def causal_lm(self, model: Any, input_ids: torch.Tensor, *, cache: Any = None, return_model: bool = False) -> Any:
+        return model.run(self, input_ids, cache=cache, return_model=return_model)

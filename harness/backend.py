@@ -210,6 +210,14 @@ class Backend(abc.ABC):
         the layer actually applied, so parity can compare routing decisions token by token."""
         raise NotImplementedError(f"{self.name} does not implement moe")
 
+    def causal_lm(self, model: Any, input_ids: torch.Tensor, *, cache: Any = None, return_model: bool = False) -> Any:
+        """Logits [B,S,V] of a workload model run on this backend with its own ops inside (see models/llm.py).
+
+        `cache`: a KV cache to append to (decode); `return_model`: return the backend's bound model instead,
+        for layer-wise localization.
+        """
+        raise NotImplementedError(f"{self.name} does not implement causal_lm")
+
 
 class RegistryError(Exception):
     """Bad registry use: an unknown name, a duplicate name, a plugin without backends."""

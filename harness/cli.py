@@ -235,6 +235,18 @@ def _print_table(rows: list[report_mod.Row], console: Console) -> None:
     metavar="FIELD=VALUE",
     help="Override a parity budget field for every case: rel_l2, worst_row_rel_l2, atol, rtol, max_outside.",
 )
+@click.option(
+    "--layerwise",
+    is_flag=True,
+    help="LLM workloads: localize the first layer and op whose own error exceeds its budget.",
+)
+@click.option(
+    "--model",
+    "model_path",
+    type=click.Path(file_okay=False, dir_okay=True),
+    default=None,
+    help="LLM workloads: a checkpoint directory (config.json + safetensors) instead of seeded weights.",
+)
 @click.option("--no-table", is_flag=True, help="Do not print the summary table.")
 @plugin_option
 def run_cmd(
@@ -254,6 +266,8 @@ def run_cmd(
     against: str | None,
     against_ratio: float,
     budgets: tuple[str, ...],
+    layerwise: bool,
+    model_path: str | None,
     no_table: bool,
     plugins: tuple[str, ...],
 ) -> None:
@@ -301,6 +315,8 @@ def run_cmd(
             against=against,
             against_ratio=against_ratio,
             budget_overrides=_budget_overrides(budgets),
+            layerwise=layerwise,
+            model_path=model_path,
         )
         runner = Runner(registry, workload_registry, options, run_id, user_inputs=user_inputs)
         cases = runner.plan(chosen)

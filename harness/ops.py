@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -52,6 +53,12 @@ OPS: dict[str, OpSpec] = {
             ("x", "router_w", "w_gate", "w_up", "w_down"),
             ("bias", "shared_w_gate", "shared_w_up", "shared_w_down", "shared_gate", "route_weights", "route_ids"),
             "x [T,H] -> [T,H]: route, SwiGLU experts, weighted combine, optional (gated) shared expert",
+        ),
+        OpSpec(
+            "causal_lm",
+            ("input_ids",),
+            (),
+            "model (a built workload model), input_ids [B,S] -> logits [B,S,V]; the model's own layers",
         ),
     )
 }
@@ -453,3 +460,14 @@ def moe(
             s = s * torch.sigmoid(x64 @ shared_gate.detach().to("cpu", torch.float64).T)  # [T, 1] gate
         out = out + s
     return out
+
+
+# ----- whole models -----
+
+
+def causal_lm(model: Any, input_ids: torch.Tensor) -> torch.Tensor:
+    """Reference logits [B, S, V] float64: the workload model's float64 master run with these reference ops.
+
+    `model` is a built workload model (models/llm.py): it knows its architecture; the harness core does not.
+    """
+    return model.reference_logits(input_ids)

@@ -32,6 +32,11 @@ class Row:
     routing_agreement: float | None  # MoE: worst fraction of tokens with the reference's exact top-k set
     near_ties: int | None  # MoE: tokens at a top-k boundary closer than the dtype resolves, summed over cases
     routing_unexplained: int | None  # MoE: disagreements no near-tie explains, summed over cases
+    top1_agreement: float | None  # LLM: worst fraction of positions whose argmax token is the reference's
+    kl_mean: float | None  # LLM: worst mean KL(ref || out) per position
+    greedy_agreement: int | None  # LLM: shortest greedy-decode prefix equal to the reference's
+    decode_tokens_per_s: float | None  # LLM: decode step throughput (prefill: tokens/s below)
+    prefill_tokens_per_s: float | None
     median_us: float | None
     ci95_us: str
     tflops: float | None
@@ -76,6 +81,11 @@ def summarize(records: Iterable[dict[str, Any]], *, include_simulated_speed: boo
             timed = []
         dets = [p.get("deterministic") for p in parity if p.get("deterministic") is not None]
         routing = [p["routing"] for p in parity if p.get("routing")]
+        llm = [p["llm"] for p in parity if p.get("llm")]
+        greedy = [p["greedy"]["min"] for p in parity if p.get("greedy")]
+        decode = [r["timing_variants"]["decode"] for r in recs if (r.get("timing_variants") or {}).get("decode")]
+        if simulated and not include_simulated_speed:
+            decode = []
         notes = [r["reason"] for r in recs if r.get("reason")]
         median_ns = statistics.median(t["median_ns"] for t in timed) if timed else None
         ci = ""
@@ -92,6 +102,11 @@ def summarize(records: Iterable[dict[str, Any]], *, include_simulated_speed: boo
                 routing_agreement=min(r["agreement"] for r in routing) if routing else None,
                 near_ties=sum(r["near_ties"] for r in routing) if routing else None,
                 routing_unexplained=sum(r["unexplained"] for r in routing) if routing else None,
+                top1_agreement=min(m["top1_agreement"] for m in llm) if llm else None,
+                kl_mean=_max(m["kl_mean"] for m in llm),
+                greedy_agreement=min(greedy) if greedy else None,
+                decode_tokens_per_s=_max(d.get("tokens_per_s") for d in decode),
+                prefill_tokens_per_s=_max(t.get("tokens_per_s") for t in timed),
                 median_us=median_ns / 1e3 if median_ns is not None else None,
                 ci95_us=ci,
                 tflops=_max(t.get("tflops") for t in timed),
@@ -122,9 +137,11 @@ TABLE_COLUMNS = (
     ("worst_row_rel_l2", "worst row"),
     ("deterministic", "bitwise"),
     ("routing", "routing agree / near-ties / unexplained"),
+    ("llm", "top-1 / KL / greedy"),
     ("median_us", "median us"),
     ("tflops", "TFLOP/s"),
     ("gbps", "GB/s"),
+    ("tokens", "tok/s prefill / decode"),
     ("note", "note"),
 )
 
@@ -132,6 +149,14 @@ TABLE_COLUMNS = (
 def table_cells(row: Row) -> list[str]:
     values = asdict(row)
     values["case"] = f"{row.workload} {row.preset}/{row.shape}"
+    values["llm"] = (
+        f"{row.top1_agreement:.1%} / {row.kl_mean:.2g} / {row.greedy_agreement}"
+        if row.top1_agreement is not None
+        else None
+    )
+    values["tokens"] = (
+        f"{row.prefill_tokens_per_s:.4g} / {fmt(row.decode_tokens_per_s)}" if row.prefill_tokens_per_s else None
+    )
     values["routing"] = (
         f"{row.routing_agreement:.1%} / {row.near_ties} / {row.routing_unexplained}"
         if row.routing_agreement is not None
@@ -161,10 +186,31 @@ def to_csv(rows: list[Row]) -> str:
     return buf.getvalue()
 
 
+def layerwise_section(records: Iterable[dict[str, Any]]) -> str:
+    """Markdown: per LLM case run with --layerwise, the culprit (or none), why, and the per-layer errors."""
+    lines = []
+    for r in records:
+        lw = (r.get("parity") or {}).get("layerwise")
+        if not lw:
+            continue
+        lines.append(f"- `{r['case']['key']}`: {lw['explanation']}")
+        lines.append("  - propagated (median row rel_l2 per layer): " + ", ".join(f"{e:.3g}" for e in lw["propagated"]))
+        worst: dict[int, dict[str, Any]] = {}
+        for e in lw["teacher_forced"]:
+            if e["layer"] not in worst or e["median_row_rel_l2"] > worst[e["layer"]]["median_row_rel_l2"]:
+                worst[e["layer"]] = e
+        lines.append(
+            "  - teacher-forced (worst op per layer): "
+            + ", ".join(f"{i}: {e['kind']} {e['median_row_rel_l2']:.3g}" for i, e in sorted(worst.items()))
+        )
+    return "\n## Layer-wise localization\n\n" + "\n".join(lines) + "\n" if lines else ""
+
+
 def render(records: Iterable[dict[str, Any]], fmt_name: str, *, include_simulated_speed: bool = False) -> str:
+    records = list(records)
     rows = summarize(records, include_simulated_speed=include_simulated_speed)
     if fmt_name == "md":
-        return to_markdown(rows)
+        return to_markdown(rows) + layerwise_section(records)
     if fmt_name == "csv":
         return to_csv(rows)
     raise ValueError(f"report format {fmt_name!r} is not one of: {', '.join(FORMATS)}")

@@ -44,6 +44,8 @@ class RunOptions:
     against: str | None = None  # a backend name, or a directory written by --save-outputs
     against_ratio: float = parity.DEFAULT_RATIO  # --against: allowed multiple of the baseline's error
     budget_overrides: Mapping[str, float] | None = None
+    layerwise: bool = False  # LLM workloads: per-layer localization (propagated and teacher-forced)
+    model_path: str | None = None  # LLM workloads: a user's checkpoint directory instead of seeded weights
 
 
 @dataclass
@@ -63,10 +65,10 @@ class RunSummary:
         return 0
 
 
-def _nonfinite_problem(inputs: Mapping[str, torch.Tensor]) -> str | None:
+def _nonfinite_problem(inputs: Mapping[str, Any]) -> str | None:
     bad = []
     for name, t in inputs.items():
-        if t.is_floating_point():
+        if isinstance(t, torch.Tensor) and t.is_floating_point():
             nan, inf = int(torch.isnan(t).sum()), int(torch.isinf(t).sum())
             if nan or inf:
                 bad.append(f"{name} has {nan} NaN and {inf} Inf values")
@@ -88,6 +90,7 @@ class Runner:
         self.run_id = run_id
         self.user_inputs = dict(user_inputs) if user_inputs is not None else None
         self.shape_filter: tuple[str, ...] = ()
+        self._checkpoint_shapes: dict[tuple[str, str, str], Any] = {}
         self._instances: dict[str, Backend] = {}
         self._availability: dict[str, Availability] = {}
         self._environments: dict[str, dict[str, Any]] = {}
@@ -126,6 +129,8 @@ class Runner:
             if dtype not in DTYPES:
                 raise UsageError(f"unknown dtype {dtype!r}: not one of: {', '.join(DTYPES)}")
         self.shape_filter = suite.shapes
+        if self.options.model_path is not None:
+            workloads = self._checkpoint_workloads(workloads, suite.presets)
         cases = []
         known_shapes: set[str] = set()
         for w in workloads:
@@ -141,7 +146,8 @@ class Runner:
                     shapes = [USER_SHAPE]
                 for shape in shapes:
                     for dtype in suite.dtypes:
-                        for dist in [USER_INPUTS] if self.user_inputs is not None else suite.inputs:
+                        dists = [d for d in suite.inputs if d in w.distributions]
+                        for dist in [USER_INPUTS] if self.user_inputs is not None else dists:
                             for seed in [0] if self.user_inputs is not None else suite.seeds:
                                 cases += [Case(w.name, preset, shape, dtype, dist, seed, b, w.op) for b in backends]
         unknown = [s for s in suite.shapes if s not in known_shapes]
@@ -152,6 +158,29 @@ class Runner:
         if not cases:
             raise UsageError("the selection is empty: no workload x preset x shape x dtype x backend combination")
         return cases
+
+    def _checkpoint_workloads(self, workloads: list[Workload], presets: tuple[str, ...]) -> list[Workload]:
+        """The selected workloads that take the --model checkpoint (validated once, here: exit 2 if bad)."""
+        path = self.options.model_path
+        taking = []
+        for w in workloads:
+            for preset in presets:
+                for name, shape in w.shapes(preset).items():
+                    try:
+                        checkpoint = w.checkpoint_shape(shape, path)
+                    except WorkloadError as exc:
+                        raise UsageError(str(exc)) from None
+                    if checkpoint is None:
+                        break
+                    self._checkpoint_shapes[(w.name, preset, name)] = checkpoint
+                    if w not in taking:
+                        taking.append(w)
+        if not taking:
+            raise UsageError(
+                f"--model {path}: none of the selected workloads ({', '.join(w.name for w in workloads)}) takes "
+                "this checkpoint's architecture; select its llm.* workload with -w"
+            )
+        return taking
 
     def _selected_shapes(self, workload: Workload, preset: str) -> list[str]:
         """The preset's shape names that pass --shape (all when none was given)."""
@@ -205,9 +234,13 @@ class Runner:
             shape = self._user_shape(workload, case.preset)
             inputs = workload.cast_inputs(self.user_inputs, dtype)
         else:
-            shape = workload.shape(case.preset, case.shape)
+            shape = self._checkpoint_shapes.get((case.workload, case.preset, case.shape)) or workload.shape(
+                case.preset, case.shape
+            )
             inputs = workload.make_inputs(shape, dtype, case.seed, case.inputs)
-        return CaseInputs(workload, shape, case.dtype, inputs, problem=_nonfinite_problem(inputs))
+        return CaseInputs(
+            workload, shape, case.dtype, inputs, problem=_nonfinite_problem(inputs), layerwise=self.options.layerwise
+        )
 
     def _backend(self, name: str) -> tuple[Backend | None, str | None]:
         if name not in self._availability:
@@ -281,7 +314,7 @@ class Runner:
     def _callers(self, backend: Backend, group: CaseInputs) -> tuple[Callable[..., Any], Callable[[], Any]]:
         """(call, timed): `call(**extra)` runs the op with extra keyword tensors and returns host outputs;
         `timed()` is the bare op on device-resident inputs, for timing and the determinism check."""
-        dev_inputs = {n: backend.to_device(t) for n, t in group.inputs.items()}
+        dev_inputs = map_tensors(group.inputs, backend.to_device)  # non-tensor inputs (a model) pass through
         args, kwargs = group.workload.split_args(dev_inputs, group.shape)
         op = getattr(backend, group.workload.op)
 
@@ -289,11 +322,18 @@ class Runner:
             return op(*args, **kwargs)
 
         def call(**extra: Any) -> Any:
-            result = op(*args, **kwargs, **map_tensors(extra, backend.to_device))
+            result = op(*args, **{**kwargs, **map_tensors(extra, backend.to_device)})
             backend.synchronize()
             return map_tensors(result, backend.to_host)
 
         return call, timed
+
+    def _device_call(self, backend: Backend, group: CaseInputs) -> Callable[..., Any]:
+        """The op on device-resident inputs with keyword overrides, outputs left on the device (for timing)."""
+        dev_inputs = map_tensors(group.inputs, backend.to_device)
+        args, kwargs = group.workload.split_args(dev_inputs, group.shape)
+        op = getattr(backend, group.workload.op)
+        return lambda **extra: op(*args, **{**kwargs, **map_tensors(extra, backend.to_device)})
 
     def _execute(self, case: Case, group: CaseInputs, backend: Backend, record: dict[str, Any]) -> None:
         workload, shape = group.workload, group.shape
@@ -310,7 +350,11 @@ class Runner:
             record.update(status="skipped", reason=baseline)
             return
         if baseline is None:
-            primary = parity.judge(evaluation.metrics, budget, evaluation.prefix)
+            primary = (
+                parity.judge(evaluation.metrics, budget, evaluation.prefix)
+                if evaluation.judge_primary
+                else parity.Verdict(True)
+            )
         else:
             primary = parity.judge_against(
                 evaluation.metrics,
@@ -348,6 +392,18 @@ class Runner:
             itemsize = DTYPES[case.dtype].itemsize
             measurement = measure(timed, backend.timer(), self.options.timing)
             record["timing"] = measurement.to_record(workload.flops(shape), workload.bytes_moved(shape, itemsize))
+            tokens = workload.tokens_per_call(shape)
+            if tokens:
+                record["timing"]["tokens_per_s"] = tokens / (measurement.stats.median_ns * 1e-9)
+            variants = workload.timing_variants(self._device_call(backend, group), group)
+            if variants:
+                record["timing_variants"] = {}
+            for name, variant in variants.items():
+                m = measure(variant.fn, backend.timer(), self.options.timing)
+                record["timing_variants"][name] = {
+                    **m.to_record(variant.flops, variant.bytes_moved),
+                    "tokens_per_s": variant.tokens / (m.stats.median_ns * 1e-9) if variant.tokens else None,
+                }
             if measurement.stats.noisy:
                 stats = measurement.stats
                 log.info(

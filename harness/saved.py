@@ -37,7 +37,8 @@ class SavedOutputs:
         folder.mkdir(parents=True, exist_ok=True)
         meta = {"case": json.dumps(case.to_record())}
         if not (folder / INPUTS_FILE).exists():
-            save_file({n: t.contiguous() for n, t in inputs.items()}, str(folder / INPUTS_FILE), metadata=meta)
+            tensors = {n: t.contiguous() for n, t in inputs.items() if isinstance(t, torch.Tensor)}
+            save_file(tensors, str(folder / INPUTS_FILE), metadata=meta)
         save_file({"out": out.contiguous()}, str(folder / f"{case.backend}.safetensors"), metadata=meta)
 
     def backends(self) -> list[str]:

@@ -160,3 +160,10 @@ class TorchBackend(Backend):
             combined += shared_out.float()
         out = combined.to(x.dtype)
         return (out, weights, ids) if return_routing else out
+
+    def causal_lm(self, model: Any, input_ids: torch.Tensor, *, cache: Any = None, return_model: bool = False) -> Any:
+        """The workload model in the case dtype on this device, with this backend's ops bound into it."""
+        return model.run(self, input_ids, cache=cache, return_model=return_model)
+
+    def prepare_llm(self, module: torch.nn.Module) -> None:
+        """Hook run once on each model copy before its ops are bound (a port's weight conversion goes here)."""

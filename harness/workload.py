@@ -107,6 +107,7 @@ class CaseInputs:
     dtype: str
     inputs: dict[str, torch.Tensor]
     problem: str | None = None  # e.g. non-finite inputs: every case of the group becomes an error record
+    layerwise: bool = False  # LLM workloads: also localize the first layer and op over budget
     memo: dict[str, Any] = field(default_factory=dict)
 
     def cached(self, key: str, compute: Callable[[], Any]) -> Any:
@@ -129,6 +130,7 @@ class Evaluation:
     prefix: str = ""  # the name of the primary output in failure messages ("forced." for moe.layer)
     failures: tuple[parity.Failure, ...] = ()
     details: dict[str, Any] = field(default_factory=dict)
+    judge_primary: bool = True  # False: the workload judged its output itself (LLM logits); --against still applies
 
 
 def structural_failures(out: Any, ref: torch.Tensor, dtype: str, prefix: str = "") -> tuple[parity.Failure, ...]:
@@ -151,6 +153,16 @@ def evaluate_tensor(out: Any, ref: torch.Tensor, dtype: str, budget: parity.Budg
     return Evaluation(out, parity.compare(out, ref, budget), prefix)
 
 
+@dataclass(frozen=True)
+class TimingVariant:
+    """A second timed call of a workload (LLM decode beside prefill), with its own work counts."""
+
+    fn: Callable[[], Any]
+    flops: float
+    bytes_moved: float
+    tokens: int | None = None
+
+
 class Workload(abc.ABC):
     """A named op invocation with shape presets. Subclasses implement the abstract methods for their shape type."""
 
@@ -159,6 +171,8 @@ class Workload(abc.ABC):
     description: str = ""
     # Inputs that stay float32 whatever the case dtype (a router's correction bias is float32 in real models).
     float32_inputs: ClassVar[tuple[str, ...]] = ()
+    # The input distributions that mean something for this workload (token ids have no "stress" variant).
+    distributions: ClassVar[tuple[str, ...]] = DISTRIBUTIONS
 
     def __init__(self, name: str, presets: Mapping[str, Mapping[str, Any]], description: str = "") -> None:
         if self.op not in contract.OPS:
@@ -250,10 +264,27 @@ class Workload(abc.ABC):
         workloads with richer outputs (MoE routing) override this."""
         return evaluate_tensor(call(), group.reference(), group.dtype, budget)
 
+    def checkpoint_shape(self, shape: Any, path: str) -> Any | None:
+        """The shape to run a user's checkpoint directory (--model) with, or None if this workload does not
+        take that checkpoint. Raises WorkloadError naming the path when the directory cannot be loaded."""
+        return None
+
+    def tokens_per_call(self, shape: Any) -> int | None:
+        """Tokens one timed call processes (LLM workloads report tokens/s); None where it means nothing."""
+        return None
+
+    def timing_variants(self, device_call: Call, group: CaseInputs) -> dict[str, TimingVariant]:
+        """Further calls to time beside the main one; `device_call(**overrides)` runs the op on the device."""
+        return {}
+
     def cast_inputs(self, tensors: Mapping[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
         """Round the user's floating tensors to the case dtype (float32-only inputs to float32); ints stay."""
         return {
-            n: (t.to(torch.float32 if n in self.float32_inputs else dtype) if t.is_floating_point() else t)
+            n: (
+                t.to(torch.float32 if n in self.float32_inputs else dtype)
+                if isinstance(t, torch.Tensor) and t.is_floating_point()
+                else t
+            )
             for n, t in tensors.items()
         }
 

@@ -372,8 +372,11 @@ class LlmBudget:
 LLM_BUDGETS: dict[str, LlmBudget] = {
     "float64": LlmBudget(1e-10, 1e-18),
     "float32": LlmBudget(1e-5, 1e-8),  # measured (tiny presets, torch-cpu): ~5e-7 and ~3e-12
-    "bfloat16": LlmBudget(0.05, 0.1),  # measured: ~0.01, and KL up to 0.03 where MoE routings flip
-    "float16": LlmBudget(0.01, 0.01),  # measured: ~0.0013, and KL up to 1e-3 with a routing flip
+    # bfloat16, measured: median ~0.01-0.025; KL up to 0.24 on the 6-layer DeepSeek-V3 `small` preset, for the
+    # float64 oracle rounded to bfloat16 as much as for torch-cpu (confident heads amplify rounding; no op is
+    # over its own budget there), so the KL budget is loose and the median position error carries the verdict.
+    "bfloat16": LlmBudget(0.05, 0.5),
+    "float16": LlmBudget(0.01, 0.05),  # measured: median ~0.0013, KL up to 1e-3 with a routing flip
 }
 
 

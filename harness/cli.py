@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, replace
@@ -23,8 +24,16 @@ from rich.table import Table
 from harness import parity
 from harness import report as report_mod
 from harness.backend import DTYPES, BackendRegistry, RegistryError, default_registry
+from harness.isolate import IsolationSpec
 from harness.plugins import PluginError
-from harness.results import ResultsError, ResultWriter, host_environment, new_run_id, read_records
+from harness.results import (
+    ResultsError,
+    ResultWriter,
+    finished_records,
+    host_environment,
+    new_run_id,
+    read_records,
+)
 from harness.runner import Runner, RunOptions, UsageError
 from harness.suites import BUILTIN_SUITES, SuiteError, resolve_suite
 from harness.timing import NOISE_THRESHOLD
@@ -247,6 +256,22 @@ def _print_table(rows: list[report_mod.Row], console: Console) -> None:
     default=None,
     help="LLM workloads: a checkpoint directory (config.json + safetensors) instead of seeded weights.",
 )
+@click.option("--isolate", is_flag=True, help="Run each case in its own process: a crash or hang costs one record.")
+@click.option(
+    "--case-timeout",
+    type=click.FloatRange(min=0.1),
+    default=600.0,
+    show_default=True,
+    help="With --isolate: seconds before a case is killed and recorded as timeout.",
+)
+@click.option(
+    "--resume",
+    "resume",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Skip the cases already recorded in this JSONL and append the rest to it.",
+)
+@click.option("--rerun-errors", is_flag=True, help="With --resume: run errored, crashed and timed-out cases again.")
 @click.option("--no-table", is_flag=True, help="Do not print the summary table.")
 @plugin_option
 def run_cmd(
@@ -268,6 +293,10 @@ def run_cmd(
     budgets: tuple[str, ...],
     layerwise: bool,
     model_path: str | None,
+    isolate: bool,
+    case_timeout: float,
+    resume: Path | None,
+    rerun_errors: bool,
     no_table: bool,
     plugins: tuple[str, ...],
 ) -> None:
@@ -318,9 +347,24 @@ def run_cmd(
             layerwise=layerwise,
             model_path=model_path,
         )
-        runner = Runner(registry, workload_registry, options, run_id, user_inputs=user_inputs)
+        isolation = None
+        if isolate:
+            spec_file = Path(tempfile.mkdtemp(prefix="harness-run-")) / "spec.json"
+            spec = IsolationSpec(chosen, tuple(_split(plugins)), inputs_file, run_id, case_timeout)
+            spec.write(options, spec_file)
+            isolation = (spec_file, case_timeout)
+        runner = Runner(registry, workload_registry, options, run_id, user_inputs=user_inputs, isolation=isolation)
         cases = runner.plan(chosen)
-    out_path = out or Path("results") / "runs" / f"{run_id}.jsonl"
+        if rerun_errors and resume is None:
+            raise UsageError("--rerun-errors goes with --resume FILE")
+        if resume is not None and out is not None and out != resume:
+            raise UsageError(f"--resume appends to {resume}; drop --out {out} or make it the same file")
+        done = finished_records(resume, rerun_errors=rerun_errors) if resume is not None else {}
+    out_path = resume or out or Path("results") / "runs" / f"{run_id}.jsonl"
+    previous = [done[c.key] for c in cases if c.key in done]
+    cases = [c for c in cases if c.key not in done]
+    if resume is not None:
+        console.print(f"resuming {resume}: {len(previous)} cases already recorded, {len(cases)} to run")
     records: list[dict[str, Any]] = []
     progress = Progress(
         TextColumn("[bold]{task.description}"),
@@ -341,11 +385,13 @@ def run_cmd(
 
         try:
             summary = runner.run(cases, writer, on_record)
+            for record in previous:
+                summary.add(record["status"])
         except KeyboardInterrupt:
             console.print(f"interrupted: {writer.count} records kept in {out_path}")
             sys.exit(130)
     if not no_table:
-        _print_table(report_mod.summarize(records), _stdout_console())
+        _print_table(report_mod.summarize(previous + records), _stdout_console())
     counts = ", ".join(f"{n} {s}" for s, n in sorted(summary.counts.items()))
     noisy = sum(1 for r in records if r.get("timing") and r["timing"]["noisy"])
     if noisy:
@@ -353,7 +399,7 @@ def run_cmd(
             f"warning: {noisy} timed cases are noisy (IQR/median > {NOISE_THRESHOLD:.0%}); "
             "compare ratios measured side by side, or raise --time-budget"
         )
-    console.print(f"{len(records)} cases ({counts}); results: {out_path}")
+    console.print(f"{len(previous) + len(records)} cases ({counts}); results: {out_path}")
     sys.exit(summary.exit_code)
 
 

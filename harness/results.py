@@ -97,12 +97,27 @@ def host_environment() -> dict[str, Any]:
     }
 
 
+def _drop_partial_last_line(path: Path) -> None:
+    """A killed writer can leave half a record at the end; appending after it would corrupt the next one."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    with path.open("rb+") as fh:
+        fh.seek(-1, os.SEEK_END)
+        if fh.read(1) == b"\n":
+            return
+        data = path.read_bytes()
+        keep = data.rfind(b"\n") + 1
+        log.warning("%s: dropping a truncated last record (%d bytes) before appending", path, len(data) - keep)
+        fh.truncate(keep)
+
+
 class ResultWriter:
     """Appends records to a JSONL file: flushed per record, fsynced periodically and on close."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        _drop_partial_last_line(self.path)
         self._fh: IO[str] | None = self.path.open("a", encoding="utf-8")
         self._since_sync = 0
         self.count = 0
@@ -170,3 +185,18 @@ def iter_records(path: Path) -> Iterator[dict[str, Any]]:
 
 def read_records(path: Path) -> list[dict[str, Any]]:
     return list(iter_records(path))
+
+
+UNFINISHED = ("error", "crashed", "timeout")
+
+
+def finished_records(path: Path, *, rerun_errors: bool) -> dict[str, dict[str, Any]]:
+    """For --resume: the latest record of each case key already in `path` that need not run again.
+
+    Errored, crashed and timed-out cases count as finished unless `rerun_errors`.
+    """
+    latest: dict[str, dict[str, Any]] = {}
+    if Path(path).exists():
+        for record in iter_records(path):
+            latest[record["case"]["key"]] = record
+    return {k: r for k, r in latest.items() if not (rerun_errors and r["status"] in UNFINISHED)}

@@ -83,12 +83,14 @@ class Runner:
         options: RunOptions,
         run_id: str,
         user_inputs: Mapping[str, torch.Tensor] | None = None,
+        isolation: tuple[Path, float] | None = None,
     ) -> None:
         self.backends = backends
         self.workloads = workloads
         self.options = options
         self.run_id = run_id
         self.user_inputs = dict(user_inputs) if user_inputs is not None else None
+        self.isolation = isolation  # (spec file, per-case timeout): run each case in a child process
         self.shape_filter: tuple[str, ...] = ()
         self._checkpoint_shapes: dict[tuple[str, str, str], Any] = {}
         self._instances: dict[str, Backend] = {}
@@ -208,14 +210,29 @@ class Runner:
         summary = RunSummary()
         for _, group_iter in groupby(cases, key=lambda c: c.input_key):
             group_cases = list(group_iter)
-            group = self._prepare(group_cases[0])
+            group = self._prepare(group_cases[0]) if self.isolation is None else None
             for case in group_cases:
-                record = self._run_case(case, group)
+                if self.isolation is None:
+                    record = self._run_case(case, group)
+                else:
+                    from harness import isolate
+
+                    record = isolate.run_case(self, self.isolation[0], case, self.isolation[1])
                 writer.write(record)
                 summary.add(record["status"])
                 if on_record is not None:
                     on_record(case, record)
         return summary
+
+    def run_one(self, case: Case) -> dict[str, Any]:
+        """One case on its own (an isolated child's whole job)."""
+        return self._run_case(case, self._prepare(case))
+
+    def placeholder_record(self, case: Case) -> dict[str, Any]:
+        """A record for a case whose process died before writing one; the caller sets status and reason."""
+        record = self._base_record(case, "")
+        record["environment"] = self._environment(case.backend, None)
+        return record
 
     def _prepare(self, case: Case) -> CaseInputs | str:
         """Inputs for a group, or the reason none could be had (a skip for each of its cases)."""

@@ -14,6 +14,7 @@ from harness.backend import BackendRegistry, default_registry
 from harness.cli import main
 
 PLUGINS = Path(__file__).parent / "plugins"
+FAULTS = str(Path(__file__).resolve().parents[1] / "backends" / "faults.py")  # planted faults, loaded by path
 
 
 @dataclass

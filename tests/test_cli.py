@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import save_file
 
 from harness.workload import WorkloadRegistry
-from tests.conftest import plugin
+from tests.conftest import FAULTS, plugin
 
 pytestmark = pytest.mark.slow
 
@@ -146,7 +146,7 @@ def test_saved_outputs_judged_on_another_machine(harness_cli, tmp_path: Path) ->
     shutil.copytree(saved, machine_b / "from-a")  # "another machine": only the directory travels
     shutil.rmtree(machine_a)
     good = harness_cli(
-        "run", "--plugin", plugin("blockwise"), "-b", "blockwise-online", *args, "--against", str(machine_b / "from-a")
+        "run", "--plugin", FAULTS, "-b", "blockwise-online", *args, "--against", str(machine_b / "from-a")
     )
     assert good.exit_code == 0, good.output
     assert len(good.records) == len(run.records)
@@ -155,7 +155,7 @@ def test_saved_outputs_judged_on_another_machine(harness_cli, tmp_path: Path) ->
     bad = harness_cli(
         "run",
         "--plugin",
-        plugin("dropped_token"),
+        FAULTS,
         "-b",
         "bug-dropped-token",
         *args,

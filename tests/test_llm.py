@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import plugin
+from tests.conftest import FAULTS
 
 transformers = pytest.importorskip("transformers", reason="LLM workloads need transformers (llm/test extra)")
 
@@ -50,7 +50,7 @@ def culprits(run) -> dict[str, tuple[int, str] | None]:
     return out
 
 
-LAYERWISE = ("--dtype", "float32,bfloat16", "--layerwise", "--parity-only", "--plugin", plugin("llm_bugs"))
+LAYERWISE = ("--dtype", "float32,bfloat16", "--layerwise", "--parity-only", "--plugin", FAULTS)
 
 
 def test_rope_in_the_wrong_style_is_localized_to_layer_0_attention(harness_cli) -> None:

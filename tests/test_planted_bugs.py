@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import plugin
+from tests.conftest import FAULTS
 
 pytestmark = pytest.mark.slow
 
@@ -27,7 +27,7 @@ def test_top_left_causal_fails_chunked_prefill_passes_prefill(harness_cli) -> No
     run = harness_cli(
         "run",
         "--plugin",
-        plugin("top_left_causal"),
+        FAULTS,
         "-b",
         "bug-top-left-causal",
         "-w",
@@ -45,7 +45,7 @@ def test_top_left_causal_fails_chunked_prefill_passes_prefill(harness_cli) -> No
 
 def test_wrong_gqa_head_mapping_fails_every_gqa_case(harness_cli) -> None:
     run = harness_cli(
-        "run", "--plugin", plugin("wrong_gqa"), "-b", "bug-wrong-gqa", *ATTENTION, "--dtype", DTYPES, "--parity-only"
+        "run", "--plugin", FAULTS, "-b", "bug-wrong-gqa", *ATTENTION, "--dtype", DTYPES, "--parity-only"
     )
     assert run.exit_code == 1
     assert set(verdicts(run, shape="gqa").values()) == {"failed"}
@@ -57,7 +57,7 @@ def test_float16_softmax_without_max_subtraction_fails_on_stress_inputs(harness_
     run = harness_cli(
         "run",
         "--plugin",
-        plugin("naive_softmax"),
+        FAULTS,
         "-b",
         "bug-naive-softmax",
         *ATTENTION,
@@ -75,7 +75,7 @@ def test_float16_softmax_without_max_subtraction_fails_on_stress_inputs(harness_
 
 @pytest.mark.parametrize(("name", "backend"), [("zeros", "bug-zeros"), ("dropped_token", "bug-dropped-token")])
 def test_zeros_and_dropped_tokens_fail_everywhere(harness_cli, name: str, backend: str) -> None:
-    run = harness_cli("run", "--plugin", plugin(name), "-b", backend, *ATTENTION, "--dtype", DTYPES, "--parity-only")
+    run = harness_cli("run", "--plugin", FAULTS, "-b", backend, *ATTENTION, "--dtype", DTYPES, "--parity-only")
     assert run.exit_code == 1
     assert set(verdicts(run).values()) == {"failed"}
     if name == "dropped_token":
@@ -87,7 +87,7 @@ def test_blockwise_online_softmax_passes(harness_cli) -> None:
     run = harness_cli(
         "run",
         "--plugin",
-        plugin("blockwise"),
+        FAULTS,
         "-b",
         "blockwise-online",
         *ATTENTION,

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import plugin
+from tests.conftest import FAULTS
 
 pytestmark = pytest.mark.slow
 
-MOE = ("-w", "moe.*", "--dtype", "float32,bfloat16", "--parity-only", "--plugin", plugin("moe_bugs"))
+MOE = ("-w", "moe.*", "--dtype", "float32,bfloat16", "--parity-only", "--plugin", FAULTS)
 
 
 def statuses(run) -> dict[tuple[str, str], set[str]]:

@@ -10,7 +10,7 @@ from backends.torch_cpu import TorchCpu
 from harness.backend import Availability, Backend, BackendRegistry, RegistryError, default_registry
 from harness.plugins import PluginError
 from harness.workload import WorkloadError, WorkloadRegistry
-from tests.conftest import plugin
+from tests.conftest import FAULTS, plugin
 
 
 def test_builtins_register_through_entry_points() -> None:
@@ -20,7 +20,7 @@ def test_builtins_register_through_entry_points() -> None:
 
 
 def test_plugin_file_registers_its_backends() -> None:
-    registry = default_registry([plugin("blockwise")])
+    registry = default_registry([FAULTS])
     assert "blockwise-online" in registry.names()
     assert registry.probe("blockwise-online").available
 

@@ -66,3 +66,11 @@ def test_host_environment_has_the_design_fields() -> None:
     for key in ("host", "os", "cpu", "python", "torch", "numpy", "harness", "git_commit"):
         assert key in env
     json.dumps(env)
+
+
+def test_appending_after_a_killed_writer_drops_the_partial_record(tmp_path: Path) -> None:
+    path = tmp_path / "r.jsonl"
+    path.write_text(json.dumps(record(0)) + "\n" + json.dumps(record(1))[:30])
+    with ResultWriter(path) as writer:
+        writer.write(record(2))
+    assert [r["case"]["key"] for r in read_records(path)] == ["k0", "k2"]

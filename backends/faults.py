@@ -1,0 +1,302 @@
+"""Planted faults and correct-but-different implementations: the harness's proof that its checks work.
+
+Each faulty backend reproduces one real porting mistake; each alternative backend computes the right function
+in another order. `harness selftest` runs them all through the ordinary runner and fails if a fault slips
+through or an alternative is falsely failed; the tests load this file with `--plugin`. Not registered by
+default (they would be noise in `harness list`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from backends.torch_cpu import TorchCpu
+from harness import ops
+from harness.ops import visible_keys
+
+# ----- attention -----
+
+
+class TopLeftCausal(TorchCpu):
+    """Causal attention aligned top-left (torch SDPA's is_causal when Sq != Skv): right for prefill, wrong for
+    chunked prefill and decode, where query i must see keys j <= i + (L - Sq)."""
+
+    name: ClassVar[str] = "bug-top-left-causal"
+
+    def attention(self, q, k, v, *, causal=False, window=None, scale=None, kv_lens=None):  # type: ignore[override]
+        B, Hq, Sq, _ = q.shape
+        Skv = k.shape[2]
+        if kv_lens is None and window is None:
+            return F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale, enable_gqa=Hq != k.shape[1])
+        i = torch.arange(Sq).view(1, Sq, 1)
+        j = torch.arange(Skv).view(1, 1, Skv)
+        lens = kv_lens.view(-1, 1, 1) if kv_lens is not None else torch.full((B, 1, 1), Skv)
+        vis = (j < lens) & (j <= i) if causal else (j < lens)  # the bug: no (L - Sq) offset
+        if window is not None:
+            vis = vis & (j > i - window)
+        mask = vis[:, None]  # [B, 1, Sq, Skv]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=Hq != k.shape[1])
+        return out.masked_fill(~mask.any(-1, keepdim=True), 0.0)
+
+
+class WrongGqa(TorchCpu):
+    """GQA head mapping h -> h % Hkv (tiled kv heads) instead of h -> h // (Hq / Hkv)."""
+
+    name: ClassVar[str] = "bug-wrong-gqa"
+
+    def attention(self, q, k, v, *, causal=False, window=None, scale=None, kv_lens=None):  # type: ignore[override]
+        group = q.shape[1] // k.shape[1]
+        k_rep = k.repeat(1, group, 1, 1)  # the bug: tile, so query head h reads kv head h % Hkv
+        v_rep = v.repeat(1, group, 1, 1)
+        return super().attention(q, k_rep, v_rep, causal=causal, window=window, scale=scale, kv_lens=kv_lens)
+
+
+class NaiveSoftmax(TorchCpu):
+    """Softmax without max-subtraction, in the case dtype: overflows in float16 on large scores."""
+
+    name: ClassVar[str] = "bug-naive-softmax"
+
+    def attention(self, q, k, v, *, causal=False, window=None, scale=None, kv_lens=None):  # type: ignore[override]
+        group = q.shape[1] // k.shape[1]
+        k = k.repeat_interleave(group, dim=1)
+        v = v.repeat_interleave(group, dim=1)
+        scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+        scores = (q @ k.transpose(-1, -2)) * scale  # [B, Hq, Sq, Skv] in the case dtype
+        vis = visible_keys(q.shape[2], k.shape[2], batch=q.shape[0], causal=causal, window=window, kv_lens=kv_lens)
+        p = torch.exp(scores).masked_fill(~vis[:, None], 0.0)  # the bug: exp(s) instead of exp(s - max)
+        denom = p.sum(-1, keepdim=True)
+        return (p @ v) / torch.where(denom > 0, denom, torch.ones_like(denom))
+
+
+class Zeros(TorchCpu):
+    """Attention that returns zeros of the right shape and dtype."""
+
+    name: ClassVar[str] = "bug-zeros"
+
+    def attention(self, q, k, v, *, causal=False, window=None, scale=None, kv_lens=None):  # type: ignore[override]
+        return torch.zeros(*q.shape[:3], v.shape[-1], dtype=q.dtype)
+
+
+class DroppedToken(TorchCpu):
+    """The last query token of every sequence comes back as zeros."""
+
+    name: ClassVar[str] = "bug-dropped-token"
+
+    def attention(self, q, k, v, *, causal=False, window=None, scale=None, kv_lens=None):  # type: ignore[override]
+        out = super().attention(q, k, v, causal=causal, window=window, scale=scale, kv_lens=kv_lens)
+        out = out.clone()
+        out[:, :, -1, :] = 0  # the bug
+        return out
+
+
+BLOCK = 16
+
+
+class BlockwiseOnline(TorchCpu):
+    """Correct, in another order: blockwise online softmax (flash-attention style) over key blocks of 16,
+    accumulating in float32, rounding once to the case dtype."""
+
+    name: ClassVar[str] = "blockwise-online"
+
+    def attention(self, q, k, v, *, causal=False, window=None, scale=None, kv_lens=None):  # type: ignore[override]
+        B, Hq, Sq, D = q.shape
+        Skv = k.shape[2]
+        group = Hq // k.shape[1]
+        scale = 1.0 / math.sqrt(D) if scale is None else scale
+        qf = q.float() * scale
+        kf = k.float().repeat_interleave(group, dim=1)
+        vf = v.float().repeat_interleave(group, dim=1)
+        vis = visible_keys(Sq, Skv, batch=B, causal=causal, window=window, kv_lens=kv_lens)[:, None]
+        running_max = torch.full((B, Hq, Sq, 1), -math.inf)
+        running_sum = torch.zeros(B, Hq, Sq, 1)
+        acc = torch.zeros(B, Hq, Sq, v.shape[-1])
+        for start in range(0, Skv, BLOCK):
+            sl = slice(start, start + BLOCK)
+            s = (qf @ kf[:, :, sl].transpose(-1, -2)).masked_fill(~vis[..., sl], -math.inf)
+            new_max = torch.maximum(running_max, s.amax(-1, keepdim=True))
+            safe_max = torch.where(torch.isfinite(new_max), new_max, torch.zeros_like(new_max))
+            correction = torch.exp(running_max - safe_max)
+            p = torch.exp(s - safe_max)
+            running_sum = running_sum * correction + p.sum(-1, keepdim=True)
+            acc = acc * correction + p @ vf[:, :, sl]
+            running_max = new_max
+        out = acc / torch.where(running_sum > 0, running_sum, torch.ones_like(running_sum))
+        return out.to(q.dtype)
+
+
+# ----- MoE -----
+
+
+class _RoutingBug(TorchCpu):
+    """Routes with `_routing` (float32), then computes the experts with torch-cpu's own correct code."""
+
+    def _routing(self, logits, *, top_k, scheme, bias, n_group, topk_group, scaling, renormalize):
+        return ops.route_scores(
+            logits,
+            top_k=top_k,
+            scheme=scheme,
+            bias=bias,
+            n_group=n_group,
+            topk_group=topk_group,
+            scaling=scaling,
+            renormalize=renormalize,
+        )
+
+    def route(self, logits, *, top_k, scheme, bias=None, n_group=1, topk_group=1, scaling=1.0, renormalize):
+        w, ids = self._routing(
+            logits.float(),
+            top_k=top_k,
+            scheme=scheme,
+            bias=None if bias is None else bias.float(),
+            n_group=n_group,
+            topk_group=topk_group,
+            scaling=scaling,
+            renormalize=renormalize,
+        )
+        return w.to(logits.dtype), ids
+
+    def moe(self, x, router_w, w_gate, w_up, w_down, *, routing_override=None, return_routing=False, **kw):
+        if routing_override is None:
+            routing = {k: kw[k] for k in ("top_k", "scheme", "n_group", "topk_group", "scaling", "renormalize")}
+            bias = kw.get("bias")
+            routing_override = self._routing(
+                (x @ router_w.T).float(), bias=None if bias is None else bias.float(), **routing
+            )
+        out = super().moe(x, router_w, w_gate, w_up, w_down, routing_override=routing_override, **kw)
+        return (out, *routing_override) if return_routing else out
+
+
+class NotRenormalized(_RoutingBug):
+    name: ClassVar[str] = "bug-moe-no-renorm"
+
+    def _routing(self, logits, **kw):
+        return super()._routing(logits, **{**kw, "renormalize": False})  # the bug: flag ignored
+
+
+class BiasInWeights(_RoutingBug):
+    name: ClassVar[str] = "bug-moe-bias-in-weights"
+
+    def _routing(self, logits, *, top_k, scheme, bias, n_group, topk_group, scaling, renormalize):
+        _, choice, _ = ops.selection_scores(logits, scheme=scheme, bias=bias, n_group=n_group, topk_group=topk_group)
+        ids = ops.stable_topk_ids(choice, top_k)
+        weights = choice.gather(1, ids)  # the bug: biased scores as combine weights, not the raw scores
+        if renormalize:
+            weights = weights / weights.sum(-1, keepdim=True)
+        return weights * scaling, ids
+
+
+class IdsOffByOne(_RoutingBug):
+    name: ClassVar[str] = "bug-moe-ids-off-by-one"
+
+    def _routing(self, logits, **kw):
+        weights, ids = super()._routing(logits, **kw)
+        return weights, (ids + 1) % logits.shape[1]  # the bug: 1-based expert ids wrapped into range
+
+
+class GroupsByMax(_RoutingBug):
+    name: ClassVar[str] = "bug-moe-groups-by-max"
+
+    def _routing(self, logits, *, top_k, scheme, bias, n_group, topk_group, scaling, renormalize):
+        if scheme != "sigmoid_group_topk" or n_group == 1:
+            return super()._routing(
+                logits,
+                top_k=top_k,
+                scheme=scheme,
+                bias=bias,
+                n_group=n_group,
+                topk_group=topk_group,
+                scaling=scaling,
+                renormalize=renormalize,
+            )
+        T, E = logits.shape
+        scores = torch.sigmoid(logits)
+        choice = scores + bias
+        group_scores = choice.view(T, n_group, -1).amax(-1)  # the bug: max instead of the sum of the top two
+        keep = group_scores.topk(topk_group, dim=-1).indices
+        mask = torch.zeros(T, n_group, dtype=torch.bool).scatter_(1, keep, True).repeat_interleave(E // n_group, 1)
+        ids = choice.masked_fill(~mask, float("-inf")).topk(top_k, dim=-1).indices
+        weights = scores.gather(1, ids)
+        if renormalize:
+            weights = weights / weights.sum(-1, keepdim=True)
+        return weights * scaling, ids
+
+
+class DroppedMoeToken(TorchCpu):
+    name: ClassVar[str] = "bug-moe-dropped-token"
+
+    def moe(self, *args, return_routing=False, **kw):
+        result = super().moe(*args, return_routing=return_routing, **kw)
+        out = (result[0] if return_routing else result).clone()
+        out[-1] = 0  # the bug: the last token's output is lost (an off-by-one in a token loop)
+        return (out, *result[1:]) if return_routing else out
+
+
+class DenseMoe(TorchCpu):
+    """Correct, in another order: every expert runs on every token (dense), weights zero where not routed,
+    and the k contributions are summed in float32 in expert order rather than by index_add_."""
+
+    name: ClassVar[str] = "dense-moe"
+
+    def moe(
+        self,
+        x,
+        router_w,
+        w_gate,
+        w_up,
+        w_down,
+        *,
+        routing_override=None,
+        return_routing=False,
+        shared=None,
+        shared_gate=None,
+        **kw,
+    ):
+        T, E = x.shape[0], w_gate.shape[0]
+        if routing_override is None:
+            bias = kw.get("bias")
+            routing = {k: kw[k] for k in ("top_k", "scheme", "n_group", "topk_group", "scaling", "renormalize")}
+            weights, ids = ops.route_scores(
+                (x @ router_w.T).float(), bias=None if bias is None else bias.float(), **routing
+            )
+        else:
+            weights, ids = routing_override[0].float(), routing_override[1]
+        dense = torch.zeros(T, E).scatter_add_(1, ids, weights)  # [T, E] combine weight of each expert
+        out = torch.zeros(T, x.shape[1])
+        for e in reversed(range(E)):
+            y = (torch.nn.functional.silu(x @ w_gate[e].T) * (x @ w_up[e].T)) @ w_down[e].T  # [T, H]
+            out += dense[:, e : e + 1] * y.float()
+        if shared is not None:
+            s = (torch.nn.functional.silu(x @ shared[0].T) * (x @ shared[1].T)) @ shared[2].T
+            out += (s * torch.sigmoid(x @ shared_gate.T) if shared_gate is not None else s).float()
+        out = out.to(x.dtype)
+        return (out, weights, ids) if return_routing else out
+
+
+# ----- LLM -----
+
+
+class InterleavedRope(TorchCpu):
+    """Rope kernel hard-wired to the interleaved (GPT-J) style, where the model uses half (GPT-NeoX) rope."""
+
+    name: ClassVar[str] = "bug-rope-interleaved"
+
+    def rope(self, x, cos, sin, style="half"):
+        return super().rope(x, cos, sin, "interleave")  # the bug: the model's style is ignored
+
+
+class CorruptedLayer2Mlp(TorchCpu):
+    """A port whose converted checkpoint has one wrong weight in layer 2's MLP down projection."""
+
+    name: ClassVar[str] = "bug-corrupt-layer2-mlp"
+
+    def prepare_llm(self, module: torch.nn.Module) -> None:
+        mlp = module.model.layers[2].mlp
+        with torch.no_grad():
+            if hasattr(mlp, "experts"):  # a MoE layer: the same weight of every expert
+                mlp.experts.down_proj[:, 3, 5] += 5.0
+            else:
+                mlp.down_proj.weight[3, 5] += 5.0  # the bug: one weight off by 5

@@ -403,6 +403,41 @@ def run_cmd(
     sys.exit(summary.exit_code)
 
 
+@main.command("selftest")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="JSONL for the records.")
+def selftest_cmd(out: Path | None) -> None:
+    """Prove the checks work: every planted fault must be caught, every correct variant must pass (exit 1 if not)."""
+    from harness import selftest
+
+    out_path = out or selftest.default_output()
+    console = Console(stderr=True)
+    table = Table(title="selftest", title_justify="left")
+    for col in ("check", "backend", "expected", "cases", "result", "caught by"):
+        table.add_column(col, overflow="fold")
+
+    def on_check(o: selftest.Outcome) -> None:
+        verdict = ("caught" if o.check.expect == "caught" else "passed") if o.ok else "PROBLEM"
+        console.print(f"{verdict:>8}  {o.check.description}")
+        result = f"{o.good}/{o.cases}" + ("" if o.ok else f": {o.problem}")
+        style = None if o.ok else "red"
+        table.add_row(
+            o.check.description,
+            o.check.backend,
+            o.check.expect,
+            str(o.cases),
+            result,
+            ", ".join(o.metrics),
+            style=style,
+        )
+
+    with ResultWriter(out_path) as writer:
+        outcomes = selftest.run_selftest(writer, on_check)
+    _stdout_console().print(table)
+    bad = [o for o in outcomes if not o.ok]
+    console.print(f"{len(outcomes) - len(bad)} of {len(outcomes)} checks hold; records: {out_path}")
+    sys.exit(1 if bad else 0)
+
+
 @main.command("report")
 @click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--format", "fmt_name", type=click.Choice(report_mod.FORMATS), default="md", show_default=True)

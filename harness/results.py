@@ -117,7 +117,8 @@ class ResultWriter:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        _drop_partial_last_line(self.path)
+        if self.path.is_file():
+            _drop_partial_last_line(self.path)
         self._fh: IO[str] | None = self.path.open("a", encoding="utf-8")
         self._since_sync = 0
         self.count = 0
@@ -130,13 +131,19 @@ class ResultWriter:
         self.count += 1
         self._since_sync += 1
         if self._since_sync >= FSYNC_EVERY:
+            self._sync()
+
+    def _sync(self) -> None:
+        """fsync a regular file (a pipe or /dev/null cannot be synced, and need not be)."""
+        assert self._fh is not None
+        if self.path.is_file():
             os.fsync(self._fh.fileno())
-            self._since_sync = 0
+        self._since_sync = 0
 
     def close(self) -> None:
         if self._fh is not None:
             self._fh.flush()
-            os.fsync(self._fh.fileno())
+            self._sync()
             self._fh.close()
             self._fh = None
 

@@ -9,9 +9,13 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
+from hypothesis import settings
 
 from harness.backend import BackendRegistry, default_registry
 from harness.cli import main
+
+settings.register_profile("harness", deadline=None)  # a shared 2-core machine: no per-example deadline
+settings.load_profile("harness")
 
 PLUGINS = Path(__file__).parent / "plugins"
 FAULTS = str(Path(__file__).resolve().parents[1] / "backends" / "faults.py")  # planted faults, loaded by path
@@ -49,7 +53,9 @@ def harness_cli(tmp_path: Path):
 
     def invoke(*args: str, out: Path | None = None) -> CliRun:
         argv = list(args)
-        if argv and argv[0] == "run" and "--out" not in argv:
+        if "--resume" in argv:
+            out = Path(argv[argv.index("--resume") + 1])
+        elif argv and argv[0] == "run" and "--out" not in argv:
             out = out or tmp_path / f"run{len(list(tmp_path.glob('run*.jsonl')))}.jsonl"
             argv += ["--out", str(out)]
         result = CliRunner().invoke(main, argv, catch_exceptions=False)

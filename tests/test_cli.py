@@ -126,6 +126,14 @@ def test_user_inputs_run_and_wrong_shape_exits_2(harness_cli, tmp_path: Path) ->
     run = harness_cli("run", "-w", "attention.*", "-b", "torch-cpu", "--inputs", str(good))
     assert run.exit_code == 2 and "runs one workload" in run.output
 
+    ints = tmp_path / "ints.safetensors"
+    save_file(
+        {"q": torch.ones(1, 4, 8, 16, dtype=torch.int32), "k": torch.randn(1, 2, 8, 16), "v": torch.randn(1, 2, 8, 16)},
+        str(ints),
+    )
+    run = harness_cli("run", "-w", "attention.prefill", "-b", "torch-cpu", "--inputs", str(ints))
+    assert run.exit_code == 2 and "input q: expected a floating dtype, got torch.int32" in run.output
+
 
 def test_nan_inputs_are_reported_not_crashed_on(harness_cli, tmp_path: Path) -> None:
     q = torch.randn(1, 2, 4, 8)

@@ -44,9 +44,7 @@ def test_top_left_causal_fails_chunked_prefill_passes_prefill(harness_cli) -> No
 
 
 def test_wrong_gqa_head_mapping_fails_every_gqa_case(harness_cli) -> None:
-    run = harness_cli(
-        "run", "--plugin", FAULTS, "-b", "bug-wrong-gqa", *ATTENTION, "--dtype", DTYPES, "--parity-only"
-    )
+    run = harness_cli("run", "--plugin", FAULTS, "-b", "bug-wrong-gqa", *ATTENTION, "--dtype", DTYPES, "--parity-only")
     assert run.exit_code == 1
     assert set(verdicts(run, shape="gqa").values()) == {"failed"}
     # With one kv head, h % 1 == h // Hq: the mapping cannot be wrong, and the verdict must not say it is.

@@ -438,6 +438,45 @@ def selftest_cmd(out: Path | None) -> None:
     sys.exit(1 if bad else 0)
 
 
+def _fraction(text: str) -> float:
+    try:
+        value = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        raise UsageError(f"--fail-on {text!r}: expected a percentage like 5% or a fraction like 0.05") from None
+    if value < 0:
+        raise UsageError(f"--fail-on {text!r} must not be negative")
+    return value
+
+
+@main.command("compare")
+@click.argument("old", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("new", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option(
+    "--fail-on", default="5%", show_default=True, help="Slowdown that counts as a regression, if significant."
+)
+@click.option("--alpha", type=click.FloatRange(0, 1), default=0.01, show_default=True, help="Significance level.")
+@click.option(
+    "--error-growth", type=click.FloatRange(min=1), default=2.0, show_default=True, help="rel_l2 growth factor."
+)
+@click.option(
+    "-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write the summary."
+)
+def compare_cmd(old: Path, new: Path, fail_on: str, alpha: float, error_growth: float, output: Path | None) -> None:
+    """Compare two result files: significant slowdowns and parity regressions per case (exit 1 if any)."""
+    from harness.compare import compare_runs
+
+    with _bad_input_exits():
+        threshold = _fraction(fail_on)
+        result = compare_runs(
+            read_records(old), read_records(new), fail_on=threshold, alpha=alpha, error_growth=error_growth
+        )
+    text = result.markdown()
+    if output is not None:
+        output.write_text(text)
+    click.echo(text, nl=False)
+    sys.exit(1 if result.regressions else 0)
+
+
 @main.command("report")
 @click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--format", "fmt_name", type=click.Choice(report_mod.FORMATS), default="md", show_default=True)

@@ -1,0 +1,174 @@
+"""`harness compare OLD NEW`: per case, did it get slower (significantly, and by more than a threshold) or did
+its parity get worse? A Markdown summary fit for a CI comment; exit 1 on a regression.
+
+Speed: the raw per-call samples of both runs are compared with a two-sided Mann-Whitney U test (normal
+approximation with a tie correction) and a bootstrap 95% interval of the ratio of medians; a case regresses
+when the difference is significant at `alpha` AND the whole interval lies above 1 + `fail_on` (so run-to-run
+drift on a shared machine that merely nudges the median past the threshold does not count). Parity: a case
+that passed and now fails, or whose rel_l2 grew by more than `error_growth` times (errors under a tenth of
+the budget are floored there, so noise-level changes of a tiny error do not count).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+DEFAULT_FAIL_ON = 0.05
+DEFAULT_ALPHA = 0.01
+DEFAULT_ERROR_GROWTH = 2.0
+ERROR_FLOOR = 0.1  # fraction of the rel_l2 budget under which error changes are noise
+
+
+BOOTSTRAP = 2000
+
+
+def ratio_interval(old: Iterable[float], new: Iterable[float], seed: int = 0) -> tuple[float, float]:
+    """Bootstrap 95% interval of median(new) / median(old)."""
+    a, b = np.asarray(list(old), dtype=np.float64), np.asarray(list(new), dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    ma = np.median(rng.choice(a, size=(BOOTSTRAP, a.size)), axis=1)
+    mb = np.median(rng.choice(b, size=(BOOTSTRAP, b.size)), axis=1)
+    lo, hi = np.percentile(mb / ma, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def mann_whitney_p(a: Iterable[float], b: Iterable[float]) -> float:
+    """Two-sided p-value of the Mann-Whitney U test, normal approximation with a tie correction."""
+    x, y = np.asarray(list(a), dtype=np.float64), np.asarray(list(b), dtype=np.float64)
+    n1, n2 = x.size, y.size
+    if n1 == 0 or n2 == 0:
+        return 1.0
+    both = np.concatenate([x, y])
+    order = both.argsort(kind="mergesort")
+    ranks = np.empty(both.size, dtype=np.float64)
+    sorted_vals = both[order]
+    i = 0
+    tie_term = 0.0
+    while i < both.size:  # average ranks over ties
+        j = i
+        while j + 1 < both.size and sorted_vals[j + 1] == sorted_vals[i]:
+            j += 1
+        ranks[order[i : j + 1]] = (i + j) / 2.0 + 1.0
+        t = j - i + 1
+        tie_term += t**3 - t
+        i = j + 1
+    u1 = ranks[:n1].sum() - n1 * (n1 + 1) / 2.0
+    mean = n1 * n2 / 2.0
+    n = n1 + n2
+    var = n1 * n2 / 12.0 * ((n + 1) - tie_term / (n * (n - 1))) if n > 1 else 0.0
+    if var <= 0:
+        return 1.0
+    z = (abs(u1 - mean) - 0.5) / math.sqrt(var)  # continuity correction
+    return float(math.erfc(max(z, 0.0) / math.sqrt(2.0)))
+
+
+@dataclass(frozen=True)
+class CaseChange:
+    key: str
+    kind: str  # slower | faster | newly_failing | error_grown | newly_errored | fixed
+    detail: str
+
+
+@dataclass
+class Comparison:
+    common: int = 0
+    only_old: list[str] = field(default_factory=list)
+    only_new: list[str] = field(default_factory=list)
+    changes: list[CaseChange] = field(default_factory=list)
+
+    REGRESSIONS = ("slower", "newly_failing", "error_grown", "newly_errored")
+
+    @property
+    def regressions(self) -> list[CaseChange]:
+        return [c for c in self.changes if c.kind in self.REGRESSIONS]
+
+    def markdown(self) -> str:
+        lines = [
+            f"## harness compare: {len(self.regressions)} regression(s) in {self.common} common cases",
+            "",
+        ]
+        if self.only_old or self.only_new:
+            lines.append(f"{len(self.only_old)} cases only in OLD, {len(self.only_new)} only in NEW (not compared).")
+            lines.append("")
+        if not self.changes:
+            lines.append("No significant speed change and no parity change.")
+            return "\n".join(lines) + "\n"
+        lines += ["| case | change | detail |", "|---|---|---|"]
+        for c in sorted(self.changes, key=lambda c: (c.kind not in self.REGRESSIONS, c.kind, c.key)):
+            mark = "**" if c.kind in self.REGRESSIONS else ""
+            lines.append(f"| `{c.key}` | {mark}{c.kind}{mark} | {c.detail} |")
+        return "\n".join(lines) + "\n"
+
+
+def _latest(records: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {r["case"]["key"]: r for r in records}
+
+
+def compare_runs(
+    old: Iterable[dict[str, Any]],
+    new: Iterable[dict[str, Any]],
+    *,
+    fail_on: float = DEFAULT_FAIL_ON,
+    alpha: float = DEFAULT_ALPHA,
+    error_growth: float = DEFAULT_ERROR_GROWTH,
+) -> Comparison:
+    a, b = _latest(old), _latest(new)
+    result = Comparison(
+        only_old=sorted(set(a) - set(b)),
+        only_new=sorted(set(b) - set(a)),
+    )
+    for key in sorted(set(a) & set(b)):
+        result.common += 1
+        ra, rb = a[key], b[key]
+        status = _status_change(key, ra, rb)
+        result.changes += status or _error_change(key, ra, rb, error_growth)  # one parity change per case
+        result.changes += _speed_change(key, ra, rb, fail_on, alpha)
+    return result
+
+
+def _status_change(key: str, ra: dict[str, Any], rb: dict[str, Any]) -> list[CaseChange]:
+    sa, sb = ra["status"], rb["status"]
+    if sa == sb:
+        return []
+    if sb == "failed" and sa == "passed":
+        return [CaseChange(key, "newly_failing", rb.get("reason", "")[:160])]
+    if sb in ("error", "crashed", "timeout") and sa not in ("error", "crashed", "timeout"):
+        return [CaseChange(key, "newly_errored", f"{sb}: {rb.get('reason', '')[:150]}")]
+    if sb == "passed" and sa in ("failed", "error", "crashed", "timeout"):
+        return [CaseChange(key, "fixed", f"was {sa}")]
+    return []
+
+
+def _error_change(key: str, ra: dict[str, Any], rb: dict[str, Any], growth: float) -> list[CaseChange]:
+    pa, pb = ra.get("parity") or {}, rb.get("parity") or {}
+    ma, mb = pa.get("metrics"), pb.get("metrics")
+    if not ma or not mb or (rb["status"] != "passed" and ra["status"] != "passed"):
+        return []
+    floor = ERROR_FLOOR * (pb.get("budget") or {}).get("rel_l2", 0.0)
+    before, after = ma["rel_l2"], mb["rel_l2"]
+    if after > growth * max(before, floor):
+        return [CaseChange(key, "error_grown", f"rel_l2 {before:.3g} -> {after:.3g} (> {growth:g}x)")]
+    return []
+
+
+def _speed_change(key: str, ra: dict[str, Any], rb: dict[str, Any], fail_on: float, alpha: float) -> list[CaseChange]:
+    ta, tb = ra.get("timing"), rb.get("timing")
+    if not ta or not tb or not ta.get("samples_ns") or not tb.get("samples_ns"):
+        return []
+    ratio = tb["median_ns"] / ta["median_ns"]
+    p = mann_whitney_p(ta["samples_ns"], tb["samples_ns"])
+    lo, hi = ratio_interval(ta["samples_ns"], tb["samples_ns"])
+    detail = (
+        f"median {ta['median_ns'] / 1e3:.4g} -> {tb['median_ns'] / 1e3:.4g} us ({ratio - 1:+.1%}, "
+        f"95% CI {lo - 1:+.1%}..{hi - 1:+.1%}, p={p:.2g})"
+    )
+    if p < alpha and lo > 1 + fail_on:
+        return [CaseChange(key, "slower", detail)]
+    if p < alpha and hi < 1 / (1 + fail_on):
+        return [CaseChange(key, "faster", detail)]
+    return []

@@ -14,6 +14,8 @@ from hypothesis import settings
 from harness.backend import BackendRegistry, default_registry
 from harness.cli import main
 
+pytest_plugins = ["pytester"]
+
 settings.register_profile("harness", deadline=None)  # a shared 2-core machine: no per-example deadline
 settings.load_profile("harness")
 

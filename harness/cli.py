@@ -481,6 +481,15 @@ def compare_cmd(old: Path, new: Path, fail_on: str, alpha: float, error_growth: 
 @click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--format", "fmt_name", type=click.Choice(report_mod.FORMATS), default="md", show_default=True)
 @click.option("--include-simulated-speed", is_flag=True, help="Show timings of simulated backends too.")
+@click.option("--baseline", default=None, metavar="BACKEND", help="LaTeX: speedups against this backend.")
+@click.option(
+    "--plots",
+    "plots_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Also write the plots (latency, roofline, error) to this folder.",
+)
+@click.option("--plot-format", type=click.Choice(["png", "svg", "pdf"]), default="png", show_default=True)
 @click.option(
     "-o",
     "--output",
@@ -488,11 +497,29 @@ def compare_cmd(old: Path, new: Path, fail_on: str, alpha: float, error_growth: 
     default=None,
     help="Write to a file instead of stdout.",
 )
-def report_cmd(files: tuple[Path, ...], fmt_name: str, include_simulated_speed: bool, output: Path | None) -> None:
-    """Summarize result files: backend x case with verdict, key errors, median latency, TFLOP/s."""
+def report_cmd(
+    files: tuple[Path, ...],
+    fmt_name: str,
+    include_simulated_speed: bool,
+    baseline: str | None,
+    plots_dir: Path | None,
+    plot_format: str,
+    output: Path | None,
+) -> None:
+    """Summarize result files: backend x case with verdict, key errors, median latency, TFLOP/s.
+
+    Formats: md, csv, latex (booktabs, CI, best in bold, --baseline speedups, geometric mean), html (one
+    self-contained page with the plots)."""
     with _bad_input_exits():
         records = [r for f in files for r in read_records(f)]
-    text = report_mod.render(records, fmt_name, include_simulated_speed=include_simulated_speed)
+        if baseline is not None and baseline not in {r["case"]["backend"] for r in records}:
+            raise UsageError(f"--baseline {baseline!r}: no records of that backend in the files")
+    text = report_mod.render(records, fmt_name, include_simulated_speed=include_simulated_speed, baseline=baseline)
+    if plots_dir is not None:
+        from harness import plots
+
+        for path in plots.write_plots(records, plots_dir, plot_format):
+            click.echo(f"wrote {path}", err=True)
     if output is not None:
         output.write_text(text)
     else:

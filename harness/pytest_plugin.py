@@ -22,7 +22,7 @@ import pytest
 
 from harness import ops
 from harness.backend import Backend, BackendRegistry, default_registry
-from harness.runner import RunOptions, Runner
+from harness.runner import Runner, RunOptions
 from harness.suites import Suite
 from harness.timing import TimingConfig
 from harness.workload import Case, WorkloadRegistry

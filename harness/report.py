@@ -7,14 +7,17 @@ asked, since their timings say nothing about a real device.
 
 from __future__ import annotations
 
+import base64
 import csv
+import html
 import io
+import math
 import statistics
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-FORMATS = ("md", "csv")
+FORMATS = ("md", "csv", "latex", "html")
 
 
 @dataclass(frozen=True)
@@ -38,7 +41,8 @@ class Row:
     decode_tokens_per_s: float | None  # LLM: decode step throughput (prefill: tokens/s below)
     prefill_tokens_per_s: float | None
     median_us: float | None
-    ci95_us: str
+    ci95_low_us: float | None  # the bootstrap 95% CI of the median, where one timed case makes the row
+    ci95_high_us: float | None
     tflops: float | None
     gbps: float | None
     shape_info: str
@@ -88,9 +92,7 @@ def summarize(records: Iterable[dict[str, Any]], *, include_simulated_speed: boo
             decode = []
         notes = [r["reason"] for r in recs if r.get("reason")]
         median_ns = statistics.median(t["median_ns"] for t in timed) if timed else None
-        ci = ""
-        if len(timed) == 1:
-            ci = f"{timed[0]['ci95_low_ns'] / 1e3:.4g}-{timed[0]['ci95_high_ns'] / 1e3:.4g}"
+        ci = (timed[0]["ci95_low_ns"] / 1e3, timed[0]["ci95_high_ns"] / 1e3) if len(timed) == 1 else (None, None)
         rows.append(
             Row(
                 *key,
@@ -108,7 +110,8 @@ def summarize(records: Iterable[dict[str, Any]], *, include_simulated_speed: boo
                 decode_tokens_per_s=_max(d.get("tokens_per_s") for d in decode),
                 prefill_tokens_per_s=_max(t.get("tokens_per_s") for t in timed),
                 median_us=median_ns / 1e3 if median_ns is not None else None,
-                ci95_us=ci,
+                ci95_low_us=ci[0],
+                ci95_high_us=ci[1],
                 tflops=_max(t.get("tflops") for t in timed),
                 gbps=_max(t.get("gbps") for t in timed),
                 shape_info=next((r["shape_info"] for r in recs if r.get("shape_info")), ""),
@@ -206,11 +209,166 @@ def layerwise_section(records: Iterable[dict[str, Any]]) -> str:
     return "\n## Layer-wise localization\n\n" + "\n".join(lines) + "\n" if lines else ""
 
 
-def render(records: Iterable[dict[str, Any]], fmt_name: str, *, include_simulated_speed: bool = False) -> str:
+LATEX_SPECIAL = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+}
+
+
+def latex_escape(text: str) -> str:
+    return "".join(LATEX_SPECIAL.get(ch, ch) for ch in text)
+
+
+def _speedups(rows: list[Row], baseline: str | None) -> dict[int, float]:
+    """Row index -> baseline median / row median, within the same case and dtype."""
+    if baseline is None:
+        return {}
+    base = {(r.workload, r.preset, r.shape, r.dtype): r.median_us for r in rows if r.backend == baseline}
+    out = {}
+    for i, r in enumerate(rows):
+        b = base.get((r.workload, r.preset, r.shape, r.dtype))
+        if b and r.median_us:
+            out[i] = b / r.median_us
+    return out
+
+
+def to_latex(rows: list[Row], *, baseline: str | None = None, caption: str = "Parity and speed per backend.") -> str:
+    """A booktabs table: median latency with its 95% CI, best per case in bold, speedup against `baseline`
+    and a geometric-mean row per backend."""
+    speed = _speedups(rows, baseline)
+    groups: dict[tuple[str, ...], list[int]] = {}
+    for i, r in enumerate(rows):
+        groups.setdefault((r.workload, r.preset, r.shape, r.dtype), []).append(i)
+
+    def best(indices: list[int], value: Callable[[Row], float | None], low: bool) -> int | None:
+        scored = [(value(rows[i]), i) for i in indices if value(rows[i]) is not None]
+        if len(scored) < 2:
+            return None
+        return (min(scored) if low else max(scored))[1]
+
+    bold: set[tuple[int, str]] = set()
+    for indices in groups.values():
+        for column, value, low in (
+            ("median", lambda r: r.median_us, True),
+            ("tflops", lambda r: r.tflops, False),
+            ("rel_l2", lambda r: r.rel_l2, True),
+        ):
+            winner = best(indices, value, low)
+            if winner is not None:
+                bold.add((winner, column))
+
+    def cell(i: int, column: str, text: str) -> str:
+        return rf"\textbf{{{text}}}" if (i, column) in bold else text
+
+    cols = ["Case", "dtype", "Backend", "Verdict", r"rel\_l2", r"Median $\mu$s [95\% CI]", "TFLOP/s"]
+    if baseline:
+        cols.append(f"Speedup vs {latex_escape(baseline)}")
+    lines = [
+        r"% requires \usepackage{booktabs}",
+        r"\begin{table}[t]",
+        r"\centering",
+        rf"\caption{{{latex_escape(caption)}}}",
+        r"\begin{tabular}{lll" + "l" + "r" * (len(cols) - 4) + "}",
+        r"\toprule",
+        " & ".join(cols) + r" \\",
+        r"\midrule",
+    ]
+    for i, r in enumerate(rows):
+        median = "--" if r.median_us is None else f"{r.median_us:.4g}"
+        if r.median_us is not None and r.ci95_low_us is not None:
+            median += f" [{r.ci95_low_us:.4g}, {r.ci95_high_us:.4g}]"
+        cells = [
+            latex_escape(f"{r.workload} {r.preset}/{r.shape}"),
+            latex_escape(r.dtype),
+            latex_escape(r.backend + (" (sim.)" if "simulated" in r.note else "")),
+            latex_escape(r.verdict),
+            cell(i, "rel_l2", "--" if r.rel_l2 is None else f"{r.rel_l2:.2e}"),
+            cell(i, "median", median),
+            cell(i, "tflops", "--" if r.tflops is None else f"{r.tflops:.3g}"),
+        ]
+        if baseline:
+            cells.append("--" if i not in speed else f"{speed[i]:.2f}$\\times$")
+        lines.append(" & ".join(cells) + r" \\")
+    if baseline and speed:
+        lines.append(r"\midrule")
+        for backend in sorted({rows[i].backend for i in speed}):
+            values = [speed[i] for i in speed if rows[i].backend == backend]
+            geo = math.exp(sum(math.log(v) for v in values) / len(values))
+            blank = [""] * (len(cols) - 4)
+            lines.append(
+                " & ".join(["Geometric mean", "", latex_escape(backend), *blank, f"{geo:.2f}$\\times$"]) + r" \\"
+            )
+    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+def to_html(records: list[dict[str, Any]], rows: list[Row], *, title: str = "harness report") -> str:
+    """One self-contained page: the table, the layer-wise section, and the plots inlined as PNG (no network)."""
+    from harness import plots
+
+    head = "".join(f"<th>{html.escape(t)}</th>" for _, t in TABLE_COLUMNS)
+    body = []
+    for row in rows:
+        bad = row.verdict.split()[0] in ("FAIL", "ERROR", "CRASH", "TIMEOUT")
+        cells = "".join(f"<td>{html.escape(c)}</td>" for c in table_cells(row))
+        body.append(f'<tr class="{"bad" if bad else ""}">{cells}</tr>')
+    figures = []
+    for name, make in plots.PLOTS.items():
+        png = base64.b64encode(plots.render(make(records), "png")).decode()
+        figures.append(
+            f'<figure><img alt="{name} plot" src="data:image/png;base64,{png}"><figcaption>{name}</figcaption></figure>'
+        )
+    env = next((r.get("environment") for r in records if r.get("environment")), {}) or {}
+    env_text = ", ".join(f"{k}: {env[k]}" for k in ("host", "cpu", "python", "torch", "git_commit") if env.get(k))
+    layerwise = layerwise_section(records)
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>
+body {{ font-family: sans-serif; margin: 1.5em; }}
+table {{ border-collapse: collapse; font-size: 12px; }}
+th, td {{ border: 1px solid #ccc; padding: 3px 6px; text-align: left; }}
+th {{ background: #f0f0f0; }}
+tr.bad td {{ background: #fde2e2; }}
+figure {{ display: inline-block; margin: 0.5em; }}
+img {{ max-width: 640px; }}
+pre {{ white-space: pre-wrap; font-size: 12px; }}
+</style></head><body>
+<h1>{html.escape(title)}</h1>
+<p>{html.escape(env_text)}</p>
+<h2>Plots</h2>
+{"".join(figures)}
+<h2>Results</h2>
+<table><thead><tr>{head}</tr></thead><tbody>
+{"".join(body)}
+</tbody></table>
+{f"<pre>{html.escape(layerwise)}</pre>" if layerwise else ""}
+</body></html>
+"""
+
+
+def render(
+    records: Iterable[dict[str, Any]],
+    fmt_name: str,
+    *,
+    include_simulated_speed: bool = False,
+    baseline: str | None = None,
+) -> str:
     records = list(records)
     rows = summarize(records, include_simulated_speed=include_simulated_speed)
     if fmt_name == "md":
         return to_markdown(rows) + layerwise_section(records)
     if fmt_name == "csv":
         return to_csv(rows)
+    if fmt_name == "latex":
+        return to_latex(rows, baseline=baseline)
+    if fmt_name == "html":
+        return to_html(records, rows)
     raise ValueError(f"report format {fmt_name!r} is not one of: {', '.join(FORMATS)}")

@@ -7,6 +7,7 @@ A backend that raises becomes an `error` record and the sweep goes on.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 import traceback
@@ -291,6 +292,9 @@ class Runner:
             "reason": "",
             "shape_info": group.shape.describe()
             if isinstance(group, CaseInputs) and hasattr(group.shape, "describe")
+            else None,
+            "shape_dims": dataclasses.asdict(group.shape)
+            if isinstance(group, CaseInputs) and dataclasses.is_dataclass(group.shape)
             else None,
             "simulated": cls.simulated,
             "parity": None,

@@ -1,0 +1,340 @@
+"""The Ascend backend: the kernel contract on Huawei Ascend NPUs through torch_npu's native kernels.
+
+`ascend` imports the real torch_npu (guardedly: its failure text is the unavailability reason) and runs on
+device "npu". `ascend-sim` is the same adapter over backends/ascend/sim.py, a CPU simulator of the same API,
+so CI proves the adapter's logic: layouts, sparse modes, Ascend's inverted mask convention, explicit scales,
+the MoE kernel chain. Never float64 on the device: the reference stays on the host.
+"""
+
+from __future__ import annotations
+
+import math
+from types import ModuleType
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from harness import ops as contract
+from harness.backend import Availability
+from harness.timing import Timer
+from harness.torch_backend import TorchBackend
+
+MAX_TOKENS = 2147483647
+
+
+def _import_torch_npu() -> tuple[ModuleType, Any]:
+    """torch_npu and torch.npu; any exception (ImportError for libhccl.so, RuntimeError...) propagates."""
+    import torch_npu
+
+    return torch_npu, torch.npu  # type: ignore[attr-defined]
+
+
+class NpuEventTimer:
+    """torch.npu.Event pairs around `calls` calls; elapsed_time is in milliseconds."""
+
+    method = "npu-events"
+
+    def __init__(self, npu: Any) -> None:
+        self.npu = npu
+
+    def elapsed_ns(self, fn: Any, calls: int) -> float:
+        start, end = self.npu.Event(enable_timing=True), self.npu.Event(enable_timing=True)
+        self.npu.synchronize()
+        start.record()
+        for _ in range(calls):
+            fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) * 1e6
+
+
+class Ascend(TorchBackend):
+    """The adapter. Subclasses may change the class attributes below only to plant mistakes in tests."""
+
+    name: ClassVar[str] = "ascend"
+    device: ClassVar[str] = "npu"
+    dtypes: ClassVar[frozenset[str]] = frozenset({"float32", "bfloat16", "float16"})
+    description: ClassVar[str] = "Huawei Ascend NPU through torch_npu's fused kernels (FIA, grouped matmul MoE)"
+    CAUSAL_SPARSE_MODE: ClassVar[int] = 3  # rightDownCausal: the contract's bottom-right alignment
+    WINDOW_SPARSE_MODE: ClassVar[int] = 4  # band with origin bottom-right
+
+    @classmethod
+    def load(cls) -> tuple[Any, Any]:
+        return _import_torch_npu()
+
+    @classmethod
+    def probe(cls) -> Availability:
+        try:
+            _, npu = cls.load()
+        except Exception as exc:  # torch_npu fails in many ways without CANN; the text is the reason
+            return Availability(False, f"torch_npu not importable: {type(exc).__name__}: {exc}")
+        try:
+            if not npu.is_available():
+                return Availability(False, "torch_npu imported but torch.npu.is_available() is False (no device)")
+        except Exception as exc:
+            return Availability(False, f"torch.npu.is_available() raised {type(exc).__name__}: {exc}")
+        return Availability(True)
+
+    def __init__(self) -> None:
+        self.tnpu, self.npu = self.load()
+        self._compressed_mask: torch.Tensor | None = None
+
+    # ----- device plumbing -----
+    def to_device(self, t: torch.Tensor) -> torch.Tensor:
+        if t.dtype == torch.float64:
+            raise TypeError("float64 never goes to the NPU (no fp64 on the AI Core); keep references on the host")
+        return t.to(self.device)
+
+    def synchronize(self) -> None:
+        self.npu.synchronize()
+
+    def timer(self) -> Timer:
+        return NpuEventTimer(self.npu)
+
+    def environment(self) -> dict[str, Any]:
+        env: dict[str, Any] = {"torch": torch.__version__, "torch_npu": getattr(self.tnpu, "__version__", None)}
+        try:
+            env["device_name"] = self.npu.get_device_name()
+            env["cann"] = self.tnpu.utils.get_cann_version()
+        except Exception as exc:
+            env["error"] = f"{type(exc).__name__}: {exc}"
+        return env
+
+    def memory_stats(self) -> dict[str, int]:
+        return {"max_memory_allocated": int(self.npu.max_memory_allocated())}
+
+    def reset_memory_stats(self) -> None:
+        self.npu.reset_peak_memory_stats()
+
+    # ----- attention -----
+    def mask_for_ascend(self, visible: torch.Tensor) -> torch.Tensor:
+        """Ascend masks say True = masked OUT: the inverse of the contract's (and SDPA's) visibility."""
+        return ~visible
+
+    def scale_for_ascend(self, scale: float | None, head_dim: int) -> float:
+        """Ascend's ops default to scale 1.0, not 1/sqrt(D): always pass the contract's scale explicitly."""
+        return 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
+
+    def compressed_causal_mask(self) -> torch.Tensor:
+        """The 2048 x 2048 upper-triangular mask sparse modes 2/3/4 take (True = masked)."""
+        if self._compressed_mask is None:
+            mask = torch.ones(2048, 2048, dtype=torch.bool).triu(diagonal=1)
+            self._compressed_mask = mask.to(self.device)
+        return self._compressed_mask
+
+    def attention(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        *,
+        causal: bool = False,
+        window: int | None = None,
+        scale: float | None = None,
+        kv_lens: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        B, _, Sq, D = q.shape
+        Skv, Dv = k.shape[2], v.shape[3]
+        scale_value = self.scale_for_ascend(scale, D)
+        if q.dtype == torch.float32 or Dv != D:
+            out = self._fusion_attention(q, k, v, causal=causal, window=window, scale=scale_value, kv_lens=kv_lens)
+        else:
+            out = self._fused_infer(q, k, v, causal=causal, window=window, scale=scale_value, kv_lens=kv_lens)
+        visible = contract.visible_keys(
+            Sq, Skv, batch=B, causal=causal, window=window, kv_lens=kv_lens, device=q.device
+        )
+        # Fully masked rows: the NPU's value is unconfirmed; the contract says zeros.
+        return out.masked_fill(~visible.any(dim=-1)[:, None, :, None], 0.0)
+
+    def _fused_infer(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        *,
+        causal: bool,
+        window: int | None,
+        scale: float,
+        kv_lens: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """npu_fused_infer_attention_score (fp16 / bf16), BNSD; bottom-right causal as sparse mode 3, a sliding
+        window as sparse mode 4 with pre_tokens = w - 1 (w keys, the diagonal included), next_tokens = 0."""
+        B, Hq, Sq, _ = q.shape
+        Hkv = k.shape[1]
+        kwargs: dict[str, Any] = {
+            "num_heads": Hq,
+            "num_key_value_heads": Hkv,
+            "input_layout": "BNSD",
+            "scale": scale,
+        }
+        if kv_lens is not None:
+            kwargs["actual_seq_lengths_kv"] = [int(n) for n in kv_lens.tolist()]
+            kwargs["actual_seq_lengths"] = [Sq] * B
+        if causal and window is None:
+            kwargs.update(sparse_mode=self.CAUSAL_SPARSE_MODE, atten_mask=self.compressed_causal_mask())
+        elif causal:
+            kwargs.update(
+                sparse_mode=self.WINDOW_SPARSE_MODE,
+                atten_mask=self.compressed_causal_mask(),
+                pre_tokens=window - 1,
+                next_tokens=0,
+            )
+        out, _ = self.tnpu.npu_fused_infer_attention_score(q, k, v, **kwargs)
+        return out
+
+    def _fusion_attention(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        *,
+        causal: bool,
+        window: int | None,
+        scale: float,
+        kv_lens: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """npu_fusion_attention (fp32, and D != Dv), BNSD, with an explicit B1SS mask in Ascend's convention."""
+        B, Hq, Sq, _ = q.shape
+        Skv = k.shape[2]
+        visible = contract.visible_keys(
+            Sq, Skv, batch=B, causal=causal, window=window, kv_lens=kv_lens, device=q.device
+        )
+        mask = self.mask_for_ascend(visible[:, None])  # [B, 1, Sq, Skv]
+        out = self.tnpu.npu_fusion_attention(
+            q,
+            k,
+            v,
+            Hq,
+            "BNSD",
+            atten_mask=mask,
+            scale=scale,
+            pre_tockens=MAX_TOKENS,
+            next_tockens=MAX_TOKENS,
+            sparse_mode=0,
+        )[0]
+        return out
+
+    # ----- norms, rotary, activation -----
+    def rms_norm(self, x: torch.Tensor, w: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+        return self.tnpu.npu_rms_norm(x, w, epsilon=eps)[0]
+
+    def rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, style: str = "half") -> torch.Tensor:
+        shape = torch.broadcast_shapes(x.shape, cos.shape)
+        return self.tnpu.npu_rotary_mul(x, cos.expand(shape), sin.expand(shape), rotary_mode=style)
+
+    def swiglu(self, x: torch.Tensor) -> torch.Tensor:
+        return self.tnpu.npu_swiglu(x, dim=-1)
+
+    # ----- MoE -----
+    def route(
+        self,
+        logits: torch.Tensor,
+        *,
+        top_k: int,
+        scheme: str,
+        bias: torch.Tensor | None = None,
+        n_group: int = 1,
+        topk_group: int = 1,
+        scaling: float = 1.0,
+        renormalize: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """npu_moe_gating_top_k_softmax (softmax; renormalized here when asked, the op does not) or
+        npu_moe_gating_top_k with norm_type 1 and group mode 1 (DeepSeek: sigmoid, bias, top-2 sum groups)."""
+        if scheme == "softmax_topk":
+            weights, ids, _ = self.tnpu.npu_moe_gating_top_k_softmax(logits, None, k=top_k)
+            weights = weights.float()
+            if renormalize:
+                weights = weights / weights.sum(dim=-1, keepdim=True)
+            return (weights * scaling).to(logits.dtype), ids.long()
+        if not renormalize:
+            raise NotImplementedError(
+                "npu_moe_gating_top_k renormalizes sigmoid scores: renormalize=False is not mappable"
+            )
+        weights, ids, _ = self.tnpu.npu_moe_gating_top_k(
+            logits,
+            top_k,
+            bias=bias,
+            k_group=topk_group,
+            group_count=n_group,
+            group_select_mode=1,
+            norm_type=1,
+            routed_scaling_factor=scaling,
+        )
+        return weights, ids.long()
+
+    def moe(
+        self,
+        x: torch.Tensor,
+        router_w: torch.Tensor,
+        w_gate: torch.Tensor,
+        w_up: torch.Tensor,
+        w_down: torch.Tensor,
+        *,
+        top_k: int,
+        scheme: str,
+        bias: torch.Tensor | None = None,
+        n_group: int = 1,
+        topk_group: int = 1,
+        scaling: float = 1.0,
+        renormalize: bool,
+        shared: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+        shared_gate: torch.Tensor | None = None,
+        routing_override: tuple[torch.Tensor, torch.Tensor] | None = None,
+        return_routing: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """gating -> npu_moe_init_routing_v2 (counts) -> npu_grouped_matmul(w13) -> npu_swiglu ->
+        npu_grouped_matmul(w2) -> npu_moe_token_unpermute(probs), the vllm-ascend order."""
+        T, E = x.shape[0], w_gate.shape[0]
+        if routing_override is None:
+            weights, ids = self.route(
+                x @ router_w.T,
+                top_k=top_k,
+                scheme=scheme,
+                bias=bias,
+                n_group=n_group,
+                topk_group=topk_group,
+                scaling=scaling,
+                renormalize=renormalize,
+            )
+        else:
+            weights, ids = routing_override
+        expanded, row_idx, counts, _ = self.tnpu.npu_moe_init_routing_v2(
+            x,
+            ids.to(torch.int32),
+            active_num=T * ids.shape[1],
+            expert_num=E,
+            expert_tokens_num_type=1,
+            expert_tokens_num_flag=True,
+        )
+        w13 = torch.cat([w_gate, w_up], dim=1).transpose(1, 2)  # [E, H, 2F]: grouped matmul takes [E, K, N]
+        h = self.tnpu.npu_grouped_matmul(
+            [expanded], [w13], group_list=counts, split_item=2, group_type=0, group_list_type=1
+        )[0]  # [T*k, 2F]
+        h = self.tnpu.npu_swiglu(h, dim=-1)  # [T*k, F]
+        y = self.tnpu.npu_grouped_matmul(
+            [h], [w_down.transpose(1, 2)], group_list=counts, split_item=2, group_type=0, group_list_type=1
+        )[0]  # [T*k, H]
+        out = self.tnpu.npu_moe_token_unpermute(y, row_idx, probs=weights.to(y.dtype))  # [T, H]
+        if shared is not None:
+            s_gate, s_up, s_down = shared
+            s = F.linear(self.tnpu.npu_swiglu(torch.cat([x @ s_gate.T, x @ s_up.T], dim=-1)), s_down)
+            if shared_gate is not None:
+                s = s * torch.sigmoid(x @ shared_gate.T)
+            out = (out.float() + s.float()).to(x.dtype)
+        return (out, weights, ids.long()) if return_routing else out
+
+
+class AscendSim(Ascend):
+    """The adapter over the CPU simulator: proves the adapter's logic in CI; timings mean nothing."""
+
+    name: ClassVar[str] = "ascend-sim"
+    device: ClassVar[str] = "cpu"
+    simulated: ClassVar[bool] = True
+    description: ClassVar[str] = "the ascend adapter over a CPU simulator of torch_npu (parity only)"
+
+    @classmethod
+    def load(cls) -> tuple[Any, Any]:
+        from backends.ascend import sim
+
+        return sim, sim.npu

@@ -14,6 +14,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
+from backends.ascend.adapter import AscendSim
 from backends.torch_cpu import TorchCpu
 from harness import ops
 from harness.ops import visible_keys
@@ -300,3 +301,32 @@ class CorruptedLayer2Mlp(TorchCpu):
                 mlp.experts.down_proj[:, 3, 5] += 5.0
             else:
                 mlp.down_proj.weight[3, 5] += 5.0  # the bug: one weight off by 5
+
+
+# ----- Ascend adapter -----
+
+
+class AscendMaskNotInverted(AscendSim):
+    """Passes the contract's visibility mask (True = visible, torch's convention) where Ascend wants True =
+    masked out."""
+
+    name: ClassVar[str] = "bug-ascend-mask-not-inverted"
+
+    def mask_for_ascend(self, visible: torch.Tensor) -> torch.Tensor:
+        return visible  # the bug: not inverted
+
+
+class AscendDefaultScale(AscendSim):
+    """Leaves the softmax scale at the op's default 1.0 instead of passing 1/sqrt(D)."""
+
+    name: ClassVar[str] = "bug-ascend-default-scale"
+
+    def scale_for_ascend(self, scale: float | None, head_dim: int) -> float:
+        return 1.0 if scale is None else float(scale)  # the bug: the op default where the contract says 1/sqrt(D)
+
+
+class AscendSparseMode2(AscendSim):
+    """Asks for leftUpCausal (sparse_mode 2) where rightDownCausal (3) is meant."""
+
+    name: ClassVar[str] = "bug-ascend-sparse-mode-2"
+    CAUSAL_SPARSE_MODE: ClassVar[int] = 2

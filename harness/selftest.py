@@ -101,6 +101,35 @@ CHECKS: tuple[Check, ...] = (
         culprit=(2, "mlp"),
     ),
     Check("torch-cpu on every LLM (no layer may be flagged)", "torch-cpu", "passes", ("llm.*",), inputs=("normal",)),
+    Check(
+        "Ascend: mask passed in torch's convention (True = visible)",
+        "bug-ascend-mask-not-inverted",
+        "caught",
+        ("attention.*",),
+        ("float32",),
+    ),
+    Check(
+        "Ascend: scale left at the op default 1.0",
+        "bug-ascend-default-scale",
+        "caught",
+        ("attention.*",),
+        ("float16", "bfloat16"),
+    ),
+    Check(
+        "Ascend: sparse_mode 2 (top-left) where 3 is meant",
+        "bug-ascend-sparse-mode-2",
+        "caught",
+        ("attention.chunked_prefill", "attention.decode"),
+        ("float16", "bfloat16"),
+        ("gqa",),
+    ),
+    Check(
+        "ascend-sim: the Ascend adapter over the simulator",
+        "ascend-sim",
+        "passes",
+        ("attention.*", "moe.*"),
+        ALL_DTYPES,
+    ),
 )
 
 

@@ -139,7 +139,7 @@ def test_rerun_errors_on_resume(harness_cli, tmp_path: Path, vendor_plugin: str)
 def test_selftest_exits_0(harness_cli, tmp_path: Path) -> None:
     result = harness_cli("selftest", "--out", str(tmp_path / "selftest.jsonl"))
     assert result.exit_code == 0, result.output
-    assert "15 of 15 checks hold" in result.output
+    assert "19 of 19 checks hold" in result.output
 
 
 def test_selftest_reports_a_fault_that_slips_through(tmp_path: Path) -> None:

@@ -144,6 +144,10 @@ class Backend(abc.ABC):
         """Peak memory and similar counters in bytes; empty where the device keeps none."""
         return {}
 
+    def compile_stats(self) -> dict[str, float]:
+        """Seconds spent compiling / exporting since the last call (reported apart from run time), then reset."""
+        return {}
+
     def reset_memory_stats(self) -> None:  # noqa: B027 - an optional hook, not an abstract method
         """Reset the peak counters before a case; a no-op where there are none."""
 

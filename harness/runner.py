@@ -434,6 +434,7 @@ class Runner:
                     100 * NOISE_THRESHOLD,
                 )
         record["memory"] = backend.memory_stats() or None
+        record["compile"] = backend.compile_stats() or None
 
     def _baseline(self, case: Case, group: CaseInputs) -> dict[str, Any] | str | None:
         """The --against baseline's primary metrics for this group (computed once), a reason to skip, or None."""

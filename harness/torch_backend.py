@@ -51,7 +51,7 @@ class TorchBackend(Backend):
         B, Hq, Sq, _ = q.shape
         Hkv, Skv = k.shape[1], k.shape[2]
         # SDPA's is_causal is top-left aligned: only safe when the alignments coincide (Sq == Skv, no padding).
-        plain_causal = causal and window is None and kv_lens is None and Sq == Skv
+        plain_causal = bool(causal and window is None and kv_lens is None and Sq == Skv)  # bool(): export-friendly
         mask = None
         if (causal and not plain_causal) or kv_lens is not None:
             mask = contract.visible_keys(

@@ -1,0 +1,289 @@
+"""ONNX Runtime backends: each op exported once through torch.onnx (dynamo, dynamic batch and sequence dims)
+and run in an ORT session on the execution provider named by the backend (ort-cpu, ort-cuda, ort-cann).
+
+The exported graph is torch-cpu's own implementation of the op, so parity asks: does the exported graph on ORT
+compute what the PyTorch code did? Exports are cached on disk, keyed by op, its static arguments, dtype, static
+dims and library versions; a corrupt cached model is detected (onnx.checker) and re-exported. Export and
+session-creation time are reported apart from run time (the record's `compile` section).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import logging
+import os
+import time
+import warnings
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+
+from harness import ops as contract
+from harness.backend import Availability, Backend
+
+log = logging.getLogger(__name__)
+
+CACHE_ENV = "HARNESS_ONNX_CACHE"
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "harness" / "onnx")
+
+
+class _OpModule(torch.nn.Module):
+    """Wraps one contract op of the torch-cpu implementation with its static keyword arguments."""
+
+    def __init__(self, op: str, static: dict[str, Any], tensor_kwargs: tuple[str, ...]) -> None:
+        super().__init__()
+        from backends.torch_cpu import TorchCpu
+
+        self.impl = getattr(TorchCpu(), op)
+        self.static = static
+        self.tensor_kwargs = tensor_kwargs
+
+    def forward(self, *tensors: torch.Tensor) -> Any:
+        n = len(tensors) - len(self.tensor_kwargs)
+        kwargs = dict(zip(self.tensor_kwargs, tensors[n:], strict=True))
+        return self.impl(*tensors[:n], **kwargs, **self.static)
+
+
+class OrtBackend(Backend):
+    """One class for every provider; the subclass names it."""
+
+    provider: ClassVar[str] = "CPUExecutionProvider"
+    device: ClassVar[str] = "cpu"
+    dtypes: ClassVar[frozenset[str]] = frozenset({"float32"})
+    threads: ClassVar[int] = 0  # 0 = ORT's default (all cores)
+
+    @classmethod
+    def probe(cls) -> Availability:
+        try:
+            import onnxruntime
+        except Exception as exc:
+            return Availability(
+                False, f"onnxruntime not importable: {type(exc).__name__}: {exc} (pip install 'harness[onnx]')"
+            )
+        available = onnxruntime.get_available_providers()
+        if cls.provider not in available:
+            return Availability(
+                False, f"{cls.provider} is not in this onnxruntime build's providers: {', '.join(available)}"
+            )
+        return Availability(True)
+
+    def __init__(self) -> None:
+        import onnxruntime
+
+        self.ort = onnxruntime
+        self._sessions: dict[str, Any] = {}
+        self._static_only: set[str] = set()  # dynamic-export keys known to fail: go straight to static
+        self._compile: dict[str, float] = {}
+
+    # ----- plumbing -----
+    def to_device(self, t: torch.Tensor) -> torch.Tensor:
+        return t.to("cpu")  # sessions take host arrays here; device providers bind them (see _run)
+
+    def to_host(self, t: torch.Tensor) -> torch.Tensor:
+        return t.detach().to("cpu")
+
+    def synchronize(self) -> None:
+        """session.run returns when the work is done."""
+
+    def session_options(self) -> Any:
+        options = self.ort.SessionOptions()
+        options.intra_op_num_threads = self.threads
+        options.log_severity_level = 3
+        return options
+
+    def provider_options(self) -> dict[str, Any]:
+        return {}
+
+    def environment(self) -> dict[str, Any]:
+        import onnx
+
+        return {
+            "onnxruntime": self.ort.__version__,
+            "onnx": onnx.__version__,
+            "torch": torch.__version__,
+            "provider": self.provider,
+            "provider_options": self.provider_options(),
+            "intra_op_num_threads": self.threads,
+            "device_name": self.ort.get_device(),
+        }
+
+    def compile_stats(self) -> dict[str, float]:
+        stats, self._compile = self._compile, {}
+        return stats
+
+    # ----- export, cache, sessions -----
+    def _key(
+        self, op: str, static: dict[str, Any], tensors: list[torch.Tensor], names: tuple[str, ...], dynamic: bool
+    ) -> str:
+        """Cache key: op, static arguments, input dtypes and static dims (all dims when exported static), versions."""
+        import onnx
+
+        inputs = [
+            {"name": n, "dtype": str(t.dtype), "dims": self._static_dims(n, t) if dynamic else list(t.shape)}
+            for n, t in zip(names, tensors, strict=True)
+        ]
+        versions = {"torch": torch.__version__, "onnx": onnx.__version__, "ort": self.ort.__version__}
+        blob = json.dumps(
+            {"op": op, "static": static, "inputs": inputs, **versions, "format": 1}, sort_keys=True, default=str
+        )
+        return f"{op}-{hashlib.sha256(blob.encode()).hexdigest()[:20]}"
+
+    @staticmethod
+    def _dynamic_axes(name: str, t: torch.Tensor) -> list[int]:
+        """Batch and sequence axes are dynamic; heads and head dims stay static (GQA grouping needs them)."""
+        if name in ("q", "k", "v") and t.dim() == 4:
+            return [0, 2]
+        if name in ("kv_lens", "x", "logits", "route_weights", "route_ids", "input_ids"):
+            return [0]
+        return []
+
+    def _static_dims(self, name: str, t: torch.Tensor) -> list[int | None]:
+        dyn = self._dynamic_axes(name, t)
+        return [None if i in dyn else s for i, s in enumerate(t.shape)]
+
+    def _export(
+        self,
+        op: str,
+        static: dict[str, Any],
+        tensors: list[torch.Tensor],
+        names: tuple[str, ...],
+        tensor_kwargs: tuple[str, ...],
+        path: Path,
+        dynamic: bool,
+    ) -> None:
+        from torch.export import Dim
+
+        module = _OpModule(op, static, tensor_kwargs)
+        shapes = None
+        if dynamic:
+            axes = (self._dynamic_axes(n, t) for n, t in zip(names, tensors, strict=True))
+            shapes = {"tensors": tuple({i: Dim.AUTO for i in a} or None for a in axes)}
+        started = time.perf_counter()
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+            program = torch.onnx.export(
+                module, tuple(tensors), dynamo=True, dynamic_shapes=shapes, input_names=list(names), verbose=False
+            )
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            program.save(str(tmp))
+            tmp.replace(path)  # never leave a half-written model where the cache looks
+        self._compile["export_s"] = self._compile.get("export_s", 0.0) + time.perf_counter() - started
+
+    def _valid(self, path: Path) -> bool:
+        import onnx
+
+        try:
+            onnx.checker.check_model(str(path), full_check=False)
+        except Exception as exc:
+            log.warning("cached ONNX model %s is corrupt (%s: %s); re-exporting", path, type(exc).__name__, exc)
+            return False
+        return True
+
+    def _session(
+        self,
+        op: str,
+        static: dict[str, Any],
+        tensors: list[torch.Tensor],
+        names: tuple[str, ...],
+        tensor_kwargs: tuple[str, ...],
+    ) -> Any:
+        """A session for the op: exported with dynamic batch / sequence dims where the code allows it, else
+        (the code branches on a sequence length, e.g. Sq == Skv) with this case's static shapes."""
+        for dynamic in (True, False):
+            key = self._key(op, static, tensors, names, dynamic)
+            if key in self._sessions:
+                return self._sessions[key]
+            if dynamic and key in self._static_only:
+                continue
+            path = cache_dir() / f"{key}.onnx"
+            if not (path.is_file() and self._valid(path)):
+                try:
+                    self._export(op, static, tensors, names, tensor_kwargs, path, dynamic)
+                except Exception as exc:
+                    if not dynamic:
+                        raise
+                    log.info("%s: dynamic-shape export failed (%s); exporting static shapes", op, type(exc).__name__)
+                    self._static_only.add(key)
+                    continue
+            started = time.perf_counter()
+            session = self.ort.InferenceSession(
+                str(path), self.session_options(), providers=[(self.provider, self.provider_options())]
+            )
+            self._compile["session_s"] = self._compile.get("session_s", 0.0) + time.perf_counter() - started
+            self._sessions[key] = session
+            return session
+        raise AssertionError("unreachable: the static export either succeeds or raises")
+
+    def _run(
+        self,
+        op: str,
+        positional: list[torch.Tensor],
+        tensor_kwargs: dict[str, torch.Tensor | None],
+        static: dict[str, Any],
+    ) -> list[torch.Tensor]:
+        present = {k: v for k, v in tensor_kwargs.items() if v is not None}
+        tensors = [*positional, *present.values()]
+        names = (*contract.OPS[op].inputs, *present)
+        session = self._session(op, static, tensors, names, tuple(present))
+        feeds = {i.name: t.detach().contiguous().numpy() for i, t in zip(session.get_inputs(), tensors, strict=True)}
+        return [torch.from_numpy(o) for o in session.run(None, feeds)]
+
+    # ----- the ops -----
+    def attention(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        *,
+        causal: bool = False,
+        window: int | None = None,
+        scale: float | None = None,
+        kv_lens: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        return self._run(
+            "attention", [q, k, v], {"kv_lens": kv_lens}, {"causal": causal, "window": window, "scale": scale}
+        )[0]
+
+    def rms_norm(self, x: torch.Tensor, w: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+        return self._run("rms_norm", [x, w], {}, {"eps": eps})[0]
+
+    def rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, style: str = "half") -> torch.Tensor:
+        return self._run("rope", [x, cos, sin], {}, {"style": style})[0]
+
+    def swiglu(self, x: torch.Tensor) -> torch.Tensor:
+        return self._run("swiglu", [x], {}, {})[0]
+
+
+class OrtCpu(OrtBackend):
+    name: ClassVar[str] = "ort-cpu"
+    provider: ClassVar[str] = "CPUExecutionProvider"
+    description: ClassVar[str] = "ONNX Runtime, CPU execution provider (torch.onnx dynamo export of each op)"
+
+
+class OrtCuda(OrtBackend):
+    name: ClassVar[str] = "ort-cuda"
+    provider: ClassVar[str] = "CUDAExecutionProvider"
+    device: ClassVar[str] = "cuda"
+    dtypes: ClassVar[frozenset[str]] = frozenset({"float32", "float16"})
+    description: ClassVar[str] = "ONNX Runtime, CUDA execution provider (onnxruntime-gpu)"
+
+
+class OrtCann(OrtBackend):
+    name: ClassVar[str] = "ort-cann"
+    provider: ClassVar[str] = "CANNExecutionProvider"
+    device: ClassVar[str] = "npu"
+    dtypes: ClassVar[frozenset[str]] = frozenset({"float32", "float16"})
+    description: ClassVar[str] = "ONNX Runtime, CANN execution provider (onnxruntime-cann, Ascend)"
+
+    def provider_options(self) -> dict[str, Any]:
+        # CANN's default precision_mode is force_fp16: float32 models would silently run in float16.
+        return {"precision_mode": "must_keep_origin_dtype"}

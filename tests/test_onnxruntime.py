@@ -1,0 +1,60 @@
+"""ONNX Runtime backends: providers listed with reasons, the on-disk export cache, CANN's precision mode."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
+
+from backends.onnxruntime import CACHE_ENV, OrtCann, OrtCpu
+from harness.workload import Case
+
+
+def test_device_providers_are_listed_unavailable_with_the_reason(harness_cli) -> None:
+    result = harness_cli("list")
+    for name, provider in (("ort-cuda", "CUDAExecutionProvider"), ("ort-cann", "CANNExecutionProvider")):
+        line = next(ln for ln in result.output.splitlines() if ln.startswith(f"│ {name} "))
+        assert "unavailable" in line and provider in line
+    assert OrtCpu.probe().available
+
+
+def test_cann_keeps_float32_in_float32() -> None:
+    # CANN's default precision_mode is force_fp16: it must be set explicitly (without creating a session).
+    assert OrtCann.provider_options(OrtCann.__new__(OrtCann)) == {"precision_mode": "must_keep_origin_dtype"}
+
+
+def test_bfloat16_is_a_clear_no_on_cpu() -> None:
+    support = OrtCpu().supports(
+        Case("attention.prefill", "tiny", "gqa", "bfloat16", "normal", 0, "ort-cpu", "attention")
+    )
+    assert not support and "bfloat16" in support.reason
+
+
+@pytest.mark.slow
+def test_export_cache_reuses_reexports_when_deleted_and_when_corrupt(tmp_path: Path, monkeypatch, caplog) -> None:
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    x, w = torch.randn(3, 16), torch.randn(16)
+    expected = OrtCpu().rms_norm(x, w)  # exports once
+    files = list((tmp_path / "cache").glob("*.onnx"))
+    assert len(files) == 1
+
+    fresh = OrtCpu()  # a new process would find the model on disk: no export, only a session
+    torch.testing.assert_close(fresh.rms_norm(x, w), expected)
+    stats = fresh.compile_stats()
+    assert "export_s" not in stats and stats["session_s"] > 0
+
+    files[0].write_bytes(b"not an onnx model")  # corrupt cache entry
+    corrupt = OrtCpu()
+    with caplog.at_level(logging.WARNING):
+        torch.testing.assert_close(corrupt.rms_norm(x, w), expected)
+    assert "is corrupt" in caplog.text and corrupt.compile_stats()["export_s"] > 0
+
+    for f in (tmp_path / "cache").iterdir():  # deleted cache
+        f.unlink()
+    again = OrtCpu()
+    torch.testing.assert_close(again.rms_norm(x, w), expected)
+    assert again.compile_stats()["export_s"] > 0 and len(list((tmp_path / "cache").glob("*.onnx"))) == 1

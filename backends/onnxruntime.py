@@ -56,7 +56,7 @@ class OrtBackend(Backend):
 
     provider: ClassVar[str] = "CPUExecutionProvider"
     device: ClassVar[str] = "cpu"
-    dtypes: ClassVar[frozenset[str]] = frozenset({"float32"})
+    dtypes: ClassVar[frozenset[str]] = frozenset({"float32", "float16"})  # no bfloat16 kernels on ORT CPU
     threads: ClassVar[int] = 0  # 0 = ORT's default (all cores)
 
     @classmethod
@@ -160,7 +160,7 @@ class OrtBackend(Backend):
     ) -> None:
         from torch.export import Dim
 
-        module = _OpModule(op, static, tensor_kwargs)
+        module = self._module(op, static, tensor_kwargs)
         shapes = None
         if dynamic:
             axes = (self._dynamic_axes(n, t) for n, t in zip(names, tensors, strict=True))
@@ -177,6 +177,13 @@ class OrtBackend(Backend):
             program.save(str(tmp))
             tmp.replace(path)  # never leave a half-written model where the cache looks
         self._compile["export_s"] = self._compile.get("export_s", 0.0) + time.perf_counter() - started
+
+    @staticmethod
+    def _module(op: str, static: dict[str, Any], tensor_kwargs: tuple[str, ...]) -> torch.nn.Module:
+        if op == "moe":
+            has = {k: k in static["has"] and static["has"][k] for k in ("bias", "shared", "shared_gate", "override")}
+            return _ExportableMoe(static["routing"], has, static["return_routing"])
+        return _OpModule(op, static, tensor_kwargs)
 
     def _valid(self, path: Path) -> bool:
         import onnx
@@ -262,6 +269,77 @@ class OrtBackend(Backend):
     def swiglu(self, x: torch.Tensor) -> torch.Tensor:
         return self._run("swiglu", [x], {}, {})[0]
 
+    def route(
+        self,
+        logits: torch.Tensor,
+        *,
+        top_k: int,
+        scheme: str,
+        bias: torch.Tensor | None = None,
+        n_group: int = 1,
+        topk_group: int = 1,
+        scaling: float = 1.0,
+        renormalize: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        static = {
+            "top_k": top_k,
+            "scheme": scheme,
+            "n_group": n_group,
+            "topk_group": topk_group,
+            "scaling": scaling,
+            "renormalize": renormalize,
+        }
+        weights, ids = self._run("route", [logits], {"bias": bias}, static)
+        return weights, ids
+
+    def moe(
+        self,
+        x: torch.Tensor,
+        router_w: torch.Tensor,
+        w_gate: torch.Tensor,
+        w_up: torch.Tensor,
+        w_down: torch.Tensor,
+        *,
+        top_k: int,
+        scheme: str,
+        bias: torch.Tensor | None = None,
+        n_group: int = 1,
+        topk_group: int = 1,
+        scaling: float = 1.0,
+        renormalize: bool,
+        shared: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+        shared_gate: torch.Tensor | None = None,
+        routing_override: tuple[torch.Tensor, torch.Tensor] | None = None,
+        return_routing: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        routing = {
+            "top_k": top_k,
+            "scheme": scheme,
+            "n_group": n_group,
+            "topk_group": topk_group,
+            "scaling": scaling,
+            "renormalize": renormalize,
+        }
+        extra: dict[str, torch.Tensor | None] = {"bias": bias}
+        if shared is not None:
+            extra.update(shared_w_gate=shared[0], shared_w_up=shared[1], shared_w_down=shared[2])
+        extra["shared_gate"] = shared_gate
+        if routing_override is not None:
+            extra.update(route_weights=routing_override[0].float(), route_ids=routing_override[1].long())
+        has = {
+            "bias": bias is not None,
+            "shared": shared is not None,
+            "shared_gate": shared_gate is not None,
+            "override": routing_override is not None,
+        }
+        outputs = self._run(
+            "moe",
+            [x, router_w, w_gate, w_up, w_down],
+            extra,
+            {"routing": routing, "has": has, "return_routing": return_routing},
+        )
+        return tuple(outputs) if return_routing else outputs[0]
+
 
 class OrtCpu(OrtBackend):
     name: ClassVar[str] = "ort-cpu"
@@ -287,3 +365,46 @@ class OrtCann(OrtBackend):
     def provider_options(self) -> dict[str, Any]:
         # CANN's default precision_mode is force_fp16: float32 models would silently run in float16.
         return {"precision_mode": "must_keep_origin_dtype"}
+
+
+class _ExportableMoe(torch.nn.Module):
+    """The MoE layer in a form torch.export can trace: routing by harness.ops.route_scores (torch-cpu's
+    rule), then every expert over every token with the combine weights scattered densely (zero where a token
+    is not routed). Same function as torch-cpu's grouped path, without its data-dependent expert loop."""
+
+    def __init__(self, routing: dict[str, Any], has: dict[str, bool], return_routing: bool) -> None:
+        super().__init__()
+        self.routing, self.has, self.return_routing = routing, has, return_routing
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        router_w: torch.Tensor,
+        w_gate: torch.Tensor,
+        w_up: torch.Tensor,
+        w_down: torch.Tensor,
+        *extra: torch.Tensor,
+    ) -> Any:
+        it = iter(extra)
+        bias = next(it) if self.has["bias"] else None
+        shared = (next(it), next(it), next(it)) if self.has["shared"] else None
+        shared_gate = next(it) if self.has["shared_gate"] else None
+        if self.has["override"]:
+            weights, ids = next(it).float(), next(it)
+        else:
+            weights, ids = contract.route_scores(
+                (x @ router_w.T).float(), bias=None if bias is None else bias.float(), **self.routing
+            )
+        E = w_gate.shape[0]
+        dense = torch.zeros(x.shape[0], E, dtype=torch.float32).scatter_add(1, ids, weights)  # [T, E]
+        out = torch.zeros(x.shape[0], x.shape[1], dtype=torch.float32)
+        for e in range(E):
+            y = (torch.nn.functional.silu(x @ w_gate[e].T) * (x @ w_up[e].T)) @ w_down[e].T  # [T, H]
+            out = out + dense[:, e : e + 1] * y.float()
+        if shared is not None:
+            s = (torch.nn.functional.silu(x @ shared[0].T) * (x @ shared[1].T)) @ shared[2].T
+            if shared_gate is not None:
+                s = s * torch.sigmoid(x @ shared_gate.T)
+            out = out + s.float()
+        out = out.to(x.dtype)
+        return (out, weights, ids) if self.return_routing else out

@@ -309,7 +309,13 @@ def route_scores(
 
 
 def stable_topk_ids(values: torch.Tensor, k: int) -> torch.Tensor:
-    """Indices of the k largest along the last dim; an exact tie goes to the lower index."""
+    """Indices of the k largest along the last dim; an exact tie goes to the lower index.
+
+    Under torch.export (ONNX export) this is TopK, whose ONNX definition breaks ties the same way; eagerly it is
+    a stable sort, since torch.topk promises nothing about ties.
+    """
+    if torch.compiler.is_exporting():
+        return torch.topk(values, k, dim=-1).indices
     return torch.sort(values, dim=-1, descending=True, stable=True).indices[..., :k]
 
 

@@ -38,6 +38,7 @@ class Row:
     top1_agreement: float | None  # LLM: worst fraction of positions whose argmax token is the reference's
     kl_mean: float | None  # LLM: worst mean KL(ref || out) per position
     greedy_agreement: int | None  # LLM: shortest greedy-decode prefix equal to the reference's
+    compile_s: float | None  # export / compile / session-creation seconds, apart from run time
     decode_tokens_per_s: float | None  # LLM: decode step throughput (prefill: tokens/s below)
     prefill_tokens_per_s: float | None
     median_us: float | None
@@ -107,6 +108,7 @@ def summarize(records: Iterable[dict[str, Any]], *, include_simulated_speed: boo
                 top1_agreement=min(m["top1_agreement"] for m in llm) if llm else None,
                 kl_mean=_max(m["kl_mean"] for m in llm),
                 greedy_agreement=min(greedy) if greedy else None,
+                compile_s=sum(sum(r["compile"].values()) for r in recs if r.get("compile")) or None,
                 decode_tokens_per_s=_max(d.get("tokens_per_s") for d in decode),
                 prefill_tokens_per_s=_max(t.get("tokens_per_s") for t in timed),
                 median_us=median_ns / 1e3 if median_ns is not None else None,
@@ -145,6 +147,7 @@ TABLE_COLUMNS = (
     ("tflops", "TFLOP/s"),
     ("gbps", "GB/s"),
     ("tokens", "tok/s prefill / decode"),
+    ("compile_s", "export s"),
     ("note", "note"),
 )
 

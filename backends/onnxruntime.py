@@ -351,7 +351,6 @@ class OrtCuda(OrtBackend):
     name: ClassVar[str] = "ort-cuda"
     provider: ClassVar[str] = "CUDAExecutionProvider"
     device: ClassVar[str] = "cuda"
-    dtypes: ClassVar[frozenset[str]] = frozenset({"float32", "float16"})
     description: ClassVar[str] = "ONNX Runtime, CUDA execution provider (onnxruntime-gpu)"
 
 
@@ -359,7 +358,6 @@ class OrtCann(OrtBackend):
     name: ClassVar[str] = "ort-cann"
     provider: ClassVar[str] = "CANNExecutionProvider"
     device: ClassVar[str] = "npu"
-    dtypes: ClassVar[frozenset[str]] = frozenset({"float32", "float16"})
     description: ClassVar[str] = "ONNX Runtime, CANN execution provider (onnxruntime-cann, Ascend)"
 
     def provider_options(self) -> dict[str, Any]:

@@ -80,6 +80,8 @@ class OrtBackend(Backend):
         self.ort = onnxruntime
         self._sessions: dict[str, Any] = {}
         self._static_only: set[str] = set()  # dynamic-export keys known to fail: go straight to static
+        self._llm_modules: dict[str, torch.nn.Module] = {}  # weight fingerprint -> module to export
+        self._fingerprints: dict[int, str] = {}
         self._compile: dict[str, float] = {}
 
     # ----- plumbing -----
@@ -140,7 +142,9 @@ class OrtBackend(Backend):
         """Batch and sequence axes are dynamic; heads and head dims stay static (GQA grouping needs them)."""
         if name in ("q", "k", "v") and t.dim() == 4:
             return [0, 2]
-        if name in ("kv_lens", "x", "logits", "route_weights", "route_ids", "input_ids"):
+        if name == "input_ids":
+            return [0, 1]
+        if name in ("kv_lens", "x", "logits", "route_weights", "route_ids"):
             return [0]
         return []
 
@@ -178,8 +182,9 @@ class OrtBackend(Backend):
             tmp.replace(path)  # never leave a half-written model where the cache looks
         self._compile["export_s"] = self._compile.get("export_s", 0.0) + time.perf_counter() - started
 
-    @staticmethod
-    def _module(op: str, static: dict[str, Any], tensor_kwargs: tuple[str, ...]) -> torch.nn.Module:
+    def _module(self, op: str, static: dict[str, Any], tensor_kwargs: tuple[str, ...]) -> torch.nn.Module:
+        if op == "causal_lm":
+            return self._llm_modules[static["weights"]]
         if op == "moe":
             has = {k: k in static["has"] and static["has"][k] for k in ("bias", "shared", "shared_gate", "override")}
             return _ExportableMoe(static["routing"], has, static["return_routing"])
@@ -339,6 +344,77 @@ class OrtBackend(Backend):
             {"routing": routing, "has": has, "return_routing": return_routing},
         )
         return tuple(outputs) if return_routing else outputs[0]
+
+    def causal_lm(self, model: Any, input_ids: torch.Tensor, *, cache: Any = None, return_model: bool = False) -> Any:
+        """Logits of the workload model exported whole (torch-cpu's ops bound in, MoE in the dense form).
+
+        Decode with `cache`: the exported graph has no KV-cache inputs yet, so each step reruns the growing
+        sequence (kept on the cache object) and returns the new positions' logits: the same tokens, not the
+        same cost.
+        """
+        if return_model:
+            raise NotImplementedError(f"{self.name} runs an exported graph: no torch model for layer-wise replay")
+        if cache is not None:
+            history = getattr(cache, "_harness_ort_ids", None)
+            ids = input_ids if history is None else torch.cat([history, input_ids.to(history)], dim=1)
+            cache._harness_ort_ids = ids
+            return self._llm_logits(model, ids)[:, -input_ids.shape[1] :]
+        return self._llm_logits(model, input_ids)
+
+    def _llm_logits(self, model: Any, input_ids: torch.Tensor) -> torch.Tensor:
+        if id(model) not in self._fingerprints:  # weights identify the export: computed once per model
+            digest = hashlib.sha256()
+            for name, p in sorted(model.master.state_dict().items()):
+                digest.update(f"{name}{tuple(p.shape)}{float(p.double().sum()):.17g}".encode())
+            self._fingerprints[id(model)] = digest.hexdigest()[:16]
+        static = {"model": model.name, "dtype": str(model.dtype), "weights": self._fingerprints[id(model)]}
+        bound = model.for_backend(_export_ops())
+        self._llm_modules[static["weights"]] = _LlmLogits(bound)
+        return self._run("causal_lm", [input_ids], {}, static)[0]
+
+
+class _LlmLogits(torch.nn.Module):
+    def __init__(self, bound: torch.nn.Module) -> None:
+        super().__init__()
+        self.bound = bound
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.bound(input_ids=input_ids, use_cache=False).logits
+
+
+def _export_ops() -> Any:
+    from backends.torch_cpu import TorchCpu
+
+    class ExportOps(TorchCpu):
+        """torch-cpu's ops with MoE in the export-friendly dense form (the grouped loop is data-dependent)."""
+
+        name: ClassVar[str] = "ort-export"
+
+        def moe(
+            self,
+            x,
+            router_w,
+            w_gate,
+            w_up,
+            w_down,
+            *,
+            shared=None,
+            shared_gate=None,
+            bias=None,
+            routing_override=None,
+            return_routing=False,
+            **routing,
+        ):
+            has = {
+                "bias": bias is not None,
+                "shared": shared is not None,
+                "shared_gate": shared_gate is not None,
+                "override": False,
+            }
+            extra = [t for t in (bias, *(shared or ()), shared_gate) if t is not None]
+            return _ExportableMoe(routing, has, False)(x, router_w, w_gate, w_up, w_down, *extra)
+
+    return ExportOps()
 
 
 class OrtCpu(OrtBackend):

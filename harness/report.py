@@ -199,6 +199,9 @@ def layerwise_section(records: Iterable[dict[str, Any]]) -> str:
         lw = (r.get("parity") or {}).get("layerwise")
         if not lw:
             continue
+        if "unavailable" in lw:
+            lines.append(f"- `{r['case']['key']}`: not localized: {lw['unavailable']}")
+            continue
         lines.append(f"- `{r['case']['key']}`: {lw['explanation']}")
         lines.append("  - propagated (median row rel_l2 per layer): " + ", ".join(f"{e:.3g}" for e in lw["propagated"]))
         worst: dict[int, dict[str, Any]] = {}

@@ -168,7 +168,9 @@ class OrtBackend(Backend):
         shapes = None
         if dynamic:
             axes = (self._dynamic_axes(n, t) for n, t in zip(names, tensors, strict=True))
-            shapes = {"tensors": tuple({i: Dim.AUTO for i in a} or None for a in axes)}
+            specs = tuple({i: Dim.AUTO for i in a} or None for a in axes)
+            # _OpModule / _ExportableMoe take the tensors positionally; the whole-model module takes input_ids.
+            shapes = {"input_ids": specs[0]} if op == "causal_lm" else {"tensors": specs}
         started = time.perf_counter()
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
@@ -450,16 +452,10 @@ class _ExportableMoe(torch.nn.Module):
         super().__init__()
         self.routing, self.has, self.return_routing = routing, has, return_routing
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        router_w: torch.Tensor,
-        w_gate: torch.Tensor,
-        w_up: torch.Tensor,
-        w_down: torch.Tensor,
-        *extra: torch.Tensor,
-    ) -> Any:
-        it = iter(extra)
+    def forward(self, *tensors: torch.Tensor) -> Any:
+        """tensors: x, router_w, w_gate, w_up, w_down, then the optional ones present (in `has` order)."""
+        x, router_w, w_gate, w_up, w_down = tensors[:5]
+        it = iter(tensors[5:])
         bias = next(it) if self.has["bias"] else None
         shared = (next(it), next(it), next(it)) if self.has["shared"] else None
         shared_gate = next(it) if self.has["shared_gate"] else None

@@ -17,6 +17,6 @@ COPY pyproject.toml README.md ./
 COPY harness ./harness
 COPY backends ./backends
 COPY models ./models
-RUN pip install . && harness list
+RUN pip install ".[llm,onnx]" && harness list
 
 CMD ["harness", "run", "--suite", "smoke"]

@@ -25,7 +25,15 @@ from harness.results import SCHEMA_VERSION, host_environment, utc_now
 from harness.saved import SavedOutputs, SavedOutputsError
 from harness.suites import Suite
 from harness.timing import NOISE_THRESHOLD, TimingConfig, measure
-from harness.workload import USER_SHAPE, Case, CaseInputs, Workload, WorkloadError, WorkloadRegistry
+from harness.workload import (
+    USER_SHAPE,
+    Case,
+    CaseInputs,
+    Workload,
+    WorkloadError,
+    WorkloadRegistry,
+    WorkloadUnavailableError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -255,7 +263,10 @@ class Runner:
             shape = self._checkpoint_shapes.get((case.workload, case.preset, case.shape)) or workload.shape(
                 case.preset, case.shape
             )
-            inputs = workload.make_inputs(shape, dtype, case.seed, case.inputs)
+            try:
+                inputs = workload.make_inputs(shape, dtype, case.seed, case.inputs)
+            except WorkloadUnavailableError as exc:
+                return str(exc)
         return CaseInputs(
             workload, shape, case.dtype, inputs, problem=_nonfinite_problem(inputs), layerwise=self.options.layerwise
         )

@@ -34,6 +34,10 @@ class WorkloadError(ValueError):
     """An unknown workload, preset or shape, or user inputs that do not fit a workload."""
 
 
+class WorkloadUnavailableError(RuntimeError):
+    """A workload that cannot run here (a missing optional dependency): its cases are skipped with the reason."""
+
+
 @dataclass(frozen=True, order=True)
 class Case:
     """One unit of work and of results; `key` is stable across runs and machines (resume, compare, --against)."""

@@ -24,7 +24,16 @@ from torch import nn
 
 from harness import ops as oracle
 from harness import parity
-from harness.workload import Call, CaseInputs, Evaluation, TimingVariant, Workload, WorkloadError, evaluate_tensor
+from harness.workload import (
+    Call,
+    CaseInputs,
+    Evaluation,
+    TimingVariant,
+    Workload,
+    WorkloadError,
+    WorkloadUnavailableError,
+    evaluate_tensor,
+)
 from models.shapes import MoeDims
 
 ARCHS = ("llama3", "qwen3", "qwen3-moe", "mixtral", "deepseek-v3")
@@ -542,6 +551,12 @@ class LlmWorkload(Workload):
         return seeded_model(build_config(shape.arch, shape.size), seed)
 
     def make_inputs(self, shape: LlmShape, dtype: torch.dtype, seed: int, distribution: str) -> dict[str, Any]:
+        try:
+            import transformers  # noqa: F401
+        except ImportError as exc:
+            raise WorkloadUnavailableError(
+                f"{self.name} needs transformers (pip install 'harness[llm]'): {exc}"
+            ) from None
         master = self.master(shape, seed)
         gen = torch.Generator().manual_seed(seed + 1)
         ids = torch.randint(0, master.config.vocab_size, (shape.batch, shape.seq), generator=gen)

@@ -274,3 +274,11 @@ def test_moe_user_inputs(harness_cli, tmp_path: Path) -> None:
     save_file(tensors, str(bad))
     run = harness_cli(*args, "--inputs", str(bad))
     assert run.exit_code == 2 and "route input bias: expected shape [16], got [5]" in run.output
+
+
+def test_llm_cases_without_transformers_are_skipped_with_the_reason(harness_cli, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "transformers", None)  # `import transformers` now raises ImportError
+    run = harness_cli("run", "-w", "llm.llama3", "-b", "torch-cpu", "--dtype", "float32", "--parity-only")
+    assert run.exit_code == 0
+    [record] = run.records
+    assert record["status"] == "skipped" and "needs transformers (pip install 'harness[llm]')" in record["reason"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import abc
 import inspect
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -336,14 +336,10 @@ class BackendRegistry:
         return self.get(name)()
 
 
-def default_registry(
-    plugins: Iterable[str] = (), *, on_plugin: Callable[[str, list[str]], None] | None = None
-) -> BackendRegistry:
+def default_registry(plugins: Iterable[str] = ()) -> BackendRegistry:
     """The registry of installed backends plus any `--plugin` modules or files."""
     registry = BackendRegistry()
     registry.load_entry_points()
     for spec in plugins:
-        names = registry.load_plugin(spec)
-        if on_plugin is not None:
-            on_plugin(spec, names)
+        registry.load_plugin(spec)
     return registry

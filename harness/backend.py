@@ -18,7 +18,7 @@ import torch
 
 from harness import ops as contract
 from harness.plugins import PluginError, entry_points, import_plugin
-from harness.timing import Timer, WallClockTimer
+from harness.timing import Timer, TimingConfig, WallClockTimer
 
 if TYPE_CHECKING:
     from harness.workload import Case
@@ -60,6 +60,11 @@ class Support:
 YES = Support(True)
 
 
+class UnsupportedCaseError(Exception):
+    """Raised by an op when a case turns out, only on trying, to be one the backend cannot run (a vendor kernel
+    refuses the shape). The runner records a skip with this message, as for a `supports()` no."""
+
+
 class Backend(abc.ABC):
     """An execution backend. Implementer's checklist:
 
@@ -79,8 +84,11 @@ class Backend(abc.ABC):
        `routing_override` (parity forces the reference's routing to separate arithmetic from routing flips)
        and `return_routing` (return the routing it applied, so flips can be counted).
     7. Optionally `supports(case)` for finer refusals (a shape limit, a dtype a given op lacks): call
-       `super().supports(case)` first; return `Support(False, "why")` for a skip.
-    8. Optionally `timer()` (device events) and `memory_stats()` (peak bytes).
+       `super().supports(case)` first; return `Support(False, "why")` for a skip. A refusal found only by trying
+       (a vendor kernel rejecting the shape) is `raise UnsupportedCaseError("why")` from the op: also a skip.
+    8. Optionally `timer(config)` (device events, graph replay, cache flushes as the TimingConfig asks),
+       `timing_input_sets()` (copies of the inputs to rotate among while timing), `memory_stats()` (peak
+       bytes) and `case_details()` (which kernel a case actually ran: recorded as `implementation`).
     9. Register: one line under [project.entry-points."harness.backends"] in your pyproject, or pass the module
        or file with `--plugin`.
     """
@@ -90,11 +98,17 @@ class Backend(abc.ABC):
     dtypes: ClassVar[frozenset[str]] = frozenset({"float32", "bfloat16", "float16"})
     simulated: ClassVar[bool] = False
     description: ClassVar[str] = ""
+    calibration_group: ClassVar[str] = ""  # backends that share a device's ceilings (cuda-*): one calibration
 
     @classmethod
     @abc.abstractmethod
     def probe(cls) -> Availability:
         """Can this backend run here? Never raises; the reason is shown by `harness list`."""
+
+    @classmethod
+    def calibration_key(cls) -> str:
+        """Whose `harness calibrate` ceilings apply: the group's, else this backend's own."""
+        return cls.calibration_group or cls.name
 
     @classmethod
     def implemented_ops(cls) -> frozenset[str]:
@@ -136,9 +150,19 @@ class Backend(abc.ABC):
     def environment(self) -> dict[str, Any]:
         """Library versions, device name, driver or toolkit versions."""
 
-    def timer(self) -> Timer:
+    def timer(self, config: TimingConfig | None = None) -> Timer:
         """The timer for this device; wall clock with synchronization unless the device has events."""
         return WallClockTimer(self.synchronize)
+
+    def timing_input_sets(self, nbytes: int, config: TimingConfig) -> int:
+        """How many copies of a case's inputs (`nbytes` together) to rotate among while timing; 1 = none.
+
+        A device whose cache holds the inputs answers > 1, so back-to-back calls do not all run warm."""
+        return 1
+
+    def case_details(self) -> dict[str, Any]:
+        """What the last case actually ran (the kernel picked, a fallback taken, math modes): recorded with it."""
+        return {}
 
     def memory_stats(self) -> dict[str, int]:
         """Peak memory and similar counters in bytes; empty where the device keeps none."""

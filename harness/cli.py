@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -143,6 +144,60 @@ def env_cmd(plugins: tuple[str, ...]) -> None:
     click.echo(json.dumps({"host": host_environment(), "backends": backends}, indent=2))
 
 
+@main.command("calibrate")
+@click.option("-b", "--backend", "backend_name", required=True, help="The backend to measure (e.g. cuda).")
+@click.option("--matmul-n", type=click.IntRange(min=64), default=None, help="Square matmul size (GPU 8192, CPU 1024).")
+@click.option("--copy-mib", type=click.IntRange(min=1), default=None, help="Copy size in MiB (GPU 2048, CPU 256).")
+@click.option("--time-budget", type=float, default=1.0, show_default=True, help="Seconds of timing per figure.")
+@click.option(
+    "--out-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where to store it (default $HARNESS_CALIBRATION_DIR or ~/.cache/harness/calibration).",
+)
+@plugin_option
+def calibrate_cmd(
+    backend_name: str,
+    matmul_n: int | None,
+    copy_mib: int | None,
+    time_budget: float,
+    out_dir: Path | None,
+    plugins: tuple[str, ...],
+) -> None:
+    """Measure a device's matmul peaks and copy bandwidth; runs then report % of roofline against them."""
+    from harness.calibrate import calibrate, save_calibration
+    from harness.timing import TimingConfig
+
+    with _bad_input_exits():
+        registry = _registry(plugins)
+        registry.get(backend_name)
+        availability = registry.probe(backend_name)
+        if not availability.available:
+            raise UsageError(f"backend {backend_name!r} is unavailable here: {availability.reason}")
+        backend = registry.create(backend_name)
+    on_cpu = backend.device == "cpu"
+    n = matmul_n or (1024 if on_cpu else 8192)
+    config = TimingConfig(budget_s=time_budget, warmup_s=min(0.2, time_budget), min_samples=5)
+    cal = calibrate(
+        backend,
+        matmul_n=n,
+        copy_bytes=(copy_mib or (256 if on_cpu else 2048)) << 20,
+        config=config,
+        small_n={"float16": min(n, 256)} if on_cpu else None,  # no fast fp16 on most CPUs (1 GFLOP/s)
+    )
+    path = save_calibration(cal, out_dir, key=backend.calibration_key())
+    table = Table(title=f"{backend_name} on {cal.device_name}")
+    table.add_column("what")
+    table.add_column("figure", justify="right")
+    for mode, tflops in cal.matmul_tflops.items():
+        figure = f"{tflops:.1f} TFLOP/s" if tflops >= 1 else f"{tflops * 1e3:.1f} GFLOP/s"
+        table.add_row(f"{mode} matmul n={cal.matmul_n[mode]}", figure)
+    table.add_row(f"copy {cal.copy_bytes >> 20} MiB (read + write)", f"{cal.copy_gbps:.0f} GB/s")
+    table.add_row(f"read {cal.copy_bytes >> 20} MiB (sum)", f"{cal.read_gbps:.0f} GB/s")
+    Console().print(table)
+    click.echo(f"stored: {path}")
+
+
 def _load_inputs(path: str) -> dict[str, Any]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -211,6 +266,18 @@ def _print_table(rows: list[report_mod.Row], console: Console) -> None:
 )
 @click.option("--parity-only", is_flag=True, help="Judge parity, skip timing.")
 @click.option("--time-budget", type=float, default=None, help="Seconds of steady-state timing per case.")
+@click.option(
+    "--graphs/--no-graphs",
+    default=None,
+    help="Device timers: replay captured CUDA graphs of the calls (default on; ops that cannot be captured fall "
+    "back to events, and the record says which).",
+)
+@click.option("--cold-cache", is_flag=True, help="Device timers: flush the L2 cache before every timed call.")
+@click.option(
+    "--allow-tf32",
+    is_flag=True,
+    help="cuda: let float32 matmuls use TF32 (off by default; each record keeps the setting).",
+)
 @click.option(
     "--inputs",
     "inputs_file",
@@ -286,6 +353,9 @@ def run_cmd(
     out: Path | None,
     parity_only: bool,
     time_budget: float | None,
+    graphs: bool | None,
+    cold_cache: bool,
+    allow_tf32: bool,
     inputs_file: str | None,
     save_outputs: Path | None,
     against: str | None,
@@ -325,6 +395,12 @@ def run_cmd(
                 raise UsageError(f"unknown input distribution {dist!r}: not one of: {', '.join(DISTRIBUTIONS)}")
         chosen = replace(chosen, **overrides)
         timing = chosen.timing if time_budget is None else replace(chosen.timing, budget_s=time_budget)
+        if graphs is not None:
+            timing = replace(timing, graphs=graphs)
+        if cold_cache:
+            timing = replace(timing, cold_cache=True)
+        if allow_tf32:
+            os.environ["HARNESS_CUDA_TF32"] = "1"  # read by the cuda backends when created; children inherit it
         registry = _registry(plugins)
         workload_registry = WorkloadRegistry.discover()
         user_inputs = None

@@ -144,6 +144,9 @@ def visible_keys(
     return vis.expand(lens.shape[0], sq, skv)
 
 
+REFERENCE_BLOCK_ELEMENTS = 1 << 25  # float64 scores per block of the attention reference (256 MiB)
+
+
 def attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -167,13 +170,19 @@ def attention(
     k64 = k.detach().to("cpu", torch.float64).repeat_interleave(group, dim=1)  # [B, Hq, Skv, D]
     v64 = v.detach().to("cpu", torch.float64).repeat_interleave(group, dim=1)  # [B, Hq, Skv, Dv]
     vis = visible_keys(Sq, Skv, batch=B, causal=causal, window=window, kv_lens=kv_lens)[:, None]  # [B,1,Sq,Skv]
-    scores = (q64 @ k64.transpose(-1, -2)) * scale  # [B, Hq, Sq, Skv]
-    scores = scores.masked_fill(~vis, -math.inf)
-    row_max = scores.amax(dim=-1, keepdim=True)  # [B, Hq, Sq, 1]
-    row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
-    p = torch.exp(scores - row_max).masked_fill(~vis, 0.0)  # [B, Hq, Sq, Skv]
-    denom = p.sum(dim=-1, keepdim=True)  # [B, Hq, Sq, 1]
-    out = (p @ v64) / torch.where(denom > 0, denom, torch.ones_like(denom))  # [B, Hq, Sq, Dv]
+    # Query rows are independent: blocks of rows bound the float64 score matrix (real presets: 17 GB at once).
+    rows = max(1, REFERENCE_BLOCK_ELEMENTS // max(1, B * Hq * Skv))
+    out = torch.empty(B, Hq, Sq, v64.shape[-1], dtype=torch.float64)  # [B, Hq, Sq, Dv]
+    for start in range(0, Sq, rows):
+        block = slice(start, start + rows)
+        blk_vis = vis[:, :, block]  # [B, 1, rows, Skv]
+        scores = (q64[:, :, block] @ k64.transpose(-1, -2)) * scale  # [B, Hq, rows, Skv]
+        scores = scores.masked_fill(~blk_vis, -math.inf)
+        row_max = scores.amax(dim=-1, keepdim=True)  # [B, Hq, rows, 1]
+        row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
+        p = torch.exp(scores - row_max).masked_fill(~blk_vis, 0.0)  # [B, Hq, rows, Skv]
+        denom = p.sum(dim=-1, keepdim=True)  # [B, Hq, rows, 1]
+        out[:, :, block] = (p @ v64) / torch.where(denom > 0, denom, torch.ones_like(denom))  # [B, Hq, rows, Dv]
     return out
 
 

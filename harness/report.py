@@ -46,6 +46,7 @@ class Row:
     ci95_high_us: float | None
     tflops: float | None
     gbps: float | None
+    roofline_pct: float | None  # measured time's share of the floor set by `harness calibrate`'s ceilings
     shape_info: str
     note: str
 
@@ -116,6 +117,7 @@ def summarize(records: Iterable[dict[str, Any]], *, include_simulated_speed: boo
                 ci95_high_us=ci[1],
                 tflops=_max(t.get("tflops") for t in timed),
                 gbps=_max(t.get("gbps") for t in timed),
+                roofline_pct=_max((t.get("roofline") or {}).get("pct") for t in timed),
                 shape_info=next((r["shape_info"] for r in recs if r.get("shape_info")), ""),
                 note="; ".join(_notes(simulated, any(t["noisy"] for t in timed), notes)),
             )
@@ -146,6 +148,7 @@ TABLE_COLUMNS = (
     ("median_us", "median us"),
     ("tflops", "TFLOP/s"),
     ("gbps", "GB/s"),
+    ("roofline_pct", "% roof"),
     ("tokens", "tok/s prefill / decode"),
     ("compile_s", "export s"),
     ("note", "note"),

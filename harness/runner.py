@@ -8,6 +8,7 @@ A backend that raises becomes an `error` record and the sweep goes on.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import time
 import traceback
@@ -20,7 +21,8 @@ from typing import Any
 import torch
 
 from harness import parity
-from harness.backend import DTYPES, Availability, Backend, BackendRegistry, RegistryError
+from harness.backend import DTYPES, Availability, Backend, BackendRegistry, RegistryError, UnsupportedCaseError
+from harness.calibrate import Calibration, load_calibration
 from harness.results import SCHEMA_VERSION, host_environment, utc_now
 from harness.saved import SavedOutputs, SavedOutputsError
 from harness.suites import Suite
@@ -105,6 +107,7 @@ class Runner:
         self._instances: dict[str, Backend] = {}
         self._availability: dict[str, Availability] = {}
         self._environments: dict[str, dict[str, Any]] = {}
+        self._calibrations: dict[str, Calibration | None] = {}
         self.saved_in = self._against_dir()
         self.saved_out = SavedOutputs(options.save_outputs) if options.save_outputs else None
 
@@ -311,6 +314,7 @@ class Runner:
             "parity": None,
             "timing": None,
             "memory": None,
+            "implementation": None,
         }
 
     def _run_case(self, case: Case, group: CaseInputs | str) -> dict[str, Any]:
@@ -332,6 +336,8 @@ class Runner:
                 else:
                     assert backend is not None
                     self._execute(case, group, backend, record)
+        except UnsupportedCaseError as exc:
+            record.update(status="skipped", reason=f"{case.backend}: {exc}", parity=None, timing=None)
         except Exception as exc:
             log.debug("case %s raised", case.key, exc_info=True)
             record.update(
@@ -360,9 +366,11 @@ class Runner:
 
         return call, timed
 
-    def _device_call(self, backend: Backend, group: CaseInputs) -> Callable[..., Any]:
-        """The op on device-resident inputs with keyword overrides, outputs left on the device (for timing)."""
-        dev_inputs = map_tensors(group.inputs, backend.to_device)
+    def _device_call(self, backend: Backend, group: CaseInputs, copy: bool = False) -> Callable[..., Any]:
+        """The op on device-resident inputs with keyword overrides, outputs left on the device (for timing).
+
+        `copy`: on fresh copies of the inputs (`to_device` may hand back the very tensor on a host device)."""
+        dev_inputs = map_tensors(group.inputs, (lambda t: backend.to_device(t.clone())) if copy else backend.to_device)
         args, kwargs = group.workload.split_args(dev_inputs, group.shape)
         op = getattr(backend, group.workload.op)
         return lambda **extra: op(*args, **{**kwargs, **map_tensors(extra, backend.to_device)})
@@ -422,8 +430,14 @@ class Runner:
             self.saved_out.save(case, group.inputs, evaluation.output)
         if not self.options.parity_only and case.inputs != "stress":
             itemsize = DTYPES[case.dtype].itemsize
-            measurement = measure(timed, backend.timer(), self.options.timing)
+            config = self.options.timing
+            rotating, sets = self._rotating(backend, group, timed)
+            measurement = measure(rotating, backend.timer(config), config)
             record["timing"] = measurement.to_record(workload.flops(shape), workload.bytes_moved(shape, itemsize))
+            record["timing"]["input_sets"] = sets
+            roofline = self._roofline(case, backend, measurement.stats.median_ns * 1e-9, record["timing"])
+            if roofline is not None:
+                record["timing"]["roofline"] = roofline
             tokens = workload.tokens_per_call(shape)
             if tokens:
                 record["timing"]["tokens_per_s"] = tokens / (measurement.stats.median_ns * 1e-9)
@@ -431,7 +445,7 @@ class Runner:
             if variants:
                 record["timing_variants"] = {}
             for name, variant in variants.items():
-                m = measure(variant.fn, backend.timer(), self.options.timing)
+                m = measure(variant.fn, backend.timer(config), config)
                 record["timing_variants"][name] = {
                     **m.to_record(variant.flops, variant.bytes_moved),
                     "tokens_per_s": variant.tokens / (m.stats.median_ns * 1e-9) if variant.tokens else None,
@@ -446,6 +460,35 @@ class Runner:
                 )
         record["memory"] = backend.memory_stats() or None
         record["compile"] = backend.compile_stats() or None
+        record["implementation"] = backend.case_details() or None
+
+    def _roofline(
+        self, case: Case, backend: Backend, seconds: float, timing: Mapping[str, Any]
+    ) -> dict[str, Any] | None:
+        """% of the device's measured roofline, where `harness calibrate` has stored its ceilings."""
+        name = case.backend
+        if name not in self._calibrations:
+            device = str(self._environment(name, backend)["backend"].get("device_name", ""))
+            self._calibrations[name] = load_calibration(backend.calibration_key(), device) if device else None
+        cal = self._calibrations[name]
+        if cal is None:
+            return None
+        tf32 = bool(backend.case_details().get("tf32", False))
+        return cal.roofline(case.dtype, timing["flops"], timing["bytes"], seconds, tf32=tf32)
+
+    def _rotating(self, backend: Backend, group: CaseInputs, timed: Callable[[], Any]) -> tuple[Callable[[], Any], int]:
+        """The timed call cycling over copies of the inputs when the backend asks for them (inputs that fit in
+        its cache), and how many sets there are."""
+        tensors = [t for t in group.inputs.values() if isinstance(t, torch.Tensor)]
+        nbytes = sum(t.numel() * t.element_size() for t in tensors)
+        sets = max(1, int(backend.timing_input_sets(nbytes, self.options.timing)))
+        if sets == 1 or len(tensors) != len(group.inputs):  # a model input (LLM) is not copied
+            return timed, 1
+        calls = [timed] + [self._device_call(backend, group, copy=True) for _ in range(sets - 1)]
+        for call in calls[1:]:
+            call()  # each set once before timing: per-tensor memos fill outside any captured graph
+        position = itertools.cycle(calls)
+        return lambda: next(position)(), sets  # noqa: PLW0108 - calls the next set's op
 
     def _baseline(self, case: Case, group: CaseInputs) -> dict[str, Any] | str | None:
         """The --against baseline's primary metrics for this group (computed once), a reason to skip, or None."""

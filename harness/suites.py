@@ -55,6 +55,16 @@ BUILTIN_SUITES: dict[str, Suite] = {
             timing=TimingConfig(budget_s=0.05, warmup_s=0.01, min_samples=5),
         ),
         Suite(
+            "paper",
+            "real model shapes on a GPU (Llama-3-8B attention, Qwen3-30B-A3B and Mixtral MoE layers) in bfloat16",
+            workloads=("attention.*", "moe.layer", "moe.experts"),
+            presets=("real",),
+            shapes=("llama3-8b", "qwen3-moe", "mixtral"),
+            dtypes=("bfloat16",),
+            inputs=("normal",),
+            timing=TimingConfig(budget_s=1.0, warmup_s=0.2, min_samples=10),
+        ),
+        Suite(
             "bench-cpu",
             "every workload at small shapes in float32/bfloat16 (no float16: no fast fp16 on most CPUs)",
             presets=("small",),
@@ -144,6 +154,11 @@ def _timing(path: Path, text: str, table: Any) -> TimingConfig:
             raise SuiteError(
                 f"{_where(path, text, key, 'timing')} is not a timing setting; accepted: {', '.join(_TIMING_FIELDS)}"
             )
+        if _TIMING_FIELDS[key] == "bool":  # annotations are strings (postponed evaluation)
+            if not isinstance(value, bool):
+                raise SuiteError(f"{_where(path, text, key, 'timing')} must be true or false, got {value!r}")
+            config = replace(config, **{key: value})
+            continue
         expected = int if key.endswith("samples") else (int, float)
         if isinstance(value, bool) or not isinstance(value, expected) or value <= 0:
             raise SuiteError(f"{_where(path, text, key, 'timing')} must be a positive number, got {value!r}")

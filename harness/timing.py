@@ -20,7 +20,12 @@ BOOTSTRAP_RESAMPLES = 1000
 
 
 class Timer(Protocol):
-    """Measures `calls` back-to-back calls of `fn`; returns the total in nanoseconds."""
+    """Measures `calls` back-to-back calls of `fn`; returns the total in nanoseconds.
+
+    `method` names how (it may change once a timer falls back, e.g. from graph replay to events). A timer may
+    also carry `max_calls_per_sample` (a cold-cache timer flushes before every call, so 1) and `notes` (a dict
+    recorded with the timing: why a graph capture failed, how many input sets rotated).
+    """
 
     method: str
 
@@ -52,6 +57,12 @@ class TimingConfig:
     min_samples: int = 5
     max_samples: int = 500
     min_sample_s: float = 1e-3  # ops shorter than this are called many times per sample
+    # Device timers only (CUDA): replay a captured graph of the calls where the op can be captured (launch
+    # overhead out of the figure); flush the cache before each call (cold L2, one call per sample); rotate among
+    # copies of the inputs when they fit in the cache, so repeated calls do not all hit a warm cache.
+    graphs: bool = True
+    cold_cache: bool = False
+    rotate_inputs: bool = True
 
 
 @dataclass(frozen=True)
@@ -104,6 +115,7 @@ class Measurement:
     calls_per_sample: int
     warmup_calls: int
     method: str
+    notes: dict[str, Any] = field(default_factory=dict)
     stats: Stats = field(init=False)
 
     def __post_init__(self) -> None:
@@ -120,6 +132,7 @@ class Measurement:
     def to_record(self, flops: float, bytes_moved: float) -> dict[str, Any]:
         return {
             "method": self.method,
+            **self.notes,
             "calls_per_sample": self.calls_per_sample,
             "warmup_calls": self.warmup_calls,
             "samples_ns": [round(s, 1) for s in self.samples_ns],
@@ -142,6 +155,9 @@ def measure(fn: Callable[[], object], timer: Timer, config: TimingConfig = Timin
             break
     per_call = max(per_call, 1.0)
     calls = max(1, math.ceil(config.min_sample_s * 1e9 / per_call))
+    cap = getattr(timer, "max_calls_per_sample", None)
+    if cap:
+        calls = min(calls, cap)
     wanted = int(config.budget_s * 1e9 / (per_call * calls))
     n_samples = min(config.max_samples, max(config.min_samples, wanted))
     samples: list[float] = []
@@ -150,4 +166,4 @@ def measure(fn: Callable[[], object], timer: Timer, config: TimingConfig = Timin
         samples.append(timer.elapsed_ns(fn, calls) / calls)
         if len(samples) >= config.min_samples and time.perf_counter() > deadline:
             break
-    return Measurement(samples, calls, warmup_calls, timer.method)
+    return Measurement(samples, calls, warmup_calls, timer.method, dict(getattr(timer, "notes", {}) or {}))

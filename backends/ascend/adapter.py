@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from harness import ops as contract
 from harness.backend import Availability
-from harness.timing import Timer
+from harness.timing import Timer, TimingConfig
 from harness.torch_backend import TorchBackend
 
 MAX_TOKENS = 2147483647
@@ -89,7 +89,7 @@ class Ascend(TorchBackend):
     def synchronize(self) -> None:
         self.npu.synchronize()
 
-    def timer(self) -> Timer:
+    def timer(self, config: TimingConfig | None = None) -> Timer:
         return NpuEventTimer(self.npu)
 
     def environment(self) -> dict[str, Any]:

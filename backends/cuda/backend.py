@@ -1,0 +1,204 @@
+"""`cuda`: torch on an NVIDIA GPU, the fastest correct kernel per case; `cuda-<kernel>`: SDPA pinned to one kernel.
+
+`cuda` times cuDNN, flash and memory-efficient SDPA on each attention shape and keeps the fastest that takes the
+case (attention.py); MoE runs on grouped GEMMs (moe.py); other ops are the generic torch ones on the device.
+`cuda-cudnn`, `cuda-flash`, `cuda-efficient`, `cuda-math` pin attention to one kernel so a report puts them side by
+side. float32 matmuls run without TF32 unless HARNESS_CUDA_TF32=1 (`harness run --allow-tf32`); every record
+keeps the setting (`implementation.tf32`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any, ClassVar
+
+import torch
+
+from backends.cuda.attention import AUTO_KERNELS, SdpaAttention
+from backends.cuda.moe import GroupedMoe
+from backends.cuda.timing import CudaTimer
+from harness.backend import Availability
+from harness.timing import Timer, TimingConfig
+from harness.torch_backend import TorchBackend
+
+TF32_ENV = "HARNESS_CUDA_TF32"
+MAX_INPUT_SETS = 32
+
+
+def tf32_requested() -> bool:
+    return os.environ.get(TF32_ENV, "0").strip().lower() in ("1", "true", "yes", "on")
+
+
+class Cuda(TorchBackend):
+    name: ClassVar[str] = "cuda"
+    device: ClassVar[str] = "cuda"
+    dtypes: ClassVar[frozenset[str]] = frozenset({"float32", "bfloat16", "float16"})
+    description: ClassVar[str] = "torch on an NVIDIA GPU: per-shape fastest SDPA kernel, grouped-GEMM MoE, graphs"
+    kernels: ClassVar[tuple[str, ...]] = AUTO_KERNELS
+    calibration_group: ClassVar[str] = "cuda"  # every cuda-* variant runs on the same device ceilings
+
+    @classmethod
+    def probe(cls) -> Availability:
+        if torch.version.cuda is None:
+            return Availability(False, f"torch {torch.__version__} is a CPU-only build (torch.version.cuda is None)")
+        if not torch.cuda.is_available():
+            return Availability(
+                False, f"torch {torch.__version__} (CUDA {torch.version.cuda}) sees no GPU: no driver or no device"
+            )
+        return Availability(True)
+
+    def __init__(self) -> None:
+        self.tf32 = tf32_requested()
+        torch.backends.cuda.matmul.allow_tf32 = self.tf32
+        torch.backends.cudnn.allow_tf32 = self.tf32
+        self._attention = SdpaAttention(self.kernels)
+        self._moe = GroupedMoe()
+        self._details: dict[str, Any] = {}
+        props = torch.cuda.get_device_properties(torch.cuda.current_device())
+        self.l2_bytes = int(getattr(props, "L2_cache_size", 50 << 20))
+
+    # ----- device plumbing -----
+    def synchronize(self) -> None:
+        torch.cuda.synchronize()
+
+    def timer(self, config: TimingConfig | None = None) -> Timer:
+        return CudaTimer(config or TimingConfig(), self.l2_bytes)
+
+    def timing_input_sets(self, nbytes: int, config: TimingConfig) -> int:
+        if not config.rotate_inputs or config.cold_cache or nbytes >= self.l2_bytes:
+            return 1
+        return min(MAX_INPUT_SETS, max(2, math.ceil(2 * self.l2_bytes / max(nbytes, 1))))
+
+    def memory_stats(self) -> dict[str, int]:
+        return {
+            "max_memory_allocated": int(torch.cuda.max_memory_allocated()),
+            "max_memory_reserved": int(torch.cuda.max_memory_reserved()),
+        }
+
+    def reset_memory_stats(self) -> None:
+        torch.cuda.reset_peak_memory_stats()
+        self._details = {}
+
+    def case_details(self) -> dict[str, Any]:
+        return {"tf32": self.tf32, **self._details}
+
+    def environment(self) -> dict[str, Any]:
+        props = torch.cuda.get_device_properties(torch.cuda.current_device())
+        env: dict[str, Any] = {
+            "torch": torch.__version__,
+            "cuda": torch.version.cuda,
+            "cudnn": torch.backends.cudnn.version(),
+            "device_name": props.name,
+            "capability": f"{props.major}.{props.minor}",
+            "multiprocessors": props.multi_processor_count,
+            "memory_bytes": props.total_memory,
+            "l2_bytes": self.l2_bytes,
+            "tf32": self.tf32,
+            "sdpa_kernels": list(self.kernels),
+        }
+        try:
+            import triton
+
+            env["triton"] = triton.__version__
+        except ImportError:
+            env["triton"] = None
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            env["driver"] = pynvml.nvmlSystemGetDriverVersion()
+        except Exception as exc:  # the NVML binding is optional; say why the driver version is missing
+            env["driver"] = f"unknown ({type(exc).__name__})"
+        return env
+
+    # ----- ops -----
+    def attention(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        *,
+        causal: bool = False,
+        window: int | None = None,
+        scale: float | None = None,
+        kv_lens: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        out = self._attention(q, k, v, causal=causal, window=window, scale=scale, kv_lens=kv_lens)
+        choice = self._attention.last
+        if choice is not None:
+            self._details["attention"] = {
+                "kernel": choice.kernel,
+                "split_per_sequence": choice.split,
+                "tried": choice.tried,
+            }
+        return out
+
+    def moe(
+        self,
+        x: torch.Tensor,
+        router_w: torch.Tensor,
+        w_gate: torch.Tensor,
+        w_up: torch.Tensor,
+        w_down: torch.Tensor,
+        *,
+        top_k: int,
+        scheme: str,
+        bias: torch.Tensor | None = None,
+        n_group: int = 1,
+        topk_group: int = 1,
+        scaling: float = 1.0,
+        renormalize: bool,
+        shared: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+        shared_gate: torch.Tensor | None = None,
+        routing_override: tuple[torch.Tensor, torch.Tensor] | None = None,
+        return_routing: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        routing = {
+            "top_k": top_k,
+            "scheme": scheme,
+            "bias": bias,
+            "n_group": n_group,
+            "topk_group": topk_group,
+            "scaling": scaling,
+            "renormalize": renormalize,
+        }
+        result = self._moe(
+            self.route,
+            x,
+            router_w,
+            w_gate,
+            w_up,
+            w_down,
+            routing=routing,
+            shared=shared,
+            shared_gate=shared_gate,
+            routing_override=routing_override,
+            return_routing=return_routing,
+        )
+        self._details["moe"] = self._moe.path
+        return result
+
+
+class CudaCudnn(Cuda):
+    name: ClassVar[str] = "cuda-cudnn"
+    description: ClassVar[str] = "cuda with attention pinned to SDPA's cuDNN kernel"
+    kernels: ClassVar[tuple[str, ...]] = ("cudnn",)
+
+
+class CudaFlash(Cuda):
+    name: ClassVar[str] = "cuda-flash"
+    description: ClassVar[str] = "cuda with attention pinned to SDPA's flash kernel (FA2)"
+    kernels: ClassVar[tuple[str, ...]] = ("flash",)
+
+
+class CudaEfficient(Cuda):
+    name: ClassVar[str] = "cuda-efficient"
+    description: ClassVar[str] = "cuda with attention pinned to SDPA's memory-efficient kernel (GQA: repeated kv)"
+    kernels: ClassVar[tuple[str, ...]] = ("efficient",)
+
+
+class CudaMath(Cuda):
+    name: ClassVar[str] = "cuda-math"
+    description: ClassVar[str] = "cuda with attention pinned to SDPA's math fallback (the unfused baseline)"
+    kernels: ClassVar[tuple[str, ...]] = ("math",)

@@ -1,0 +1,141 @@
+"""A MoE layer on grouped GEMMs: expert weights laid out once, routing and combine free of host syncs.
+
+The straightforward layer (torch-cpu's: a loop over experts, `index_add_` into a float32 buffer) is dominated on a
+GPU by everything but its GEMMs (the anchors: the combine alone costs more than both GEMMs). Here:
+- gate and up projections of all experts are concatenated once per weight set into [E, 2F, H] (kept while the
+  weights live), so each token slot needs one grouped GEMM for both, and `torch._grouped_mm` reads the weights in
+  their stored layout (transposed views, no copy per call);
+- slots are sorted by expert on the device (stable argsort, bincount, cumsum -> group offsets): no `.tolist()`,
+  so the layer can be captured into a CUDA graph;
+- SwiGLU and the combine are one fused Triton kernel each on CUDA (fused.py), reading the activations once; the
+  combine needs no atomics: each token has exactly k slots, read back in token order and summed in float32.
+Where `_grouped_mm` refuses a dtype or device, the same layout runs a loop over experts (with a host sync) and
+`path` says so.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from backends.cuda.fused import combine_rows, swiglu_rows, triton_usable
+from backends.cuda.memo import TensorMemo
+
+log = logging.getLogger(__name__)
+
+RouteFn = Callable[..., tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class ExpertLayout:
+    """Expert weights as the grouped GEMMs read them."""
+
+    w13: torch.Tensor  # [E, H, 2F]: cat(gate, up) over F, transposed view (column-major per expert)
+    w2: torch.Tensor  # [E, F, H]: w_down transposed view
+    f: int
+    shared13: torch.Tensor | None  # [H, 2Fs]: cat(shared gate, shared up), transposed view
+    shared2: torch.Tensor | None  # [Fs, H]
+
+
+class GroupedMoe:
+    """Contract `moe` through grouped GEMMs; `path` names what the last call ran."""
+
+    def __init__(self) -> None:
+        self._layouts: TensorMemo[tuple[tuple, ExpertLayout]] = TensorMemo()
+        self.grouped_error: dict[tuple, str] = {}  # (dtype, device type) -> why _grouped_mm was refused
+        self.path = ""
+        self._gemm_path = ""
+        self.use_triton = True  # fused swiglu / combine where triton and CUDA are there
+
+    def layout(
+        self,
+        w_gate: torch.Tensor,
+        w_up: torch.Tensor,
+        w_down: torch.Tensor,
+        shared: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None,
+    ) -> ExpertLayout:
+        """The grouped layout of these weights, built on first sight and kept while `w_gate` lives."""
+        stamp = (id(w_up), w_up._version, id(w_down), w_down._version, id(shared))
+        cached = self._layouts.get(w_gate)
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        w13 = torch.cat([w_gate, w_up], dim=1).transpose(1, 2)  # [E, 2F, H] stored -> [E, H, 2F] view
+        shared13 = shared2 = None
+        if shared is not None:
+            shared13 = torch.cat([shared[0], shared[1]], dim=0).T  # [2Fs, H] stored -> [H, 2Fs] view
+            shared2 = shared[2].T  # [H, Fs] stored -> [Fs, H] view
+        layout = ExpertLayout(w13, w_down.transpose(1, 2), w_gate.shape[1], shared13, shared2)
+        self._layouts.put(w_gate, (stamp, layout))
+        return layout
+
+    def __call__(
+        self,
+        route: RouteFn,
+        x: torch.Tensor,
+        router_w: torch.Tensor,
+        w_gate: torch.Tensor,
+        w_up: torch.Tensor,
+        w_down: torch.Tensor,
+        *,
+        routing: dict[str, Any],
+        shared: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+        shared_gate: torch.Tensor | None = None,
+        routing_override: tuple[torch.Tensor, torch.Tensor] | None = None,
+        return_routing: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        E = w_gate.shape[0]
+        layout = self.layout(w_gate, w_up, w_down, shared)
+        if routing_override is None:
+            weights, ids = route((x @ router_w.T).float(), **routing)  # float32 [T, k], int64 [T, k]
+        else:
+            weights, ids = routing_override[0].float(), routing_override[1].long()
+        k = ids.shape[1]
+        fused = self.use_triton and triton_usable(x)
+        flat = ids.reshape(-1)  # [T*k] expert of slot t*k + j
+        sorted_ids, order = torch.sort(flat, stable=True)  # [T*k] slots grouped by expert
+        experts = torch.arange(E, device=x.device, dtype=sorted_ids.dtype)
+        offs = torch.searchsorted(sorted_ids, experts, right=True).to(torch.int32)  # [E] group ends; no host sync
+        xs = x.index_select(0, order // k)  # [T*k, H] token rows in expert order
+        h = self._grouped(xs, layout.w13, offs)  # [T*k, 2F]
+        a = swiglu_rows(h, layout.f, fused)  # [T*k, F]
+        y = self._grouped(a, layout.w2, offs)  # [T*k, H], expert order
+        slot_of = torch.empty_like(order)
+        slot_of[order] = torch.arange(order.numel(), device=order.device)  # inverse permutation
+        has_shared = layout.shared13 is not None and layout.shared2 is not None
+        routed = combine_rows(y, slot_of, weights, torch.float32 if has_shared else x.dtype, fused)  # [T, H]
+        if has_shared:
+            hs = x @ layout.shared13  # [T, 2Fs]
+            shared_out = swiglu_rows(hs, layout.shared2.shape[0], fused) @ layout.shared2  # [T, H]
+            if shared_gate is not None:
+                shared_out = shared_out * torch.sigmoid(x @ shared_gate.T)  # [T, 1] gate
+            out = (routed + shared_out.float()).to(x.dtype)
+        else:
+            out = routed
+        self.path = self._gemm_path + (" + triton swiglu/combine" if fused else "")
+        return (out, weights, ids) if return_routing else out
+
+    def _grouped(self, a: torch.Tensor, b: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:
+        """[M, K] x [E, K, N] with rows of group e in offs[e-1]:offs[e] -> [M, N]."""
+        where = (a.dtype, a.device.type)
+        if where not in self.grouped_error and hasattr(torch, "_grouped_mm"):
+            try:
+                out = torch._grouped_mm(a, b, offs=offs)
+                self._gemm_path = "grouped_mm"
+                return out
+            except RuntimeError as exc:
+                if a.is_cuda and torch.cuda.is_current_stream_capturing():
+                    raise  # not a refusal: this dtype's grouped GEMM syncs with the host, so the graph capture fails
+                self.grouped_error[where] = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+                log.info("torch._grouped_mm refused %s on %s (%s); looping over experts", *where, exc)
+        self._gemm_path = f"expert_loop (_grouped_mm: {self.grouped_error.get(where, 'absent')})"
+        out = a.new_empty(a.shape[0], b.shape[2])  # [M, N]
+        start = 0
+        for e, end in enumerate(offs.tolist()):
+            if end > start:
+                out[start:end] = a[start:end] @ b[e]
+            start = end
+        return out

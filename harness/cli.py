@@ -9,8 +9,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, replace
@@ -196,6 +198,31 @@ def calibrate_cmd(
     table.add_row(f"read {cal.copy_bytes >> 20} MiB (sum)", f"{cal.read_gbps:.0f} GB/s")
     Console().print(table)
     click.echo(f"stored: {path}")
+
+
+class _InterruptFlag:
+    """Remembers a Ctrl-C while active, so the sweep stops after the case in flight even where a third-party
+    library catches the KeyboardInterrupt and carries on (seen: SIGINT during `import onnxruntime`)."""
+
+    def __init__(self) -> None:
+        self.seen = False
+        self._previous: Any = None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.seen = True
+        raise KeyboardInterrupt
+
+    def __enter__(self) -> _InterruptFlag:
+        if (
+            threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN
+        ):
+            self._previous = signal.signal(signal.SIGINT, self._handle)  # an ignored SIGINT (a background job) stays so
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
 
 
 def _load_inputs(path: str) -> dict[str, Any]:
@@ -455,12 +482,17 @@ def run_cmd(
     with progress, ResultWriter(out_path) as writer:
         task = progress.add_task(f"suite {chosen.name}", total=len(cases), case="")
 
+        interrupted = _InterruptFlag()
+
         def on_record(case: Any, record: dict[str, Any]) -> None:
             records.append(record)
             progress.update(task, advance=1, case=case.key)
+            if interrupted.seen:  # a library swallowed the KeyboardInterrupt (onnxruntime's import does)
+                raise KeyboardInterrupt
 
         try:
-            summary = runner.run(cases, writer, on_record)
+            with interrupted:
+                summary = runner.run(cases, writer, on_record)
             for record in previous:
                 summary.add(record["status"])
         except KeyboardInterrupt:

@@ -13,6 +13,7 @@ import pytest
 
 from harness.results import read_records
 from harness.selftest import Check, run_selftest
+from tests.conftest import PLUGINS
 
 pytestmark = pytest.mark.slow
 
@@ -92,6 +93,19 @@ def test_ctrl_c_leaves_a_valid_file(tmp_path: Path) -> None:
     assert proc.returncode == 130 and "interrupted" in err
     records = read_records(out)  # valid: every line parses, none half-written
     assert len(records) >= 5 and out.read_text().endswith("\n")
+
+
+def test_ctrl_c_swallowed_by_a_library_still_stops_the_sweep(tmp_path: Path) -> None:
+    out = tmp_path / "r.jsonl"
+    cmd = [sys.executable, "-m", "harness", "run", "-w", "attention.*", "-b", "swallowing-cpu", "--parity-only"]
+    proc = subprocess.run(
+        [*cmd, "--plugin", str(PLUGINS / "cpu_variants.py"), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 130 and "interrupted: 1 records kept" in proc.stderr
+    assert len(read_records(out)) == 1  # the case in flight finished and was kept; no further case ran
 
 
 def _verdicts(path: Path) -> dict[str, str]:

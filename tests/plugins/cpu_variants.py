@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 from typing import Any, ClassVar
 
 import torch
@@ -38,3 +41,16 @@ class RefusingCpu(TorchCpu):
             raise UnsupportedCaseError("this kernel takes no GQA (Hq != Hkv)")
         return super().attention(q, k, v, **kw)
 
+
+class SwallowingCpu(TorchCpu):
+    """Gets a Ctrl-C in the middle of its op and, like some vendor libraries, swallows the KeyboardInterrupt."""
+
+    name: ClassVar[str] = "swallowing-cpu"
+
+    def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kw: Any) -> torch.Tensor:
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.5)
+        except BaseException:  # swallowing it is the behaviour under test
+            pass
+        return super().attention(q, k, v, **kw)

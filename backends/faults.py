@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from backends.ascend.adapter import AscendSim
+from backends.ort_native import OrtCpuGqa, OrtCpuMoe
 from backends.torch_cpu import TorchCpu
 from harness import ops
 from harness.ops import visible_keys
@@ -330,3 +331,22 @@ class AscendSparseMode2(AscendSim):
 
     name: ClassVar[str] = "bug-ascend-sparse-mode-2"
     CAUSAL_SPARSE_MODE: ClassVar[int] = 2
+
+
+# ----- ONNX Runtime native kernels -----
+
+
+class OrtMoeConcatenatedFc1(OrtCpuMoe):
+    """Lays fc1 out as [gate | up] (the natural concatenation) where swiglu_fusion=1 reads interleaved rows."""
+
+    name: ClassVar[str] = "bug-ort-moe-concatenated-fc1"
+    fc1_layout = staticmethod(lambda w_gate, w_up: torch.cat([w_gate, w_up], dim=1))  # the bug: not interleaved
+
+
+class OrtGqaWindowMinusOne(OrtCpuGqa):
+    """Passes flash's convention (left window w - 1) as GQA's local_window_size, which counts the diagonal in."""
+
+    name: ClassVar[str] = "bug-ort-gqa-window-minus-one"
+
+    def local_window(self, window: int) -> int:
+        return window - 1  # the bug: one key too few

@@ -80,7 +80,7 @@ class OrtBackend(Backend):
         self.ort = onnxruntime
         self._sessions: dict[str, Any] = {}
         self._static_only: set[str] = set()  # dynamic-export keys known to fail: go straight to static
-        self._llm_modules: dict[str, torch.nn.Module] = {}  # weight fingerprint -> module to export
+        self._llm_modules: dict[tuple[str, str, str], torch.nn.Module] = {}  # (weights, dtype, mode) -> module
         self._fingerprints: dict[int, str] = {}
         self._compile: dict[str, float] = {}
 
@@ -133,7 +133,7 @@ class OrtBackend(Backend):
         ]
         versions = {"torch": torch.__version__, "onnx": onnx.__version__, "ort": self.ort.__version__}
         blob = json.dumps(
-            {"op": op, "static": static, "inputs": inputs, **versions, "format": 1}, sort_keys=True, default=str
+            {"op": op, "static": static, "inputs": inputs, **versions, "format": 2}, sort_keys=True, default=str
         )
         return f"{op}-{hashlib.sha256(blob.encode()).hexdigest()[:20]}"
 
@@ -142,8 +142,10 @@ class OrtBackend(Backend):
         """Batch and sequence axes are dynamic; heads and head dims stay static (GQA grouping needs them)."""
         if name in ("q", "k", "v") and t.dim() == 4:
             return [0, 2]
-        if name == "input_ids":
-            return [0, 1]
+        if name == "input_ids":  # one token (a decode step) stays static: torch.export specializes 1 anyway
+            return [0, 1] if t.shape[1] > 1 else [0]
+        if name.startswith("past_"):  # KV cache [B, H, P, D]: batch and cached length
+            return [0, 2]
         if name in ("kv_lens", "x", "logits", "route_weights", "route_ids"):
             return [0]
         return []
@@ -169,8 +171,12 @@ class OrtBackend(Backend):
         if dynamic:
             axes = (self._dynamic_axes(n, t) for n, t in zip(names, tensors, strict=True))
             specs = tuple({i: Dim.AUTO for i in a} or None for a in axes)
-            # _OpModule / _ExportableMoe take the tensors positionally; the whole-model module takes input_ids.
-            shapes = {"input_ids": specs[0]} if op == "causal_lm" else {"tensors": specs}
+            # _OpModule / _ExportableMoe take the tensors positionally; the whole-model modules take input_ids
+            # (and the cache, flattened).
+            if op == "causal_lm":
+                shapes = {"input_ids": specs[0], "past": specs[1:]} if len(specs) > 1 else {"input_ids": specs[0]}
+            else:
+                shapes = {"tensors": specs}
         started = time.perf_counter()
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
@@ -186,7 +192,7 @@ class OrtBackend(Backend):
 
     def _module(self, op: str, static: dict[str, Any], tensor_kwargs: tuple[str, ...]) -> torch.nn.Module:
         if op == "causal_lm":
-            return self._llm_modules[static["weights"]]
+            return self._llm_modules[(static["weights"], static["dtype"], static["mode"])]
         if op == "moe":
             has = {k: k in static["has"] and static["has"][k] for k in ("bias", "shared", "shared_gate", "override")}
             return _ExportableMoe(static["routing"], has, static["return_routing"])
@@ -350,38 +356,63 @@ class OrtBackend(Backend):
     def causal_lm(self, model: Any, input_ids: torch.Tensor, *, cache: Any = None, return_model: bool = False) -> Any:
         """Logits of the workload model exported whole (torch-cpu's ops bound in, MoE in the dense form).
 
-        Decode with `cache`: the exported graph has no KV-cache inputs yet, so each step reruns the growing
-        sequence (kept on the cache object) and returns the new positions' logits: the same tokens, not the
-        same cost.
+        With `cache` (a transformers DynamicCache): KV-cache graphs. The first step runs a prefill graph that
+        also returns every layer's keys and values; later steps run a decode graph that takes them as inputs
+        (past length a dynamic dim) and returns them grown. The new entries are appended to `cache`, so its
+        length, cropping and reuse behave as with a torch model.
         """
         if return_model:
             raise NotImplementedError(f"{self.name} runs an exported graph: no torch model for layer-wise replay")
-        if cache is not None:
-            history = getattr(cache, "_harness_ort_ids", None)
-            ids = input_ids if history is None else torch.cat([history, input_ids.to(history)], dim=1)
-            cache._harness_ort_ids = ids
-            return self._llm_logits(model, ids)[:, -input_ids.shape[1] :]
-        return self._llm_logits(model, input_ids)
+        if cache is None:  # the prefill graph; its keys and values are dropped
+            return self._llm_run(model, "prefill", input_ids, [])[0]
+        layers = _cache_layers(cache)
+        past_len = cache.get_seq_length() if layers else 0
+        past = [t for layer in layers for t in (layer.keys, layer.values)] if past_len else []
+        outputs = self._llm_run(model, "decode" if past else "prefill", input_ids, past)
+        logits, presents = outputs[0], outputs[1:]
+        for i in range(len(presents) // 2):
+            cache.update(presents[2 * i][:, :, past_len:], presents[2 * i + 1][:, :, past_len:], i)
+        return logits
 
-    def _llm_logits(self, model: Any, input_ids: torch.Tensor) -> torch.Tensor:
+    def _llm_run(self, model: Any, mode: str, input_ids: torch.Tensor, past: list[torch.Tensor]) -> list[torch.Tensor]:
         if id(model) not in self._fingerprints:  # weights identify the export: computed once per model
             digest = hashlib.sha256()
             for name, p in sorted(model.master.state_dict().items()):
                 digest.update(f"{name}{tuple(p.shape)}{float(p.double().sum()):.17g}".encode())
             self._fingerprints[id(model)] = digest.hexdigest()[:16]
-        static = {"model": model.name, "dtype": str(model.dtype), "weights": self._fingerprints[id(model)]}
-        bound = model.for_backend(_export_ops())
-        self._llm_modules[static["weights"]] = _LlmLogits(bound)
-        return self._run("causal_lm", [input_ids], {}, static)[0]
+        static = {
+            "model": model.name,
+            "dtype": str(model.dtype),
+            "weights": self._fingerprints[id(model)],
+            "mode": mode,
+        }
+        key = (static["weights"], static["dtype"], mode)  # the master's weights are one for every dtype
+        if key not in self._llm_modules:
+            self._llm_modules[key] = _LlmGraph(model.for_backend(_export_ops()), mode)
+        return self._run("causal_lm", [input_ids], {f"past_{i}": t for i, t in enumerate(past)}, static)
 
 
-class _LlmLogits(torch.nn.Module):
-    def __init__(self, bound: torch.nn.Module) -> None:
+def _cache_layers(cache: Any) -> list[Any]:
+    """The per-layer key / value holders of a transformers DynamicCache (empty before the first step)."""
+    return [layer for layer in getattr(cache, "layers", []) if getattr(layer, "keys", None) is not None]
+
+
+class _LlmGraph(torch.nn.Module):
+    """The bound model as an exportable function: logits plus every layer's keys and values (prefill: no cache
+    in; decode: the cache in, flattened as k_0, v_0, k_1, v_1, ...). One graph per mode, model and dtype."""
+
+    def __init__(self, bound: torch.nn.Module, mode: str) -> None:
         super().__init__()
-        self.bound = bound
+        self.bound, self.mode = bound, mode
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.bound(input_ids=input_ids, use_cache=False).logits
+    def forward(self, input_ids: torch.Tensor, *past: torch.Tensor) -> Any:
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self.bound.config)
+        for i in range(len(past) // 2):
+            cache.update(past[2 * i], past[2 * i + 1], i)
+        logits = self.bound(input_ids=input_ids, past_key_values=cache, use_cache=True).logits
+        return (logits, *[t for layer in _cache_layers(cache) for t in (layer.keys, layer.values)])
 
 
 def _export_ops() -> Any:

@@ -617,10 +617,9 @@ class LlmWorkload(Workload):
         """Decode: one token per sequence through a KV cache holding the prompt (cropped back each call)."""
         shape, model = group.shape, group.inputs["model"]
         try:
-            bound = device_call(return_model=True)
-        except NotImplementedError:  # a backend without a torch model (ONNX Runtime): prefill timing only
-            return {}
-        cache = new_cache(bound)
+            cache = new_cache(device_call(return_model=True))
+        except NotImplementedError:  # a backend without a torch model (an exported graph) fills a cache too
+            cache = new_cache(model.master)
         prompt = group.inputs["input_ids"]
         logits = device_call(input_ids=prompt, cache=cache)
         step = logits[:, -1].argmax(dim=-1)[:, None]

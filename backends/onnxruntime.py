@@ -58,6 +58,8 @@ class OrtBackend(Backend):
     device: ClassVar[str] = "cpu"
     dtypes: ClassVar[frozenset[str]] = frozenset({"float32", "float16"})  # no bfloat16 kernels on ORT CPU
     threads: ClassVar[int] = 0  # 0 = ORT's default (all cores)
+    io_binding: ClassVar[bool] = False  # bind inputs / outputs to device memory (device providers)
+    binding_device: ClassVar[str] = "cpu"  # where the provider allocates bound outputs
 
     @classmethod
     def probe(cls) -> Availability:
@@ -86,7 +88,10 @@ class OrtBackend(Backend):
 
     # ----- plumbing -----
     def to_device(self, t: torch.Tensor) -> torch.Tensor:
-        return t.to("cpu")  # sessions take host arrays here; device providers bind them (see _run)
+        """Host tensors, except where a provider binds device memory and torch can hold it there (CUDA)."""
+        if self.io_binding and self.binding_device == "cuda" and torch.cuda.is_available():
+            return t.to("cuda")
+        return t.to("cpu")
 
     def to_host(self, t: torch.Tensor) -> torch.Tensor:
         return t.detach().to("cpu")
@@ -254,8 +259,36 @@ class OrtBackend(Backend):
         tensors = [*positional, *present.values()]
         names = (*contract.OPS[op].inputs, *present)
         session = self._session(op, static, tensors, names, tuple(present))
+        if self.io_binding:
+            return self._run_bound(session, tensors)
         feeds = {i.name: t.detach().contiguous().numpy() for i, t in zip(session.get_inputs(), tensors, strict=True)}
         return [torch.from_numpy(o) for o in session.run(None, feeds)]
+
+    def _run_bound(self, session: Any, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        """IO binding: inputs bound where they lie (a torch CUDA tensor stays on the GPU, no host round trip),
+        outputs allocated by the provider on its device, then brought back."""
+        import numpy as np
+
+        numpy_types = {
+            torch.float32: np.float32,
+            torch.float16: np.float16,
+            torch.int64: np.int64,
+            torch.int32: np.int32,
+            torch.bool: np.bool_,
+        }
+        binding = session.io_binding()
+        held = []  # the bound buffers must outlive the run
+        for meta, tensor in zip(session.get_inputs(), tensors, strict=True):
+            t = tensor.detach().contiguous()
+            held.append(t)
+            device = "cuda" if t.is_cuda else "cpu"
+            binding.bind_input(
+                meta.name, device, t.device.index or 0, numpy_types[t.dtype], list(t.shape), t.data_ptr()
+            )
+        for meta in session.get_outputs():
+            binding.bind_output(meta.name, self.binding_device)
+        session.run_with_iobinding(binding)
+        return [torch.from_numpy(a) for a in binding.copy_outputs_to_cpu()]
 
     # ----- the ops -----
     def attention(
@@ -460,6 +493,8 @@ class OrtCuda(OrtBackend):
     name: ClassVar[str] = "ort-cuda"
     provider: ClassVar[str] = "CUDAExecutionProvider"
     device: ClassVar[str] = "cuda"
+    io_binding: ClassVar[bool] = True
+    binding_device: ClassVar[str] = "cuda"
     description: ClassVar[str] = "ONNX Runtime, CUDA execution provider (onnxruntime-gpu)"
 
 
@@ -467,6 +502,8 @@ class OrtCann(OrtBackend):
     name: ClassVar[str] = "ort-cann"
     provider: ClassVar[str] = "CANNExecutionProvider"
     device: ClassVar[str] = "npu"
+    io_binding: ClassVar[bool] = True
+    binding_device: ClassVar[str] = "cann"  # inputs come from the host (torch_npu tensors are not bound)
     description: ClassVar[str] = "ONNX Runtime, CANN execution provider (onnxruntime-cann, Ascend)"
 
     def provider_options(self) -> dict[str, Any]:

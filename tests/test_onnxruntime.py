@@ -77,3 +77,15 @@ def test_llm_decodes_through_exported_kv_cache_graphs(harness_cli, tmp_path: Pat
     assert record["timing_variants"]["decode"]["tokens_per_s"] > 0
     assert record["compile"]["export_s"] > 0
     assert len(list((tmp_path / "cache").glob("causal_lm-*.onnx"))) == 2
+
+
+def test_io_binding_path_computes_the_same_as_plain_feeds(harness_cli) -> None:
+    """The device providers bind inputs and outputs; that path, run on the CPU provider, passes the same cases."""
+    from tests.conftest import plugin
+
+    run = harness_cli(
+        "run", "--suite", "smoke", "-w", "attention.*,moe.*", "--shape", "gqa,mixtral", "--dtype", "float32,float16",
+        "--distribution", "normal", "-b", "ort-cpu-iobinding", "--plugin", plugin("cpu_variants"), "--parity-only",
+    )  # fmt: skip
+    assert run.exit_code == 0, run.output
+    assert {r["status"] for r in run.records} == {"passed"} and len(run.records) == 14

@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from backends.onnxruntime import OrtCpu
 from backends.torch_cpu import TorchCpu
 from harness.backend import UnsupportedCaseError
 from harness.timing import TimingConfig
@@ -54,3 +55,10 @@ class SwallowingCpu(TorchCpu):
         except BaseException:  # swallowing it is the behaviour under test
             pass
         return super().attention(q, k, v, **kw)
+
+
+class BoundOrtCpu(OrtCpu):
+    """ort-cpu through the IO-binding path that the device providers (ort-cuda, ort-cann) take."""
+
+    name: ClassVar[str] = "ort-cpu-iobinding"
+    io_binding: ClassVar[bool] = True

@@ -19,6 +19,7 @@ from backends.ort_native import OrtCpuGqa, OrtCpuMoe
 from backends.torch_cpu import TorchCpu
 from harness import ops
 from harness.ops import visible_keys
+from models.llm_bind import forward
 
 # ----- attention -----
 
@@ -302,6 +303,21 @@ class CorruptedLayer2Mlp(TorchCpu):
                 mlp.experts.down_proj[:, 3, 5] += 5.0
             else:
                 mlp.down_proj.weight[3, 5] += 5.0  # the bug: one weight off by 5
+
+
+class DecodeRopeShift(TorchCpu):
+    """Decode steps place the new token one position too far (a port that counts the token into the cache
+    length before computing its position); prefill is right, so only a decode judgement can catch it."""
+
+    name: ClassVar[str] = "bug-decode-rope-shift"
+
+    def causal_lm(self, model, input_ids, *, cache=None, return_model=False):
+        past = cache.get_seq_length() if cache is not None else 0
+        if return_model or past == 0:
+            return super().causal_lm(model, input_ids, cache=cache, return_model=return_model)
+        B, S = input_ids.shape
+        positions = torch.arange(past + 1, past + 1 + S).expand(B, S)  # the bug: past + 1 where past is meant
+        return forward(model.for_backend(self), input_ids, cache, position_ids=positions)
 
 
 # ----- Ascend adapter -----

@@ -439,12 +439,12 @@ class _LlmGraph(torch.nn.Module):
         self.bound, self.mode = bound, mode
 
     def forward(self, input_ids: torch.Tensor, *past: torch.Tensor) -> Any:
-        from transformers import DynamicCache
+        from models.llm_bind import forward, new_cache
 
-        cache = DynamicCache(config=self.bound.config)
+        cache = new_cache(self.bound)
         for i in range(len(past) // 2):
             cache.update(past[2 * i], past[2 * i + 1], i)
-        logits = self.bound(input_ids=input_ids, past_key_values=cache, use_cache=True).logits
+        logits = forward(self.bound, input_ids, cache)
         return (logits, *[t for layer in _cache_layers(cache) for t in (layer.keys, layer.values)])
 
 

@@ -427,14 +427,15 @@ def llm_metrics(out_logits: torch.Tensor, ref_logits: torch.Tensor, input_ids: t
     )
 
 
-def judge_llm(m: LlmMetrics, budget: LlmBudget) -> tuple[Failure, ...]:
+def judge_llm(m: LlmMetrics, budget: LlmBudget, prefix: str = "llm.") -> tuple[Failure, ...]:
+    """Failures of a model run's logits (prefill: `llm.`; teacher-forced decode steps: `decode.`)."""
     failures = []
     for metric, value, limit in (
         ("median_position_rel_l2", m.median_position_rel_l2, budget.median_position_rel_l2),
         ("kl_mean", m.kl_mean, budget.kl_mean),
     ):
         if not value <= limit:
-            failures.append(Failure(f"llm.{metric}", value, limit))
+            failures.append(Failure(f"{prefix}{metric}", value, limit))
     return tuple(failures)
 
 

@@ -100,6 +100,13 @@ CHECKS: tuple[Check, ...] = (
         inputs=("normal",),
         culprit=(2, "mlp"),
     ),
+    Check(
+        "decode steps with rope positions one ahead (prefill right)",
+        "bug-decode-rope-shift",
+        "caught",
+        ("llm.*",),
+        inputs=("normal",),
+    ),
     Check("torch-cpu on every LLM (no layer may be flagged)", "torch-cpu", "passes", ("llm.*",), inputs=("normal",)),
     Check(
         "Ascend: mask passed in torch's convention (True = visible)",

@@ -13,7 +13,8 @@ from tests.conftest import FAULTS
 
 transformers = pytest.importorskip("transformers", reason="LLM workloads need transformers (llm/test extra)")
 
-from models.llm import ARCHS, LlmModel, build_config, forward, seeded_model  # noqa: E402
+from models.llm_bind import LlmModel, forward  # noqa: E402
+from models.llm_config import ARCHS, build_config, seeded_model  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -36,6 +37,10 @@ def test_llm_suite_passes_on_both_cpu_backends_and_reports_top1_and_kl(harness_c
         p = r["parity"]
         assert 0.9 <= p["llm"]["top1_agreement"] <= 1.0 and p["llm"]["kl_mean"] >= 0
         assert len(p["greedy"]["agreement_length"]) == 2
+        decode = p["decode"]  # judged teacher-forced, step by step, after the reference checked itself
+        assert decode["teacher_forced"] and decode["steps"] == 8 and decode["positions"] == 2 * 8
+        assert decode["self_check_rel_l2"] < 1e-12
+        assert decode["median_position_rel_l2"] <= (1e-5 if r["case"]["dtype"] == "float32" else 0.05)
         assert r["timing"]["tokens_per_s"] > 0 and r["timing_variants"]["decode"]["tokens_per_s"] > 0
     report = harness_cli("report", str(out))
     bf16 = [ln for ln in report.output.splitlines() if "bfloat16" in ln]
@@ -111,3 +116,40 @@ def test_missing_or_corrupt_checkpoint_exits_2_naming_the_path(harness_cli, tmp_
     (path / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
     run = harness_cli("run", "-w", "llm.*", "-b", "torch-cpu", "--model", str(path))
     assert run.exit_code == 2 and "none of the selected workloads" in run.output
+
+
+def test_decode_fault_passes_prefill_and_fails_the_teacher_forced_decode(harness_cli) -> None:
+    """Rope positions one ahead in decode steps only: prefill logits are right, every decode step is judged wrong."""
+    run = harness_cli(
+        "run", "-w", "llm.*", "-b", "bug-decode-rope-shift", "--plugin", FAULTS, "--dtype", "float32,bfloat16",
+        "--parity-only",
+    )  # fmt: skip
+    assert run.exit_code == 1 and len(run.records) == 10
+    for r in run.records:
+        failed = {f["metric"] for f in r["parity"]["verdict"]["failures"]}
+        assert "decode.median_position_rel_l2" in failed, r["reason"]
+        assert not any(m.startswith("llm.") for m in failed)  # prefill is right: only decode can catch this
+
+
+def test_a_cache_that_never_reaches_the_attention_is_an_error_never_a_pass(harness_cli, monkeypatch) -> None:
+    """transformers 5.24's rename made the bound attention drop the cache: the reference and the backend then
+    decode the same wrong way and agree. The reference's self-check must turn every such case into an error."""
+    import models.llm_bind
+
+    monkeypatch.setattr(models.llm_bind, "kv_cache", lambda kwargs: None)  # the cache is bypassed on purpose
+    run = harness_cli("run", "-w", "llm.llama3,llm.deepseek-v3", "-b", "cpu-reference,torch-cpu", "--parity-only")
+    assert run.exit_code == 3 and run.records
+    for r in run.records:
+        assert r["status"] == "error", r["status"]
+        assert "DecodeSelfCheckError" in r["reason"] and "decode path is broken" in r["reason"]
+
+
+def test_the_cache_is_found_whatever_keyword_transformers_passes_it_under() -> None:
+    from transformers import DynamicCache
+
+    from models.llm_bind import kv_cache
+
+    cache = DynamicCache()
+    for keyword in ("past_key_values", "cache", "some_future_name"):
+        assert kv_cache({keyword: cache, "position_ids": None}) is cache
+    assert kv_cache({"position_ids": None}) is None

@@ -1,23 +1,29 @@
 # The front door: `make run` (default suite on every backend available here) and `make test`.
-# Both set themselves up from nothing: a virtual environment, torch pinned to the CPU build, the package.
+# Both set themselves up from nothing, from the lock: a virtual environment with exactly the versions that were
+# tested (requirements.lock), torch pinned to the CPU build, and this package on top without touching them.
 PYTHON ?= python3
 VENV ?= .venv
 # CPU machines: pin torch so pip takes the CPU build instead of a multi-GB CUDA one.
-# On a GPU machine with torch already installed: make TORCH_SPEC= run
+# On a machine whose Python already has the torch it wants: make TORCH_SPEC= run (the venv then sees it).
 TORCH_SPEC ?= torch==2.13.0
 SUITE ?= smoke
+LOCK := requirements.lock
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.harness-installed
+VENV_FLAGS := $(if $(TORCH_SPEC),,--system-site-packages)
+LATEST := .venv-latest
 
-.PHONY: setup run test lint clean
+.PHONY: setup run test lint lock test-latest clean
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(if $(TORCH_SPEC),$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)")
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+# The lock pins pip, setuptools and wheel too; the package builds without isolation, so nothing newer sneaks in.
+$(STAMP): pyproject.toml $(LOCK) Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check "$$(grep '^pip==' $(LOCK))"
+	$(BIN)/python -m pip install --quiet $(TORCH_SPEC) -r $(LOCK)
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/python -m pip check
 	touch $@
 
 run: $(STAMP)
@@ -25,10 +31,38 @@ run: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
-test: $(STAMP)
-	$(BIN)/ruff check .
+test: lint
 	$(BIN)/python -m pytest -q
 
+# Refresh the lock: the newest versions pyproject allows, resolved in a throwaway venv (torch as TORCH_SPEC).
+lock:
+	rm -rf .venv-lock
+	$(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/python -m pip install --quiet --upgrade pip setuptools wheel
+	.venv-lock/bin/python -m pip install --quiet $(TORCH_SPEC) -e '.[test]'
+	.venv-lock/bin/python -m pip check
+	{ echo "# Exact versions of everything make run / make test / .ci/run install (torch comes from TORCH_SPEC)."; \
+	  echo "# Made by 'make lock' on $$(date -u +%Y-%m-%d), Python $$(.venv-lock/bin/python -c 'import platform; print(platform.python_version(), platform.machine())'), with $$(.venv-lock/bin/python -m pip freeze | grep '^torch==')."; \
+	  .venv-lock/bin/python -m pip freeze --all --exclude-editable | grep -v '^torch=='; } > $(LOCK).tmp
+	mv $(LOCK).tmp $(LOCK)
+	rm -rf .venv-lock
+	@echo "wrote $(LOCK); run make test to check it"
+
+# Upstream drift, seen before users see it: the newest versions pyproject allows, then the whole test suite.
+test-latest:
+	rm -rf $(LATEST)
+	$(PYTHON) -m venv $(LATEST)
+	$(LATEST)/bin/python -m pip install --quiet --upgrade pip setuptools wheel
+	$(LATEST)/bin/python -m pip install --quiet --upgrade --upgrade-strategy eager $(TORCH_SPEC) -e '.[test]'
+	$(LATEST)/bin/python -m pip check
+	@grep -v '^#' $(LOCK) > $(LATEST)/locked.txt
+	@$(LATEST)/bin/python -m pip freeze --all --exclude-editable | grep -v '^torch==' > $(LATEST)/newest.txt
+	@echo "newest allowed versions against the lock (< locked, > newest):"
+	@diff $(LATEST)/locked.txt $(LATEST)/newest.txt && echo "  none: the lock is current" || true
+	$(LATEST)/bin/ruff check .
+	$(LATEST)/bin/python -m pytest -q
+
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info
+	rm -rf $(VENV) $(LATEST) .venv-lock .pytest_cache .ruff_cache build *.egg-info

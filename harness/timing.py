@@ -3,6 +3,11 @@
 Raw per-call samples are kept in every result and the statistics are computed from them, so a report or a
 run-to-run comparison can recompute anything. A device backend supplies its own `Timer` (device events); the
 CPU timer is `time.perf_counter_ns` between two synchronizations.
+
+Each sample also records the process's CPU time. Where the work runs on this process's own CPU threads, wall
+time well above CPU time means the process was waiting for a core (another job on a shared machine): uniform
+contention that leaves the samples tight (a small IQR) and every figure too slow. Such timings are flagged noisy
+as well as those with a wide IQR.
 """
 
 from __future__ import annotations
@@ -13,9 +18,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-import numpy as np
-
 NOISE_THRESHOLD = 0.10  # IQR / median above this earns a noise warning
+CONTENTION_RATIO = 1.2  # wall time above this multiple of the process's CPU time: it waited for a core
 BOOTSTRAP_RESAMPLES = 1000
 
 
@@ -24,7 +28,8 @@ class Timer(Protocol):
 
     `method` names how (it may change once a timer falls back, e.g. from graph replay to events). A timer may
     also carry `max_calls_per_sample` (a cold-cache timer flushes before every call, so 1) and `notes` (a dict
-    recorded with the timing: why a graph capture failed, how many input sets rotated).
+    recorded with the timing: why a graph capture failed, how many input sets rotated), and `host_cpu` (True
+    where the timed work runs on this process's CPU threads, so wall vs CPU time can reveal contention).
     """
 
     method: str
@@ -38,6 +43,7 @@ class WallClockTimer:
 
     synchronize: Callable[[], None]
     method: str = "perf_counter_ns"
+    host_cpu: bool = False  # True when the op itself runs on the host CPU (not merely waits for a device)
 
     def elapsed_ns(self, fn: Callable[[], object], calls: int) -> float:
         self.synchronize()
@@ -81,9 +87,15 @@ class Stats:
     ci95_low_ns: float
     ci95_high_ns: float
     noisy: bool
+    wall_over_cpu: float | None = None  # total wall / total process CPU time, where the work is on the host CPU
+    noise: str = ""  # why the timing is noisy, "" when it is not
 
     @classmethod
-    def from_samples(cls, samples_ns: list[float], *, seed: int = 0) -> Stats:
+    def from_samples(cls, samples_ns: list[float], *, cpu_ns: list[float] | None = None, seed: int = 0) -> Stats:
+        """Statistics of wall-time samples; with `cpu_ns` (the process CPU time of the same samples) also the
+        wall / CPU ratio, flagged above CONTENTION_RATIO."""
+        import numpy as np
+
         if not samples_ns:
             raise ValueError("no timing samples")
         a = np.asarray(samples_ns, dtype=np.float64)
@@ -91,6 +103,17 @@ class Stats:
         rng = np.random.default_rng(seed)
         boot = np.median(rng.choice(a, size=(BOOTSTRAP_RESAMPLES, a.size), replace=True), axis=1)
         lo, hi = np.percentile(boot, [2.5, 97.5])
+        reasons = []
+        if med > 0 and (q3 - q1) / med > NOISE_THRESHOLD:
+            reasons.append(f"IQR/median {(q3 - q1) / med:.0%} > {NOISE_THRESHOLD:.0%}")
+        ratio = None
+        if cpu_ns:
+            cpu_total = float(np.sum(cpu_ns))
+            ratio = float(a.sum()) / cpu_total if cpu_total > 0 else float("inf")
+            if ratio > CONTENTION_RATIO:
+                reasons.append(
+                    f"wall time {ratio:.2g}x the process's CPU time (> {CONTENTION_RATIO:g}x): it waited for a core"
+                )
         return cls(
             n=int(a.size),
             median_ns=float(med),
@@ -103,7 +126,9 @@ class Stats:
             p99_ns=float(p99),
             ci95_low_ns=float(lo),
             ci95_high_ns=float(hi),
-            noisy=bool(med > 0 and (q3 - q1) / med > NOISE_THRESHOLD),
+            noisy=bool(reasons),
+            wall_over_cpu=ratio,
+            noise="; ".join(reasons),
         )
 
 
@@ -116,10 +141,11 @@ class Measurement:
     warmup_calls: int
     method: str
     notes: dict[str, Any] = field(default_factory=dict)
+    cpu_ns: list[float] | None = None  # process CPU time per call of each sample, where the work is on the host
     stats: Stats = field(init=False)
 
     def __post_init__(self) -> None:
-        self.stats = Stats.from_samples(self.samples_ns)
+        self.stats = Stats.from_samples(self.samples_ns, cpu_ns=self.cpu_ns)
 
     def throughput(self, flops: float, bytes_moved: float) -> dict[str, float | None]:
         """TFLOP/s and GB/s at the median latency."""
@@ -136,6 +162,7 @@ class Measurement:
             "calls_per_sample": self.calls_per_sample,
             "warmup_calls": self.warmup_calls,
             "samples_ns": [round(s, 1) for s in self.samples_ns],
+            "cpu_ns": None if self.cpu_ns is None else [round(s, 1) for s in self.cpu_ns],
             **asdict(self.stats),
             **self.throughput(flops, bytes_moved),
             "flops": flops,
@@ -161,9 +188,15 @@ def measure(fn: Callable[[], object], timer: Timer, config: TimingConfig = Timin
     wanted = int(config.budget_s * 1e9 / (per_call * calls))
     n_samples = min(config.max_samples, max(config.min_samples, wanted))
     samples: list[float] = []
+    cpu: list[float] = []
     deadline = time.perf_counter() + 2 * config.budget_s  # the warm-up estimate may have been optimistic
     for _ in range(n_samples):
+        cpu_start = time.process_time_ns()
         samples.append(timer.elapsed_ns(fn, calls) / calls)
+        cpu.append((time.process_time_ns() - cpu_start) / calls)
         if len(samples) >= config.min_samples and time.perf_counter() > deadline:
             break
-    return Measurement(samples, calls, warmup_calls, timer.method, dict(getattr(timer, "notes", {}) or {}))
+    notes = dict(getattr(timer, "notes", {}) or {})
+    return Measurement(
+        samples, calls, warmup_calls, timer.method, notes, cpu if getattr(timer, "host_cpu", False) else None
+    )

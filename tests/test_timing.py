@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -71,3 +72,24 @@ def test_wall_clock_timer_synchronizes_around_the_calls() -> None:
     timer = WallClockTimer(lambda: events.append("sync"))
     elapsed = timer.elapsed_ns(lambda: events.append("call"), 3)
     assert events == ["sync", "call", "call", "call", "sync"] and elapsed > 0
+
+
+def test_wall_time_above_cpu_time_is_flagged_as_contention() -> None:
+    """Uniform contention leaves samples tight (small IQR) but every one slow: wall time exceeds CPU time."""
+    wall = [1000.0 + (i % 5) for i in range(50)]
+    tight = Stats.from_samples(wall, cpu_ns=[w / 1.05 for w in wall])  # 5% waiting: scheduler noise
+    assert not tight.noisy and tight.wall_over_cpu == pytest.approx(1.05) and tight.noise == ""
+    contended = Stats.from_samples(wall, cpu_ns=[w / 2.5 for w in wall])  # the ratio seen with 3 runs on 2 cores
+    assert contended.noisy and "2.5x the process's CPU time" in contended.noise
+    assert Stats.from_samples(wall).wall_over_cpu is None  # a device timer: no CPU-time verdict
+
+
+def test_measure_records_cpu_time_on_host_timers_and_flags_a_process_that_waits() -> None:
+    """An op that sleeps (waits, as a process starved of a core does) is flagged; device timers record no CPU."""
+    config = TimingConfig(budget_s=0.02, warmup_s=0.002, min_samples=3, max_samples=5)
+    waiting = measure(lambda: time.sleep(0.002), WallClockTimer(lambda: None, host_cpu=True), config)
+    assert waiting.cpu_ns is not None and len(waiting.cpu_ns) == len(waiting.samples_ns)
+    assert waiting.stats.noisy and "waited for a core" in waiting.stats.noise
+    device = measure(lambda: time.sleep(0.002), WallClockTimer(lambda: None), config)
+    assert device.cpu_ns is None and "waited" not in device.stats.noise
+    assert measure(lambda: None, WallClockTimer(lambda: None), config).to_record(0, 0)["cpu_ns"] is None

@@ -171,19 +171,37 @@ def attention(
     v64 = v.detach().to("cpu", torch.float64).repeat_interleave(group, dim=1)  # [B, Hq, Skv, Dv]
     vis = visible_keys(Sq, Skv, batch=B, causal=causal, window=window, kv_lens=kv_lens)[:, None]  # [B,1,Sq,Skv]
     # Query rows are independent: blocks of rows bound the float64 score matrix (real presets: 17 GB at once).
+    # With a window, a block of rows sees only a band of keys: scores are computed for that band alone.
     rows = max(1, REFERENCE_BLOCK_ELEMENTS // max(1, B * Hq * Skv))
+    if window is not None:
+        rows = min(rows, max(window, 16))
+    lens = kv_lens.tolist() if kv_lens is not None else [Skv] * B
     out = torch.empty(B, Hq, Sq, v64.shape[-1], dtype=torch.float64)  # [B, Hq, Sq, Dv]
     for start in range(0, Sq, rows):
         block = slice(start, start + rows)
-        blk_vis = vis[:, :, block]  # [B, 1, rows, Skv]
-        scores = (q64[:, :, block] @ k64.transpose(-1, -2)) * scale  # [B, Hq, rows, Skv]
+        keys = _key_band(start, min(start + rows, Sq), Sq, Skv, lens, window)
+        if keys.stop <= keys.start:  # no row of the block sees a key
+            out[:, :, block] = 0.0
+            continue
+        blk_vis = vis[:, :, block, keys]  # [B, 1, rows, K]
+        scores = (q64[:, :, block] @ k64[:, :, keys].transpose(-1, -2)) * scale  # [B, Hq, rows, K]
         scores = scores.masked_fill(~blk_vis, -math.inf)
         row_max = scores.amax(dim=-1, keepdim=True)  # [B, Hq, rows, 1]
         row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
-        p = torch.exp(scores - row_max).masked_fill(~blk_vis, 0.0)  # [B, Hq, rows, Skv]
+        p = torch.exp(scores - row_max).masked_fill(~blk_vis, 0.0)  # [B, Hq, rows, K]
         denom = p.sum(dim=-1, keepdim=True)  # [B, Hq, rows, 1]
-        out[:, :, block] = (p @ v64) / torch.where(denom > 0, denom, torch.ones_like(denom))  # [B, Hq, rows, Dv]
+        out[:, :, block] = (p @ v64[:, :, keys]) / torch.where(denom > 0, denom, torch.ones_like(denom))
     return out
+
+
+def _key_band(first: int, end: int, sq: int, skv: int, lens: list[int], window: int | None) -> slice:
+    """The keys query rows [first, end) can see under a window, over every sequence of the batch (all keys
+    without one): row i of sequence b sees (i + L_b - Sq - w, i + L_b - Sq]."""
+    if window is None:
+        return slice(0, skv)
+    lo = max(0, first + min(lens) - sq - window + 1)
+    hi = min(skv, max(lo, end - 1 + max(lens) - sq + 1))
+    return slice(lo, hi)
 
 
 def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:

@@ -46,6 +46,20 @@ CASES = {
     ),
     "window": dict(B=1, Hq=2, Hkv=1, Sq=7, Skv=7, D=4, Dv=4, causal=True, window=3, kv_lens=None, scale=None),
     "sq-gt-lens": dict(B=1, Hq=1, Hkv=1, Sq=4, Skv=6, D=4, Dv=4, causal=True, window=None, kv_lens=[2], scale=None),
+    # The reference computes a window's scores band by band (blocks of rows, only the keys they can see):
+    "window-bands": dict(B=2, Hq=2, Hkv=1, Sq=40, Skv=40, D=4, Dv=4, causal=True, window=3, kv_lens=None, scale=None),
+    "window-chunk-ragged": dict(
+        B=2, Hq=2, Hkv=2, Sq=20, Skv=50, D=4, Dv=3, causal=True, window=7, kv_lens=[50, 30], scale=None
+    ),
+    "window-empty-bands": dict(
+        B=1, Hq=2, Hkv=1, Sq=33, Skv=40, D=4, Dv=4, causal=True, window=2, kv_lens=[5], scale=None
+    ),
+    "window-ragged-batch": dict(
+        B=2, Hq=2, Hkv=1, Sq=33, Skv=40, D=4, Dv=4, causal=True, window=2, kv_lens=[40, 5], scale=None
+    ),
+    "window-wider-than-cache": dict(
+        B=1, Hq=2, Hkv=1, Sq=18, Skv=18, D=4, Dv=4, causal=True, window=64, kv_lens=None, scale=None
+    ),
 }
 
 

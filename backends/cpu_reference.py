@@ -20,6 +20,7 @@ class CpuReference(Backend):
     device: ClassVar[str] = "cpu"
     dtypes: ClassVar[frozenset[str]] = frozenset({"float64", "float32", "bfloat16", "float16"})
     description: ClassVar[str] = "float64 oracle (harness.ops) on the host CPU, rounded to the case dtype"
+    oracle: ClassVar[bool] = True
 
     @classmethod
     def probe(cls) -> Availability:

@@ -17,12 +17,15 @@ import logging
 import os
 import time
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 
 from harness import ops as contract
+from harness import progress
 from harness.backend import Availability, Backend
 
 log = logging.getLogger(__name__)
@@ -51,13 +54,28 @@ class _OpModule(torch.nn.Module):
         return self.impl(*tensors[:n], **kwargs, **self.static)
 
 
+@dataclass(frozen=True)
+class _OrtCall:
+    """One op call planned for a graph: its inputs, the static arguments that select the export, and how the
+    graph's outputs become the op's return value."""
+
+    op: str
+    positional: list[torch.Tensor]
+    tensor_kwargs: dict[str, torch.Tensor | None]
+    static: dict[str, Any]
+    post: Callable[[list[torch.Tensor]], Any]
+
+
+def _first(outputs: list[torch.Tensor]) -> torch.Tensor:
+    return outputs[0]
+
+
 class OrtBackend(Backend):
     """One class for every provider; the subclass names it."""
 
     provider: ClassVar[str] = "CPUExecutionProvider"
     device: ClassVar[str] = "cpu"
     dtypes: ClassVar[frozenset[str]] = frozenset({"float32", "float16"})  # no bfloat16 kernels on ORT CPU
-    threads: ClassVar[int] = 0  # 0 = ORT's default (all cores)
     io_binding: ClassVar[bool] = False  # bind inputs / outputs to device memory (device providers)
     binding_device: ClassVar[str] = "cpu"  # where the provider allocates bound outputs
 
@@ -85,6 +103,9 @@ class OrtBackend(Backend):
         self._llm_modules: dict[tuple[str, str, str], torch.nn.Module] = {}  # (weights, dtype, mode) -> module
         self._fingerprints: dict[int, str] = {}
         self._compile: dict[str, float] = {}
+        self._input_names: dict[int, list[str]] = {}  # per session: graph input names in order
+        self._planning = False  # bind(): op methods hand back their _OrtCall instead of running it
+        self.threads = 0  # intra-op threads of new sessions; 0 = ORT's default (every core)
 
     # ----- plumbing -----
     def to_device(self, t: torch.Tensor) -> torch.Tensor:
@@ -98,6 +119,10 @@ class OrtBackend(Backend):
 
     def synchronize(self) -> None:
         """session.run returns when the work is done."""
+
+    def set_threads(self, threads: int) -> None:
+        """Intra-op threads of the sessions created from now on (the runner calls this before any case)."""
+        self.threads = threads
 
     def session_options(self) -> Any:
         options = self.ort.SessionOptions()
@@ -182,12 +207,21 @@ class OrtBackend(Backend):
                 shapes = {"input_ids": specs[0], "past": specs[1:]} if len(specs) > 1 else {"input_ids": specs[0]}
             else:
                 shapes = {"tensors": specs}
+        graph = f"{op} {static['mode']}" if op == "causal_lm" else op
+        dtype = next((str(t.dtype).removeprefix("torch.") for t in tensors if t.is_floating_point()), "")
+        progress.phase(f"exporting the {graph} graph ({dtype}{'' if dynamic else ', static shapes'})")
         started = time.perf_counter()
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
             logging.getLogger("torch.onnx").setLevel(logging.ERROR)
             program = torch.onnx.export(
-                module, tuple(tensors), dynamo=True, dynamic_shapes=shapes, input_names=list(names), verbose=False
+                module,
+                tuple(tensors),
+                dynamo=True,
+                dynamic_shapes=shapes,
+                input_names=list(names),
+                optimize=False,
+                verbose=False,
             )
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".tmp")
@@ -227,7 +261,8 @@ class OrtBackend(Backend):
             key = self._key(op, static, tensors, names, dynamic)
             if key in self._sessions:
                 return self._sessions[key]
-            if dynamic and key in self._static_only:
+            failed = cache_dir() / f"{key}.dynamic-failed"  # kept across runs: a failing export costs seconds
+            if dynamic and (key in self._static_only or failed.is_file()):
                 continue
             path = cache_dir() / f"{key}.onnx"
             if not (path.is_file() and self._valid(path)):
@@ -238,6 +273,8 @@ class OrtBackend(Backend):
                         raise
                     log.info("%s: dynamic-shape export failed (%s); exporting static shapes", op, type(exc).__name__)
                     self._static_only.add(key)
+                    failed.parent.mkdir(parents=True, exist_ok=True)
+                    failed.write_text(f"{type(exc).__name__}: {exc}\n")
                     continue
             started = time.perf_counter()
             session = self.ort.InferenceSession(
@@ -248,21 +285,50 @@ class OrtBackend(Backend):
             return session
         raise AssertionError("unreachable: the static export either succeeds or raises")
 
-    def _run(
-        self,
-        op: str,
-        positional: list[torch.Tensor],
-        tensor_kwargs: dict[str, torch.Tensor | None],
-        static: dict[str, Any],
-    ) -> list[torch.Tensor]:
-        present = {k: v for k, v in tensor_kwargs.items() if v is not None}
-        tensors = [*positional, *present.values()]
-        names = (*contract.OPS[op].inputs, *present)
-        session = self._session(op, static, tensors, names, tuple(present))
+    def _invoke(self, call: _OrtCall) -> Any:
+        """Run a planned call (or, while `bind` plans, hand the plan back unrun)."""
+        if self._planning:
+            return call
+        return call.post(self._execute(*self._resolve(call)))
+
+    def _resolve(self, call: _OrtCall) -> tuple[Any, list[torch.Tensor]]:
+        """The call's session (exported and created on first use) and its input tensors in graph order."""
+        present = {k: v for k, v in call.tensor_kwargs.items() if v is not None}
+        tensors = [*call.positional, *present.values()]
+        names = (*contract.OPS[call.op].inputs, *present)
+        return self._session(call.op, call.static, tensors, names, tuple(present)), tensors
+
+    def _feeds(self, session: Any, tensors: list[torch.Tensor]) -> dict[str, Any]:
+        """numpy views of the inputs by graph input name (input names looked up once per session)."""
+        if id(session) not in self._input_names:
+            self._input_names[id(session)] = [i.name for i in session.get_inputs()]
+        names = self._input_names[id(session)]
+        return {name: t.detach().contiguous().numpy() for name, t in zip(names, tensors, strict=True)}
+
+    def _execute(self, session: Any, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
         if self.io_binding:
             return self._run_bound(session, tensors)
-        feeds = {i.name: t.detach().contiguous().numpy() for i, t in zip(session.get_inputs(), tensors, strict=True)}
-        return [torch.from_numpy(o) for o in session.run(None, feeds)]
+        return [torch.from_numpy(o) for o in session.run(None, self._feeds(session, tensors))]
+
+    def bind(self, op: str, args: Any, kwargs: Any) -> Callable[[], Any]:
+        """For timing: export, session and input feeds resolved once, so a timed call is `session.run` plus
+        wrapping its outputs (the feeds are views of the device-resident inputs, not copies)."""
+        if op == "causal_lm" or self.io_binding:
+            return super().bind(op, args, kwargs)
+        self._planning = True
+        try:
+            call = getattr(self, op)(*args, **kwargs)
+        finally:
+            self._planning = False
+        if not isinstance(call, _OrtCall):  # a subclass's own op that does not plan through _invoke
+            return super().bind(op, args, kwargs)
+        session, tensors = self._resolve(call)
+        run, feeds, post = session.run, self._feeds(session, tensors), call.post
+
+        def timed() -> Any:
+            return post([torch.from_numpy(o) for o in run(None, feeds)])
+
+        return timed
 
     def _run_bound(self, session: Any, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
         """IO binding: inputs bound where they lie (a torch CUDA tensor stays on the GPU, no host round trip),
@@ -302,18 +368,17 @@ class OrtBackend(Backend):
         scale: float | None = None,
         kv_lens: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        return self._run(
-            "attention", [q, k, v], {"kv_lens": kv_lens}, {"causal": causal, "window": window, "scale": scale}
-        )[0]
+        static = {"causal": causal, "window": window, "scale": scale}
+        return self._invoke(_OrtCall("attention", [q, k, v], {"kv_lens": kv_lens}, static, _first))
 
     def rms_norm(self, x: torch.Tensor, w: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-        return self._run("rms_norm", [x, w], {}, {"eps": eps})[0]
+        return self._invoke(_OrtCall("rms_norm", [x, w], {}, {"eps": eps}, _first))
 
     def rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, style: str = "half") -> torch.Tensor:
-        return self._run("rope", [x, cos, sin], {}, {"style": style})[0]
+        return self._invoke(_OrtCall("rope", [x, cos, sin], {}, {"style": style}, _first))
 
     def swiglu(self, x: torch.Tensor) -> torch.Tensor:
-        return self._run("swiglu", [x], {}, {})[0]
+        return self._invoke(_OrtCall("swiglu", [x], {}, {}, _first))
 
     def route(
         self,
@@ -335,8 +400,7 @@ class OrtBackend(Backend):
             "scaling": scaling,
             "renormalize": renormalize,
         }
-        weights, ids = self._run("route", [logits], {"bias": bias}, static)
-        return weights, ids
+        return self._invoke(_OrtCall("route", [logits], {"bias": bias}, static, tuple))
 
     def moe(
         self,
@@ -378,13 +442,10 @@ class OrtBackend(Backend):
             "shared_gate": shared_gate is not None,
             "override": routing_override is not None,
         }
-        outputs = self._run(
-            "moe",
-            [x, router_w, w_gate, w_up, w_down],
-            extra,
-            {"routing": routing, "has": has, "return_routing": return_routing},
+        static = {"routing": routing, "has": has, "return_routing": return_routing}
+        return self._invoke(
+            _OrtCall("moe", [x, router_w, w_gate, w_up, w_down], extra, static, tuple if return_routing else _first)
         )
-        return tuple(outputs) if return_routing else outputs[0]
 
     def causal_lm(self, model: Any, input_ids: torch.Tensor, *, cache: Any = None, return_model: bool = False) -> Any:
         """Logits of the workload model exported whole (torch-cpu's ops bound in, MoE in the dense form).
@@ -422,7 +483,8 @@ class OrtBackend(Backend):
         key = (static["weights"], static["dtype"], mode)  # the master's weights are one for every dtype
         if key not in self._llm_modules:
             self._llm_modules[key] = _LlmGraph(model.for_backend(_export_ops()), mode)
-        return self._run("causal_lm", [input_ids], {f"past_{i}": t for i, t in enumerate(past)}, static)
+        past_kwargs = {f"past_{i}": t for i, t in enumerate(past)}
+        return self._invoke(_OrtCall("causal_lm", [input_ids], past_kwargs, static, list))
 
 
 def _cache_layers(cache: Any) -> list[Any]:
@@ -535,10 +597,10 @@ class _ExportableMoe(torch.nn.Module):
             )
         E = w_gate.shape[0]
         dense = torch.zeros(x.shape[0], E, dtype=torch.float32).scatter_add(1, ids, weights)  # [T, E]
-        out = torch.zeros(x.shape[0], x.shape[1], dtype=torch.float32)
-        for e in range(E):
-            y = (torch.nn.functional.silu(x @ w_gate[e].T) * (x @ w_up[e].T)) @ w_down[e].T  # [T, H]
-            out = out + dense[:, e : e + 1] * y.float()
+        xe = x.expand(E, *x.shape)  # [E, T, H]: every expert over every token, one batched GEMM per projection
+        hidden = torch.nn.functional.silu(xe @ w_gate.transpose(1, 2)) * (xe @ w_up.transpose(1, 2))  # [E, T, F]
+        y = hidden @ w_down.transpose(1, 2)  # [E, T, H]
+        out = (dense.T[:, :, None] * y.float()).sum(dim=0)  # [T, H] in float32
         if shared is not None:
             s = (torch.nn.functional.silu(x @ shared[0].T) * (x @ shared[1].T)) @ shared[2].T
             if shared_gate is not None:

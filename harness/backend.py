@@ -8,15 +8,17 @@ every output against the same reference.
 from __future__ import annotations
 
 import abc
+import functools
 import inspect
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
 from harness import ops as contract
+from harness.names import DTYPE_NAMES, BadInputError
 from harness.plugins import PluginError, entry_points, import_plugin
 from harness.timing import Timer, TimingConfig, WallClockTimer
 
@@ -26,12 +28,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 BACKEND_GROUP = "harness.backends"
-DTYPES: dict[str, torch.dtype] = {
-    "float64": torch.float64,
-    "float32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "float16": torch.float16,
-}
+DTYPES: dict[str, torch.dtype] = {name: getattr(torch, name) for name in DTYPE_NAMES}
 
 
 @dataclass(frozen=True)
@@ -99,6 +96,7 @@ class Backend(abc.ABC):
     simulated: ClassVar[bool] = False
     description: ClassVar[str] = ""
     calibration_group: ClassVar[str] = ""  # backends that share a device's ceilings (cuda-*): one calibration
+    oracle: ClassVar[bool] = False  # a reference written from the math: timed only when a run asks (--time-oracles)
 
     @classmethod
     @abc.abstractmethod
@@ -152,7 +150,18 @@ class Backend(abc.ABC):
 
     def timer(self, config: TimingConfig | None = None) -> Timer:
         """The timer for this device; wall clock with synchronization unless the device has events."""
-        return WallClockTimer(self.synchronize)
+        return WallClockTimer(self.synchronize, host_cpu=self.device == "cpu")
+
+    def set_threads(self, threads: int) -> None:  # noqa: B027 - an optional hook, not an abstract method
+        """Use `threads` intra-op threads in thread pools of the backend's own (an ORT session's, say); torch's
+        own pool is set by the runner for every backend alike. Called once, before any case."""
+
+    def bind(self, op: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> Callable[[], Any]:
+        """The op on these exact device-resident inputs as a call without arguments, for timing.
+
+        Override to resolve per call work once (a session, its input feeds, a kernel choice), so a timed call
+        measures the op and not the harness around it; the call must still compute the op every time."""
+        return functools.partial(getattr(self, op), *args, **kwargs)
 
     def timing_input_sets(self, nbytes: int, config: TimingConfig) -> int:
         """How many copies of a case's inputs (`nbytes` together) to rotate among while timing; 1 = none.
@@ -247,7 +256,7 @@ class Backend(abc.ABC):
         raise NotImplementedError(f"{self.name} does not implement causal_lm")
 
 
-class RegistryError(Exception):
+class RegistryError(BadInputError):
     """Bad registry use: an unknown name, a duplicate name, a plugin without backends."""
 
 

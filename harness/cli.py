@@ -1,7 +1,8 @@
 """The `harness` command line: thin wrappers that parse, call the library, and print.
 
 Exit codes (DESIGN.md): 0 all passed, 1 a parity failure or regression, 2 bad usage or bad input,
-3 cases errored or crashed.
+3 cases errored or crashed. Only torch-free modules are imported here at start-up, so `harness --help` and
+option errors answer at once; each command imports what it uses.
 """
 
 from __future__ import annotations
@@ -9,41 +10,24 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import sys
-import tempfile
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
-from harness import parity
-from harness import report as report_mod
-from harness.backend import DTYPES, BackendRegistry, RegistryError, default_registry
-from harness.isolate import IsolationSpec
-from harness.plugins import PluginError
-from harness.results import (
-    ResultsError,
-    ResultWriter,
-    finished_records,
-    host_environment,
-    new_run_id,
-    read_records,
-)
-from harness.runner import Runner, RunOptions, UsageError
-from harness.suites import BUILTIN_SUITES, SuiteError, resolve_suite
-from harness.timing import NOISE_THRESHOLD
-from harness.workload import DISTRIBUTIONS, WorkloadError, WorkloadRegistry
+from harness.names import DEFAULT_AGAINST_RATIO, DISTRIBUTIONS, DTYPE_NAMES, REPORT_FORMATS, BadInputError
+from harness.suites import BUILTIN_SUITES, SuiteError, parse_threads, resolve_suite, resolve_threads
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from harness.backend import BackendRegistry
 
 EXIT_USAGE = 2
-BAD_INPUT = (UsageError, SuiteError, RegistryError, PluginError, WorkloadError, ResultsError)
 
 log = logging.getLogger("harness")
 
@@ -57,18 +41,22 @@ def _split(values: tuple[str, ...]) -> list[str]:
 def _bad_input_exits() -> Iterator[None]:
     try:
         yield
-    except BAD_INPUT as exc:
+    except BadInputError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(EXIT_USAGE)
 
 
 def _stdout_console() -> Console:
     """The terminal's width on a terminal; wide enough for whole tables when piped or captured."""
+    from rich.console import Console
+
     console = Console()
     return console if console.is_terminal else Console(width=200)
 
 
 def _registry(plugins: tuple[str, ...]) -> BackendRegistry:
+    from harness.backend import default_registry
+
     return default_registry(_split(plugins))
 
 
@@ -89,6 +77,10 @@ plugin_option = click.option(
 @plugin_option
 def list_cmd(plugins: tuple[str, ...]) -> None:
     """Backends (with availability and reason), workloads and suites."""
+    from rich.table import Table
+
+    from harness.workload import WorkloadRegistry
+
     with _bad_input_exits():
         registry = _registry(plugins)
         workloads = WorkloadRegistry.discover()
@@ -131,6 +123,8 @@ def list_cmd(plugins: tuple[str, ...]) -> None:
 @plugin_option
 def env_cmd(plugins: tuple[str, ...]) -> None:
     """The environment records carry: host, libraries, and each available backend's devices and versions."""
+    from harness.results import host_environment
+
     with _bad_input_exits():
         registry = _registry(plugins)
     backends: dict[str, Any] = {}
@@ -167,7 +161,11 @@ def calibrate_cmd(
     plugins: tuple[str, ...],
 ) -> None:
     """Measure a device's matmul peaks and copy bandwidth; runs then report % of roofline against them."""
+    from rich.console import Console
+    from rich.table import Table
+
     from harness.calibrate import calibrate, save_calibration
+    from harness.runner import UsageError
     from harness.timing import TimingConfig
 
     with _bad_input_exits():
@@ -200,66 +198,6 @@ def calibrate_cmd(
     click.echo(f"stored: {path}")
 
 
-class _InterruptFlag:
-    """Remembers a Ctrl-C while active, so the sweep stops after the case in flight even where a third-party
-    library catches the KeyboardInterrupt and carries on (seen: SIGINT during `import onnxruntime`)."""
-
-    def __init__(self) -> None:
-        self.seen = False
-        self._previous: Any = None
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.seen = True
-        raise KeyboardInterrupt
-
-    def __enter__(self) -> _InterruptFlag:
-        if (
-            threading.current_thread() is threading.main_thread()
-            and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN
-        ):
-            self._previous = signal.signal(signal.SIGINT, self._handle)  # an ignored SIGINT (a background job) stays so
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-
-
-def _load_inputs(path: str) -> dict[str, Any]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        return load_file(path)
-    except (OSError, SafetensorError) as exc:
-        raise UsageError(f"--inputs {path}: cannot read as safetensors: {exc}") from None
-
-
-def _budget_overrides(items: tuple[str, ...]) -> dict[str, float]:
-    fields = set(asdict(parity.BASE_BUDGETS["float32"]))
-    overrides = {}
-    for item in _split(items):
-        key, sep, value = item.partition("=")
-        if not sep or key not in fields:
-            raise UsageError(f"--budget {item!r}: expected FIELD=VALUE with FIELD one of: {', '.join(sorted(fields))}")
-        try:
-            overrides[key] = float(value)
-        except ValueError:
-            raise UsageError(f"--budget {item!r}: {value!r} is not a number") from None
-    return overrides
-
-
-def _print_table(rows: list[report_mod.Row], console: Console) -> None:
-    table = Table(show_lines=False)
-    for _, title in report_mod.TABLE_COLUMNS:
-        table.add_column(title, overflow="fold")
-    for row in rows:
-        cells = report_mod.table_cells(row)
-        style = "red" if row.verdict.split()[0] in ("FAIL", "ERROR", "CRASH", "TIMEOUT") else None
-        table.add_row(*cells, style=style)
-    console.print(table)
-
-
 @main.command("run")
 @click.option(
     "--suite", default="smoke", show_default=True, help=f"Built-in suite ({', '.join(BUILTIN_SUITES)}) or a TOML file."
@@ -272,7 +210,7 @@ def _print_table(rows: list[report_mod.Row], console: Console) -> None:
     help="Workload name or glob ('attention.*'); repeat or comma-separate.",
 )
 @click.option("-b", "--backend", "backends", multiple=True, help="Backend names, or 'all'; repeat or comma-separate.")
-@click.option("--dtype", "dtypes", multiple=True, help=f"Case dtypes: {', '.join(DTYPES)}.")
+@click.option("--dtype", "dtypes", multiple=True, help=f"Case dtypes: {', '.join(DTYPE_NAMES)}.")
 @click.option("--preset", "presets", multiple=True, help="Shape presets: tiny, small, real.")
 @click.option(
     "--shape",
@@ -291,7 +229,23 @@ def _print_table(rows: list[report_mod.Row], console: Console) -> None:
     default=None,
     help="JSONL to append to (default results/runs/RUN_ID.jsonl).",
 )
-@click.option("--parity-only", is_flag=True, help="Judge parity, skip timing.")
+@click.option("--parity-only", is_flag=True, help="Judge parity, skip timing (and the determinism re-runs).")
+@click.option(
+    "--determinism/--no-determinism",
+    default=None,
+    help="Run each op twice more and record whether the outputs are bitwise equal (default: on, off with "
+    "--parity-only).",
+)
+@click.option(
+    "--threads",
+    default=None,
+    metavar="N|auto",
+    help="Intra-op threads for torch and ONNX Runtime, recorded in every record (default: the suite's, 1 for "
+    "smoke and ci; auto = every core this process may use). More threads than free cores make runs slower.",
+)
+@click.option(
+    "--time-oracles", is_flag=True, help="Also time reference backends (cpu-reference): the cost of the naive math."
+)
 @click.option("--time-budget", type=float, default=None, help="Seconds of steady-state timing per case.")
 @click.option(
     "--graphs/--no-graphs",
@@ -327,7 +281,7 @@ def _print_table(rows: list[report_mod.Row], console: Console) -> None:
 @click.option(
     "--against-ratio",
     type=click.FloatRange(min=1.0),
-    default=parity.DEFAULT_RATIO,
+    default=DEFAULT_AGAINST_RATIO,
     show_default=True,
     help="With --against: the error a case may have, as a multiple of the baseline's.",
 )
@@ -366,7 +320,9 @@ def _print_table(rows: list[report_mod.Row], console: Console) -> None:
     help="Skip the cases already recorded in this JSONL and append the rest to it.",
 )
 @click.option("--rerun-errors", is_flag=True, help="With --resume: run errored, crashed and timed-out cases again.")
-@click.option("--no-table", is_flag=True, help="Do not print the summary table.")
+@click.option(
+    "--no-table", is_flag=True, help="Print only the final line, not the summary (harness report prints every case)."
+)
 @plugin_option
 def run_cmd(
     suite: str,
@@ -379,6 +335,9 @@ def run_cmd(
     distributions: tuple[str, ...],
     out: Path | None,
     parity_only: bool,
+    determinism: bool | None,
+    threads: str | None,
+    time_oracles: bool,
     time_budget: float | None,
     graphs: bool | None,
     cold_cache: bool,
@@ -397,30 +356,15 @@ def run_cmd(
     no_table: bool,
     plugins: tuple[str, ...],
 ) -> None:
-    """Run a suite (flags override its selection), stream records to JSONL, print a table."""
+    """Run a suite (flags override its selection), stream records to JSONL, print a summary per backend."""
+    from rich.console import Console
+
+    from harness.launch import RunInterruptedError, RunRequest, launch
+    from harness.runner import RunOptions
+
     console = Console(stderr=True)
     with _bad_input_exits():
-        chosen = resolve_suite(suite)
-        overrides: dict[str, Any] = {}
-        for field_name, values in (
-            ("workloads", workloads),
-            ("backends", backends),
-            ("dtypes", dtypes),
-            ("presets", presets),
-            ("shapes", shapes),
-            ("inputs", distributions),
-        ):
-            if values:
-                overrides[field_name] = tuple(_split(values))
-        if seeds is not None:
-            try:
-                overrides["seeds"] = tuple(int(s) for s in seeds.split(",") if s.strip())
-            except ValueError:
-                raise UsageError(f"--seeds {seeds!r}: expected a comma list of integers, e.g. 0,1,2") from None
-        for dist in overrides.get("inputs", ()):
-            if dist not in DISTRIBUTIONS:
-                raise UsageError(f"unknown input distribution {dist!r}: not one of: {', '.join(DISTRIBUTIONS)}")
-        chosen = replace(chosen, **overrides)
+        chosen = _suite(suite, workloads, backends, dtypes, presets, shapes, seeds, distributions, threads)
         timing = chosen.timing if time_budget is None else replace(chosen.timing, budget_s=time_budget)
         if graphs is not None:
             timing = replace(timing, graphs=graphs)
@@ -428,21 +372,12 @@ def run_cmd(
             timing = replace(timing, cold_cache=True)
         if allow_tf32:
             os.environ["HARNESS_CUDA_TF32"] = "1"  # read by the cuda backends when created; children inherit it
-        registry = _registry(plugins)
-        workload_registry = WorkloadRegistry.discover()
-        user_inputs = None
-        if inputs_file is not None:
-            selected = workload_registry.select(chosen.workloads)
-            if len(selected) != 1:
-                raise UsageError(
-                    f"--inputs runs one workload; the selection matches {len(selected)}: "
-                    f"{', '.join(w.name for w in selected)} (pick one with -w)"
-                )
-            user_inputs = _load_inputs(inputs_file)
-        run_id = new_run_id()
         options = RunOptions(
             parity_only=parity_only,
             timing=timing,
+            determinism=not parity_only if determinism is None else determinism,
+            threads=resolve_threads(chosen.threads),
+            time_oracles=time_oracles,
             save_outputs=save_outputs,
             against=against,
             against_ratio=against_ratio,
@@ -450,72 +385,94 @@ def run_cmd(
             layerwise=layerwise,
             model_path=model_path,
         )
-        isolation = None
-        if isolate:
-            spec_file = Path(tempfile.mkdtemp(prefix="harness-run-")) / "spec.json"
-            spec = IsolationSpec(chosen, tuple(_split(plugins)), inputs_file, run_id, case_timeout)
-            spec.write(options, spec_file)
-            isolation = (spec_file, case_timeout)
-        runner = Runner(registry, workload_registry, options, run_id, user_inputs=user_inputs, isolation=isolation)
-        cases = runner.plan(chosen)
-        if rerun_errors and resume is None:
-            raise UsageError("--rerun-errors goes with --resume FILE")
-        if resume is not None and out is not None and out != resume:
-            raise UsageError(f"--resume appends to {resume}; drop --out {out} or make it the same file")
-        done = finished_records(resume, rerun_errors=rerun_errors) if resume is not None else {}
-    out_path = resume or out or Path("results") / "runs" / f"{run_id}.jsonl"
-    previous = [done[c.key] for c in cases if c.key in done]
-    cases = [c for c in cases if c.key not in done]
-    if resume is not None:
-        console.print(f"resuming {resume}: {len(previous)} cases already recorded, {len(cases)} to run")
-    records: list[dict[str, Any]] = []
-    progress = Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("{task.fields[case]}"),
-        console=console,
-        transient=True,
-        disable=not console.is_terminal,
-    )
-    with progress, ResultWriter(out_path) as writer:
-        task = progress.add_task(f"suite {chosen.name}", total=len(cases), case="")
-
-        interrupted = _InterruptFlag()
-
-        def on_record(case: Any, record: dict[str, Any]) -> None:
-            records.append(record)
-            progress.update(task, advance=1, case=case.key)
-            if interrupted.seen:  # a library swallowed the KeyboardInterrupt (onnxruntime's import does)
-                raise KeyboardInterrupt
-
-        try:
-            with interrupted:
-                summary = runner.run(cases, writer, on_record)
-            for record in previous:
-                summary.add(record["status"])
-        except KeyboardInterrupt:
-            console.print(f"interrupted: {writer.count} records kept in {out_path}")
-            sys.exit(130)
-    if not no_table:
-        _print_table(report_mod.summarize(previous + records), _stdout_console())
-    counts = ", ".join(f"{n} {s}" for s, n in sorted(summary.counts.items()))
-    noisy = sum(1 for r in records if r.get("timing") and r["timing"]["noisy"])
-    if noisy:
-        console.print(
-            f"warning: {noisy} timed cases are noisy (IQR/median > {NOISE_THRESHOLD:.0%}); "
-            "compare ratios measured side by side, or raise --time-budget"
+        request = RunRequest(
+            chosen,
+            options,
+            plugins=tuple(_split(plugins)),
+            inputs_file=inputs_file,
+            out=out,
+            resume=resume,
+            rerun_errors=rerun_errors,
+            isolate=isolate,
+            case_timeout=case_timeout,
+            summary=not no_table,
         )
-    console.print(f"{len(previous) + len(records)} cases ({counts}); results: {out_path}")
-    sys.exit(summary.exit_code)
+        try:
+            outcome = launch(request, console)
+        except RunInterruptedError as exc:
+            console.print(str(exc))
+            sys.exit(130)
+    click.echo(outcome.summary, nl=False)
+    sys.exit(outcome.exit_code)
+
+
+def _suite(
+    name: str,
+    workloads: tuple[str, ...],
+    backends: tuple[str, ...],
+    dtypes: tuple[str, ...],
+    presets: tuple[str, ...],
+    shapes: tuple[str, ...],
+    seeds: str | None,
+    distributions: tuple[str, ...],
+    threads: str | None,
+) -> Any:
+    """The named suite with the command line's overrides; bad values raise SuiteError (exit 2)."""
+    chosen = resolve_suite(name)
+    overrides: dict[str, Any] = {}
+    for field_name, values in (
+        ("workloads", workloads),
+        ("backends", backends),
+        ("dtypes", dtypes),
+        ("presets", presets),
+        ("shapes", shapes),
+        ("inputs", distributions),
+    ):
+        if values:
+            overrides[field_name] = tuple(_split(values))
+    if seeds is not None:
+        try:
+            overrides["seeds"] = tuple(int(s) for s in seeds.split(",") if s.strip())
+        except ValueError:
+            raise SuiteError(f"--seeds {seeds!r}: expected a comma list of integers, e.g. 0,1,2") from None
+    for dist in overrides.get("inputs", ()):
+        if dist not in DISTRIBUTIONS:
+            raise SuiteError(f"unknown input distribution {dist!r}: not one of: {', '.join(DISTRIBUTIONS)}")
+    if threads is not None:
+        try:
+            overrides["threads"] = parse_threads(threads)
+        except SuiteError as exc:
+            raise SuiteError(f"--threads: {exc}") from None
+    return replace(chosen, **overrides)
+
+
+def _budget_overrides(items: tuple[str, ...]) -> dict[str, float]:
+    from dataclasses import fields
+
+    from harness.parity import Budget
+
+    names = {f.name for f in fields(Budget)}
+    overrides = {}
+    for item in _split(items):
+        key, sep, value = item.partition("=")
+        if not sep or key not in names:
+            raise SuiteError(f"--budget {item!r}: expected FIELD=VALUE with FIELD one of: {', '.join(sorted(names))}")
+        try:
+            overrides[key] = float(value)
+        except ValueError:
+            raise SuiteError(f"--budget {item!r}: {value!r} is not a number") from None
+    return overrides
 
 
 @main.command("selftest")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="JSONL for the records.")
 def selftest_cmd(out: Path | None) -> None:
     """Prove the checks work: every planted fault must be caught, every correct variant must pass (exit 1 if not)."""
+    from rich.console import Console
+    from rich.table import Table
+
     from harness import selftest
+    from harness.results import ResultWriter
 
     out_path = out or selftest.default_output()
     console = Console(stderr=True)
@@ -550,9 +507,9 @@ def _fraction(text: str) -> float:
     try:
         value = float(text[:-1]) / 100 if text.endswith("%") else float(text)
     except ValueError:
-        raise UsageError(f"--fail-on {text!r}: expected a percentage like 5% or a fraction like 0.05") from None
+        raise SuiteError(f"--fail-on {text!r}: expected a percentage like 5% or a fraction like 0.05") from None
     if value < 0:
-        raise UsageError(f"--fail-on {text!r} must not be negative")
+        raise SuiteError(f"--fail-on {text!r} must not be negative")
     return value
 
 
@@ -572,6 +529,7 @@ def _fraction(text: str) -> float:
 def compare_cmd(old: Path, new: Path, fail_on: str, alpha: float, error_growth: float, output: Path | None) -> None:
     """Compare two result files: significant slowdowns and parity regressions per case (exit 1 if any)."""
     from harness.compare import compare_runs
+    from harness.results import read_records
 
     with _bad_input_exits():
         threshold = _fraction(fail_on)
@@ -587,7 +545,7 @@ def compare_cmd(old: Path, new: Path, fail_on: str, alpha: float, error_growth: 
 
 @main.command("report")
 @click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--format", "fmt_name", type=click.Choice(report_mod.FORMATS), default="md", show_default=True)
+@click.option("--format", "fmt_name", type=click.Choice(REPORT_FORMATS), default="md", show_default=True)
 @click.option("--include-simulated-speed", is_flag=True, help="Show timings of simulated backends too.")
 @click.option("--baseline", default=None, metavar="BACKEND", help="LaTeX: speedups against this backend.")
 @click.option(
@@ -618,6 +576,10 @@ def report_cmd(
 
     Formats: md, csv, latex (booktabs, CI, best in bold, --baseline speedups, geometric mean), html (one
     self-contained page with the plots)."""
+    from harness import report as report_mod
+    from harness.results import read_records
+    from harness.runner import UsageError
+
     with _bad_input_exits():
         records = [r for f in files for r in read_records(f)]
         if baseline is not None and baseline not in {r["case"]["backend"] for r in records}:

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from harness import ops
+from harness.names import DEFAULT_AGAINST_RATIO
 
 # Unit roundoff of each dtype: the relative error of one rounding.
 UNIT_ROUNDOFF = {"float64": 2.0**-53, "float32": 2.0**-24, "bfloat16": 2.0**-8, "float16": 2.0**-11}
@@ -167,12 +168,33 @@ class Failure:
             return f"{self.metric}: {self.detail}"
         return f"{self.metric} = {self.value:.3g} > budget {self.budget:.3g}"
 
+    @property
+    def ratio(self) -> float:
+        """How much of its budget the metric uses (> 1 is over); a failure without a number counts as infinite."""
+        if self.detail or not math.isfinite(self.value):
+            return math.inf
+        return self.value / self.budget if self.budget > 0 else (0.0 if self.value == 0 else math.inf)
+
+
+Check = Failure  # a budgeted comparison, passed or not: (metric, value, budget)
+
+
+def over(checks: tuple[Check, ...]) -> tuple[Failure, ...]:
+    """The checks whose value is not within budget (NaN is not)."""
+    return tuple(c for c in checks if not c.value <= c.budget)
+
+
+def closest(checks: tuple[Check, ...]) -> Check | None:
+    """The check that used the largest share of its budget: a passing case's closest call, a failing one's worst."""
+    return max(checks, key=lambda c: c.ratio, default=None)
+
 
 @dataclass(frozen=True)
 class Verdict:
     passed: bool
     failures: tuple[Failure, ...] = field(default_factory=tuple)
     mode: str = "reference"  # or "against <backend>"
+    worst: Check | None = None  # the check closest to (or furthest over) its budget
 
     @property
     def reason(self) -> str:
@@ -186,6 +208,7 @@ class Verdict:
             "mode": self.mode,
             "reason": self.reason,
             "failures": [asdict(f) for f in self.failures],
+            "worst": None if self.worst is None else {**asdict(self.worst), "ratio": self.worst.ratio},
         }
 
 
@@ -199,20 +222,23 @@ def _guards(m: Metrics, prefix: str) -> list[Failure]:
     return failures
 
 
+def tensor_checks(m: Metrics, budget: Budget, prefix: str = "") -> tuple[Check, ...]:
+    """Every budgeted metric of an output tensor against its budget."""
+    return (
+        Check(f"{prefix}rel_l2", m.rel_l2, budget.rel_l2),
+        Check(f"{prefix}worst_row_rel_l2", m.worst_row_rel_l2, budget.worst_row_rel_l2),
+        Check(f"{prefix}frac_outside", m.frac_outside, budget.max_outside),
+    )
+
+
 def judge(m: Metrics, budget: Budget, prefix: str = "") -> Verdict:
     """Pass iff no guard trips and every budgeted metric is within its budget; `prefix` names the output."""
-    failures = _guards(m, prefix)
-    for metric, value, limit in (
-        ("rel_l2", m.rel_l2, budget.rel_l2),
-        ("worst_row_rel_l2", m.worst_row_rel_l2, budget.worst_row_rel_l2),
-        ("frac_outside", m.frac_outside, budget.max_outside),
-    ):
-        if not value <= limit:  # NaN fails too
-            failures.append(Failure(f"{prefix}{metric}", value, limit))
-    return Verdict(not failures, tuple(failures))
+    checks = tensor_checks(m, budget, prefix)
+    failures = (*_guards(m, prefix), *over(checks))
+    return Verdict(not failures, failures, worst=closest((*failures, *checks)))
 
 
-DEFAULT_RATIO = 2.0  # --against: the candidate may have at most this multiple of the baseline's error
+DEFAULT_RATIO = DEFAULT_AGAINST_RATIO  # --against: the candidate may have at most this multiple of its error
 RATIO_FLOOR = 0.1  # ... where the baseline's error is floored at this fraction of the absolute budget
 
 
@@ -220,19 +246,24 @@ def judge_against(
     m: Metrics, baseline: Metrics, budget: Budget, baseline_name: str, ratio: float = DEFAULT_RATIO, prefix: str = ""
 ) -> Verdict:
     """Port validation: judge by err(candidate, ref) / err(baseline, ref), each floored near the dtype's noise."""
-    failures = _guards(m, prefix)
-    for metric, limit in (("rel_l2", budget.rel_l2), ("worst_row_rel_l2", budget.worst_row_rel_l2)):
-        allowed = ratio * max(getattr(baseline, metric), RATIO_FLOOR * limit)
-        value = getattr(m, metric)
-        if not value <= allowed:
-            failures.append(Failure(f"{prefix}{metric}_vs_{baseline_name}", value, allowed))
-    return Verdict(not failures, tuple(failures), mode=f"against {baseline_name}")
+    checks = tuple(
+        Check(
+            f"{prefix}{metric}_vs_{baseline_name}",
+            getattr(m, metric),
+            ratio * max(getattr(baseline, metric), RATIO_FLOOR * limit),
+        )
+        for metric, limit in (("rel_l2", budget.rel_l2), ("worst_row_rel_l2", budget.worst_row_rel_l2))
+    )
+    failures = (*_guards(m, prefix), *over(checks))
+    return Verdict(not failures, failures, mode=f"against {baseline_name}", worst=closest((*failures, *checks)))
 
 
-def merge(mode: str, *verdicts: Verdict, extra: tuple[Failure, ...] = ()) -> Verdict:
-    """One verdict from several checks of a case: it passes only if all of them do."""
+def merge(mode: str, *verdicts: Verdict, extra: tuple[Failure, ...] = (), checks: tuple[Check, ...] = ()) -> Verdict:
+    """One verdict from several checks of a case: it passes only if all of them do. `extra`: failures found
+    beside the primary verdicts; `checks`: every budgeted comparison they came from, passed or not."""
     failures = tuple(extra) + tuple(f for v in verdicts for f in v.failures)
-    return Verdict(not failures, failures, mode)
+    worsts = tuple(v.worst for v in verdicts if v.worst is not None)
+    return Verdict(not failures, failures, mode, worst=closest((*failures, *worsts, *checks)))
 
 
 def bitwise_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -427,16 +458,12 @@ def llm_metrics(out_logits: torch.Tensor, ref_logits: torch.Tensor, input_ids: t
     )
 
 
-def judge_llm(m: LlmMetrics, budget: LlmBudget, prefix: str = "llm.") -> tuple[Failure, ...]:
-    """Failures of a model run's logits (prefill: `llm.`; teacher-forced decode steps: `decode.`)."""
-    failures = []
-    for metric, value, limit in (
-        ("median_position_rel_l2", m.median_position_rel_l2, budget.median_position_rel_l2),
-        ("kl_mean", m.kl_mean, budget.kl_mean),
-    ):
-        if not value <= limit:
-            failures.append(Failure(f"{prefix}{metric}", value, limit))
-    return tuple(failures)
+def llm_checks(m: LlmMetrics, budget: LlmBudget, prefix: str = "llm.") -> tuple[Check, ...]:
+    """The judged statistics of a model run's logits (prefill: `llm.`; teacher-forced decode steps: `decode.`)."""
+    return (
+        Check(f"{prefix}median_position_rel_l2", m.median_position_rel_l2, budget.median_position_rel_l2),
+        Check(f"{prefix}kl_mean", m.kl_mean, budget.kl_mean),
+    )
 
 
 def agreement_length(out_tokens: torch.Tensor, ref_tokens: torch.Tensor) -> list[int]:

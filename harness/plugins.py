@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
+from harness.names import BadInputError
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on Python 3.10 only
@@ -27,7 +29,7 @@ log = logging.getLogger(__name__)
 DISTRIBUTION = "harness"
 
 
-class PluginError(Exception):
+class PluginError(BadInputError):
     """A plugin that cannot be imported or does not provide what it should."""
 
 

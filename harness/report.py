@@ -17,7 +17,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-FORMATS = ("md", "csv", "latex", "html")
+from harness.names import REPORT_FORMATS
+
+FORMATS = REPORT_FORMATS
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import IO, Any
 
+from harness.names import BadInputError
+
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
@@ -28,7 +30,7 @@ REQUIRED_FIELDS = ("schema_version", "run_id", "time_utc", "case", "status")
 FSYNC_EVERY = 50
 
 
-class ResultsError(ValueError):
+class ResultsError(BadInputError):
     """A results file that cannot be read: malformed line, missing fields, newer schema."""
 
 

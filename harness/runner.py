@@ -8,6 +8,7 @@ A backend that raises becomes an `error` record and the sweep goes on.
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import itertools
 import logging
 import time
@@ -23,6 +24,7 @@ import torch
 from harness import parity
 from harness.backend import DTYPES, Availability, Backend, BackendRegistry, RegistryError, UnsupportedCaseError
 from harness.calibrate import Calibration, load_calibration
+from harness.names import BadInputError
 from harness.results import SCHEMA_VERSION, host_environment, utc_now
 from harness.saved import SavedOutputs, SavedOutputsError
 from harness.suites import Suite
@@ -42,7 +44,7 @@ log = logging.getLogger(__name__)
 USER_INPUTS = "user"  # the `inputs` field of cases run on the user's own tensors
 
 
-class UsageError(ValueError):
+class UsageError(BadInputError):
     """A selection that cannot run: unknown names, empty selection, inputs that do not fit (exit code 2)."""
 
 
@@ -50,7 +52,9 @@ class UsageError(ValueError):
 class RunOptions:
     parity_only: bool = False
     timing: TimingConfig = field(default_factory=TimingConfig)
-    determinism: bool = True
+    determinism: bool = True  # run each op twice more and record whether the outputs are bitwise equal
+    threads: int | None = None  # intra-op threads for torch and every backend's pools; None leaves them as they are
+    time_oracles: bool = False  # also time reference backends (cpu-reference): the cost of the naive math
     save_outputs: Path | None = None
     against: str | None = None  # a backend name, or a directory written by --save-outputs
     against_ratio: float = parity.DEFAULT_RATIO  # --against: allowed multiple of the baseline's error
@@ -103,6 +107,7 @@ class Runner:
         self.user_inputs = dict(user_inputs) if user_inputs is not None else None
         self.isolation = isolation  # (spec file, per-case timeout): run each case in a child process
         self.shape_filter: tuple[str, ...] = ()
+        self.excluded = 0  # cases the suite's exclude globs left out of the last plan
         self._checkpoint_shapes: dict[tuple[str, str, str], Any] = {}
         self._instances: dict[str, Backend] = {}
         self._availability: dict[str, Availability] = {}
@@ -164,6 +169,9 @@ class Runner:
                         for dist in [USER_INPUTS] if self.user_inputs is not None else dists:
                             for seed in [0] if self.user_inputs is not None else suite.seeds:
                                 cases += [Case(w.name, preset, shape, dtype, dist, seed, b, w.op) for b in backends]
+        planned = len(cases)
+        cases = [c for c in cases if not any(fnmatch.fnmatchcase(c.key, p) for p in suite.exclude)]
+        self.excluded = planned - len(cases)
         unknown = [s for s in suite.shapes if s not in known_shapes]
         if unknown:
             raise UsageError(
@@ -216,14 +224,28 @@ class Runner:
             raise UsageError(f"--inputs: {exc}") from None
 
     # ----- running -----
+    def _apply_threads(self) -> None:
+        """torch's intra-op pool (the references, torch backends, input generation) at the run's thread count."""
+        if self.options.threads is not None and torch.get_num_threads() != self.options.threads:
+            torch.set_num_threads(self.options.threads)
+
     def run(
-        self, cases: Iterable[Case], writer: Any, on_record: Callable[[Case, dict[str, Any]], None] | None = None
+        self,
+        cases: Iterable[Case],
+        writer: Any,
+        on_record: Callable[[Case, dict[str, Any]], None] | None = None,
+        on_start: Callable[[Case], None] | None = None,
     ) -> RunSummary:
         summary = RunSummary()
+        self._apply_threads()
         for _, group_iter in groupby(cases, key=lambda c: c.input_key):
             group_cases = list(group_iter)
+            if on_start is not None:
+                on_start(group_cases[0])  # generating inputs (and loading a model) counts toward the first case
             group = self._prepare(group_cases[0]) if self.isolation is None else None
             for case in group_cases:
+                if on_start is not None:
+                    on_start(case)
                 if self.isolation is None:
                     record = self._run_case(case, group)
                 else:
@@ -238,6 +260,7 @@ class Runner:
 
     def run_one(self, case: Case) -> dict[str, Any]:
         """One case on its own (an isolated child's whole job)."""
+        self._apply_threads()
         return self._run_case(case, self._prepare(case))
 
     def placeholder_record(self, case: Case) -> dict[str, Any]:
@@ -281,8 +304,15 @@ class Runner:
         if not availability.available:
             return None, f"backend {name} unavailable: {availability.reason}"
         if name not in self._instances:
-            self._instances[name] = self.backends.create(name)
+            backend = self.backends.create(name)
+            if self.options.threads is not None:
+                backend.set_threads(self.options.threads)
+            self._instances[name] = backend
         return self._instances[name], None
+
+    def unavailable(self) -> dict[str, str]:
+        """The backends probed so far that cannot run here, with the reason."""
+        return {name: a.reason for name, a in self._availability.items() if not a.available}
 
     def _environment(self, name: str, backend: Backend | None) -> dict[str, Any]:
         if name not in self._environments:
@@ -311,6 +341,7 @@ class Runner:
             if isinstance(group, CaseInputs) and dataclasses.is_dataclass(group.shape)
             else None,
             "simulated": cls.simulated,
+            "threads": self.options.threads if self.options.threads is not None else torch.get_num_threads(),
             "parity": None,
             "timing": None,
             "memory": None,
@@ -355,9 +386,7 @@ class Runner:
         dev_inputs = map_tensors(group.inputs, backend.to_device)  # non-tensor inputs (a model) pass through
         args, kwargs = group.workload.split_args(dev_inputs, group.shape)
         op = getattr(backend, group.workload.op)
-
-        def timed() -> Any:
-            return op(*args, **kwargs)
+        timed = backend.bind(group.workload.op, args, kwargs)
 
         def call(**extra: Any) -> Any:
             result = op(*args, **{**kwargs, **map_tensors(extra, backend.to_device)})
@@ -366,14 +395,18 @@ class Runner:
 
         return call, timed
 
-    def _device_call(self, backend: Backend, group: CaseInputs, copy: bool = False) -> Callable[..., Any]:
-        """The op on device-resident inputs with keyword overrides, outputs left on the device (for timing).
-
-        `copy`: on fresh copies of the inputs (`to_device` may hand back the very tensor on a host device)."""
-        dev_inputs = map_tensors(group.inputs, (lambda t: backend.to_device(t.clone())) if copy else backend.to_device)
+    def _device_call(self, backend: Backend, group: CaseInputs) -> Callable[..., Any]:
+        """The op on device-resident inputs with keyword overrides, outputs left on the device (for timing)."""
+        dev_inputs = map_tensors(group.inputs, backend.to_device)
         args, kwargs = group.workload.split_args(dev_inputs, group.shape)
         op = getattr(backend, group.workload.op)
         return lambda **extra: op(*args, **{**kwargs, **map_tensors(extra, backend.to_device)})
+
+    def _bound_copy(self, backend: Backend, group: CaseInputs) -> Callable[[], Any]:
+        """The op bound to fresh copies of the inputs (`to_device` may hand back the very tensor on the host)."""
+        dev_inputs = map_tensors(group.inputs, lambda t: backend.to_device(t.clone()))
+        args, kwargs = group.workload.split_args(dev_inputs, group.shape)
+        return backend.bind(group.workload.op, args, kwargs)
 
     def _execute(self, case: Case, group: CaseInputs, backend: Backend, record: dict[str, Any]) -> None:
         workload, shape = group.workload, group.shape
@@ -404,7 +437,7 @@ class Runner:
                 ratio=self.options.against_ratio,
                 prefix=evaluation.prefix,
             )
-        verdict = parity.merge(primary.mode, primary, extra=evaluation.failures)
+        verdict = parity.merge(primary.mode, primary, extra=evaluation.failures, checks=evaluation.checks)
         deterministic = None
         if self.options.determinism:
             first = map_tensors(timed(), backend.to_host)
@@ -428,7 +461,11 @@ class Runner:
         record.update(status="passed" if verdict.passed else "failed", reason=verdict.reason)
         if self.saved_out is not None and evaluation.output is not None:
             self.saved_out.save(case, group.inputs, evaluation.output)
-        if not self.options.parity_only and case.inputs != "stress":
+        if (
+            not self.options.parity_only
+            and case.inputs != "stress"
+            and (self.options.time_oracles or not backend.oracle)
+        ):
             itemsize = DTYPES[case.dtype].itemsize
             config = self.options.timing
             rotating, sets = self._rotating(backend, group, timed)
@@ -484,7 +521,7 @@ class Runner:
         sets = max(1, int(backend.timing_input_sets(nbytes, self.options.timing)))
         if sets == 1 or len(tensors) != len(group.inputs):  # a model input (LLM) is not copied
             return timed, 1
-        calls = [timed] + [self._device_call(backend, group, copy=True) for _ in range(sets - 1)]
+        calls = [timed] + [self._bound_copy(backend, group) for _ in range(sets - 1)]
         for call in calls[1:]:
             call()  # each set once before timing: per-tensor memos fill outside any captured graph
         position = itertools.cycle(calls)

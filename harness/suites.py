@@ -6,15 +6,15 @@ suite is a TOML file whose errors name the offending key and its line.
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from harness.backend import DTYPES
+from harness.names import DISTRIBUTIONS, DTYPE_NAMES, BadInputError
 from harness.timing import TimingConfig
-from harness.workload import DISTRIBUTIONS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -22,7 +22,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 
-class SuiteError(ValueError):
+class SuiteError(BadInputError):
     """An unknown suite or a malformed suite file."""
 
 
@@ -38,6 +38,10 @@ class Suite:
     seeds: tuple[int, ...] = (0,)
     inputs: tuple[str, ...] = DISTRIBUTIONS
     timing: TimingConfig = field(default_factory=TimingConfig)
+    threads: int = 1  # intra-op threads (torch, ORT); 0 = every core this process may use
+    exclude: tuple[
+        str, ...
+    ] = ()  # case-key globs left out of the plan (workload/preset/shape/dtype/inputs/seedN@backend)
 
 
 BUILTIN_SUITES: dict[str, Suite] = {
@@ -45,8 +49,10 @@ BUILTIN_SUITES: dict[str, Suite] = {
     for s in (
         Suite(
             "smoke",
-            "every workload at tiny shapes in float32/bfloat16/float16, normal and stress inputs: seconds",
+            "every workload at tiny shapes in float32/bfloat16/float16, normal and stress inputs: seconds; exported "
+            "LLM graphs (ort-*) only for llm.llama3, the cheapest export (the ci suite exports them all)",
             timing=TimingConfig(budget_s=0.02, warmup_s=0.005, min_samples=3),
+            exclude=tuple(f"llm.{arch}/*@ort-*" for arch in ("qwen3", "qwen3-moe", "mixtral", "deepseek-v3")),
         ),
         Suite(
             "ci",
@@ -83,6 +89,7 @@ _LIST_FIELDS = {
     "backends": str,
     "seeds": int,
     "inputs": str,
+    "exclude": str,
 }
 _TIMING_FIELDS = {f.name: f.type for f in fields(TimingConfig)}
 
@@ -117,7 +124,7 @@ def load_suite_file(path: Path) -> Suite:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise SuiteError(f"{path}: malformed TOML: {exc}") from None
-    known = {"name", "description", "timing", *_LIST_FIELDS}
+    known = {"name", "description", "timing", "threads", *_LIST_FIELDS}
     values: dict[str, Any] = {"name": path.stem}
     for key, value in data.items():
         if key not in known:
@@ -128,6 +135,11 @@ def load_suite_file(path: Path) -> Suite:
             values[key] = value
         elif key == "timing":
             values["timing"] = _timing(path, text, value)
+        elif key == "threads":
+            try:
+                values["threads"] = parse_threads(value)
+            except SuiteError as exc:
+                raise SuiteError(f"{_where(path, text, key)}: {exc}") from None
         else:
             kind = _LIST_FIELDS[key]
             items = [value] if isinstance(value, kind) and not isinstance(value, bool) else value
@@ -167,13 +179,34 @@ def _timing(path: Path, text: str, table: Any) -> TimingConfig:
 
 
 def _check_values(suite: Suite, where: Any) -> None:
-    for key, allowed in (("dtypes", DTYPES), ("inputs", DISTRIBUTIONS)):
+    for key, allowed in (("dtypes", DTYPE_NAMES), ("inputs", DISTRIBUTIONS)):
         for item in getattr(suite, key):
             if item not in allowed:
                 raise SuiteError(f"{where(key)}: {item!r} is not one of: {', '.join(allowed)}")
     for seed in suite.seeds:
         if seed < 0:
             raise SuiteError(f"{where('seeds')}: seeds must be >= 0, got {seed}")
+
+
+def parse_threads(value: Any) -> int:
+    """A thread count: a whole number >= 1, or "auto" (0: every core this process may use)."""
+    if value == "auto":
+        return 0
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise SuiteError(f"threads must be a whole number >= 1 or 'auto', got {value!r}")
+    return value
+
+
+def resolve_threads(threads: int) -> int:
+    """The number of threads a run uses: `threads`, or for 0 the cores this process may run on."""
+    if threads:
+        return threads
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def resolve_suite(spec: str) -> Suite:

@@ -20,17 +20,16 @@ import torch
 from harness import ops as contract
 from harness import parity
 from harness.backend import DTYPES
+from harness.names import DISTRIBUTIONS, BadInputError
 from harness.plugins import PluginError, entry_points
 
 log = logging.getLogger(__name__)
 
 WORKLOAD_GROUP = "harness.workloads"
-DISTRIBUTIONS = ("normal", "stress")
-PRESETS = ("tiny", "small", "real")
 USER_SHAPE = "user"  # the shape name of a case run on the user's own tensors (--inputs)
 
 
-class WorkloadError(ValueError):
+class WorkloadError(BadInputError):
     """An unknown workload, preset or shape, or user inputs that do not fit a workload."""
 
 
@@ -135,6 +134,7 @@ class Evaluation:
     failures: tuple[parity.Failure, ...] = ()
     details: dict[str, Any] = field(default_factory=dict)
     judge_primary: bool = True  # False: the workload judged its output itself (LLM logits); --against still applies
+    checks: tuple[parity.Check, ...] = ()  # the workload's own budgeted comparisons, passed or not (the closest call)
 
 
 def structural_failures(out: Any, ref: torch.Tensor, dtype: str, prefix: str = "") -> tuple[parity.Failure, ...]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,6 +102,9 @@ def _param_counts(shape: LlmShape) -> tuple[float, float]:
     return _linear_params(model)
 
 
+MASTERS_KEPT = 2  # float64 models kept between case groups (a user's checkpoint can be large)
+
+
 class LlmWorkload(Workload):
     """One architecture: judged on logits, greedy decode with a KV cache, perplexity; optionally layer-wise."""
 
@@ -110,12 +114,23 @@ class LlmWorkload(Workload):
     def __init__(self, arch: str, presets: Mapping[str, Mapping[str, LlmShape]], description: str) -> None:
         super().__init__(f"llm.{arch}", presets, description)
         self.arch = arch
+        self._masters: OrderedDict[tuple[LlmShape, int], tuple[nn.Module, dict[Any, Any]]] = OrderedDict()
 
     # -- inputs --
-    def master(self, shape: LlmShape, seed: int) -> nn.Module:
-        if shape.checkpoint:
-            return load_checkpoint(Path(shape.checkpoint))
-        return seeded_model(build_config(shape.arch, shape.size), seed)
+    def master(self, shape: LlmShape, seed: int) -> tuple[nn.Module, dict[Any, Any]]:
+        """The float64 model of a shape and seed, with the reference results shared by its case dtypes (the
+        last few are kept: a sweep runs every dtype of a model one after another)."""
+        key = (shape, seed)
+        if key not in self._masters:
+            if shape.checkpoint:
+                model = load_checkpoint(Path(shape.checkpoint))
+            else:
+                model = seeded_model(build_config(shape.arch, shape.size), seed)
+            self._masters[key] = (model, {})
+            while len(self._masters) > MASTERS_KEPT:
+                self._masters.popitem(last=False)
+        self._masters.move_to_end(key)
+        return self._masters[key]
 
     def make_inputs(self, shape: LlmShape, dtype: torch.dtype, seed: int, distribution: str) -> dict[str, Any]:
         try:
@@ -124,10 +139,10 @@ class LlmWorkload(Workload):
             raise WorkloadUnavailableError(
                 f"{self.name} needs transformers (pip install 'harness[llm]'): {exc}"
             ) from None
-        master = self.master(shape, seed)
+        master, shared = self.master(shape, seed)
         gen = torch.Generator().manual_seed(seed + 1)
         ids = torch.randint(0, master.config.vocab_size, (shape.batch, shape.seq), generator=gen)
-        return {"model": LlmModel(master, dtype, self.name), "input_ids": ids}
+        return {"model": LlmModel(master, dtype, self.name, shared), "input_ids": ids}
 
     def split_args(self, inputs: Mapping[str, Any], shape: LlmShape) -> tuple[list[Any], dict[str, Any]]:
         return [], {"model": inputs["model"], "input_ids": inputs["input_ids"]}
@@ -204,37 +219,39 @@ class LlmWorkload(Workload):
 
     # -- judgement --
     def evaluate(self, call: Call, group: CaseInputs, budget: parity.Budget) -> Evaluation:
-        inputs, _shape, dtype = group.inputs, group.shape, group.dtype
-        ids = inputs["input_ids"]
+        inputs, dtype = group.inputs, group.dtype
         out = evaluate_tensor(call(), group.reference(), dtype, budget)
         if out.metrics is None:
             return out
-        llm = parity.llm_metrics(out.output, group.reference(), ids)
-        failures = parity.judge_llm(llm, parity.LLM_BUDGETS[dtype])
+        llm = parity.llm_metrics(out.output, group.reference(), inputs["input_ids"])
+        checks = parity.llm_checks(llm, parity.LLM_BUDGETS[dtype])
         details: dict[str, Any] = {"llm": llm.to_record()}
-        decode_failures, decode_details = self._judge_decode(call, group)
-        failures += decode_failures
+        decode_checks, decode_details = self._judge_decode(call, group)
+        checks += decode_checks
         details.update(decode_details)
         if group.layerwise:
             try:
                 bound = call(return_model=True)
             except NotImplementedError as exc:
                 details["layerwise"] = {"unavailable": str(exc)}
-                return Evaluation(out.output, out.metrics, "logits.", failures, details, judge_primary=False)
-            loc = self.localize(bound, group)
-            details["layerwise"] = loc.to_record()
-            if loc.culprit is not None:
-                c = loc.culprit
-                failures += (parity.Failure(f"layerwise.layer{c.layer}.{c.kind}", c.median_row_rel_l2, c.budget),)
-        return Evaluation(out.output, out.metrics, "logits.", failures, details, judge_primary=False)
+                bound = None
+            if bound is not None:
+                loc = self.localize(bound, group)
+                details["layerwise"] = loc.to_record()
+                if loc.culprit is not None:
+                    c = loc.culprit
+                    checks += (parity.Check(f"layerwise.layer{c.layer}.{c.kind}", c.median_row_rel_l2, c.budget),)
+        return Evaluation(
+            out.output, out.metrics, "logits.", parity.over(checks), details, judge_primary=False, checks=checks
+        )
 
-    def _judge_decode(self, call: Call, group: CaseInputs) -> tuple[tuple[parity.Failure, ...], dict[str, Any]]:
+    def _judge_decode(self, call: Call, group: CaseInputs) -> tuple[tuple[parity.Check, ...], dict[str, Any]]:
         """Teacher-forced decode from the first half of the stream: the backend is fed the reference's greedy
         tokens through its own KV cache, and its logits at each step are judged like prefill's. Raises
         DecodeSelfCheckError when the reference's own cached decode is not its full forward."""
         shape, model = group.shape, group.inputs["model"]
         prompt = group.inputs["input_ids"][:, : max(1, shape.seq // 2)]  # [B, P]
-        ref = group.cached("decode", lambda: reference_decode(model, prompt, shape.new_tokens))
+        ref = reference_decode(model, prompt, shape.new_tokens)
         if not ref.ok:
             raise DecodeSelfCheckError(ref.problem())
         trace = decode(
@@ -245,7 +262,7 @@ class LlmWorkload(Workload):
             teacher=ref.trace.fed,
         )
         metrics = parity.llm_metrics(trace.logits, ref.trace.logits, ref.trace.fed)
-        failures = parity.judge_llm(metrics, parity.LLM_BUDGETS[group.dtype], prefix="decode.")
+        checks = parity.llm_checks(metrics, parity.LLM_BUDGETS[group.dtype], prefix="decode.")
         steps = shape.new_tokens
         lengths = parity.agreement_length(trace.chosen[:, :steps], ref.trace.chosen[:, :steps])
         details = {
@@ -258,7 +275,7 @@ class LlmWorkload(Workload):
             },
             "greedy": {"new_tokens": steps, "agreement_length": lengths, "min": min(lengths)},
         }
-        return failures, details
+        return checks, details
 
     def budget(self, dtype: str, shape: LlmShape, overrides: Mapping[str, float] | None = None) -> parity.Budget:
         """For --against ratios on the logits (absolute verdicts use LLM_BUDGETS): scaled to the LLM budget."""
@@ -271,7 +288,8 @@ class LlmWorkload(Workload):
         backend's ops fed the reference's own inputs, its output compared with the reference's."""
         ids = group.inputs["input_ids"]
         model = group.inputs["model"]
-        _, ref_ops, ref_layers = group.cached("capture", lambda: capture(model.reference(), ids))
+        key = ("capture", tuple(ids.flatten().tolist()))
+        _, ref_ops, ref_layers = model.cached(key, lambda: capture(model.reference(), ids))
         device = next(bound.parameters()).device
         dtype = model.dtype
         _, _, out_layers = capture(bound, ids.to(device))

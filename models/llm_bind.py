@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 import functools
 import inspect
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -188,11 +188,15 @@ def bind(model: nn.Module, ops: Any) -> nn.Module:
 
 @dataclass(eq=False)
 class LlmModel:
-    """The float64 master of a workload model, and its bound copies per backend, dtype and device."""
+    """The float64 master of a workload model, and its bound copies per backend, dtype and device.
+
+    `shared` holds what depends on the master alone (its float64 reference copy and the reference's results):
+    the case dtypes of one seed share one dict, so the reference runs once for all of them."""
 
     master: nn.Module
     dtype: torch.dtype
     name: str
+    shared: dict[Any, Any] = field(default_factory=dict, repr=False)
     _copies: dict[tuple[str, str], nn.Module] = field(default_factory=dict, repr=False)
 
     @property
@@ -201,10 +205,19 @@ class LlmModel:
 
     def reference(self) -> nn.Module:
         """The master bound to the float64 oracle (harness.ops): the reference."""
-        return self._copy("reference", oracle, torch.float64, "cpu")
+        return self.cached("reference", lambda: _bound_copy(self.master, oracle, torch.float64, "cpu"))
+
+    def cached(self, key: Any, compute: Callable[[], Any]) -> Any:
+        """A result of the reference (which no case dtype changes), computed once per master."""
+        if key not in self.shared:
+            self.shared[key] = compute()
+        return self.shared[key]
 
     def for_backend(self, backend: Any) -> nn.Module:
-        return self._copy(backend.name, backend, self.dtype, backend.device)
+        key = (backend.name, backend.device)
+        if key not in self._copies:
+            self._copies[key] = _bound_copy(self.master, backend, self.dtype, backend.device)
+        return self._copies[key]
 
     def run(self, backend: Any, input_ids: torch.Tensor, *, cache: Any = None, return_model: bool = False) -> Any:
         """What a torch backend's `causal_lm` does: its bound copy, or that copy's logits."""
@@ -212,16 +225,18 @@ class LlmModel:
         return bound if return_model else forward(bound, input_ids, cache)
 
     def reference_logits(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return forward(self.reference(), input_ids.to("cpu"))
+        ids = input_ids.to("cpu")
+        return self.cached(
+            ("logits", tuple(ids.shape), tuple(ids.flatten().tolist())), lambda: forward(self.reference(), ids)
+        )
 
-    def _copy(self, key: str, ops: Any, dtype: torch.dtype, device: str) -> nn.Module:
-        if (key, device) not in self._copies:
-            copied = copy.deepcopy(self.master).to(device=device, dtype=dtype)
-            prepare = getattr(ops, "prepare_llm", None)
-            if prepare is not None:
-                prepare(copied)
-            self._copies[(key, device)] = bind(copied, ops)
-        return self._copies[(key, device)]
+
+def _bound_copy(master: nn.Module, ops: Any, dtype: torch.dtype, device: str) -> nn.Module:
+    copied = copy.deepcopy(master).to(device=device, dtype=dtype)
+    prepare = getattr(ops, "prepare_llm", None)
+    if prepare is not None:
+        prepare(copied)  # a port's weight conversion (or a planted fault) before its ops are bound
+    return bind(copied, ops)
 
 
 def forward(

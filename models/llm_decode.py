@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import nn
 
 from models.llm_bind import LlmModel, forward, new_cache
 
@@ -81,9 +82,13 @@ class ReferenceDecode:
 
 
 def reference_decode(model: LlmModel, prompt: torch.Tensor, steps: int) -> ReferenceDecode:
-    """Greedy decode of the float64 reference, self-checked against its own full forward."""
-    ref = model.reference()
+    """Greedy decode of the float64 reference, self-checked against its own full forward (once per master)."""
     prompt = prompt.to("cpu")
+    key = ("decode", tuple(prompt.shape), tuple(prompt.flatten().tolist()), steps)
+    return model.cached(key, lambda: _reference_decode(model.reference(), prompt, steps))
+
+
+def _reference_decode(ref: nn.Module, prompt: torch.Tensor, steps: int) -> ReferenceDecode:
     trace = decode(lambda ids, cache: forward(ref, ids, cache), new_cache(ref), prompt, steps)
     full = forward(ref, torch.cat([prompt, trace.fed], dim=1))  # [B, P + N, V]
     at_steps = full[:, prompt.shape[1] :]  # the positions the decode steps fed: [B, N, V]

@@ -206,8 +206,11 @@ class MoeLayer(_MoeWorkload):
         report, agree, weight_metrics, failures = parity.compare_routing(
             (weights, ids), ref_routing, near, tol, routing_budget
         )
+        checks: tuple[parity.Check, ...] = ()
         if weight_metrics is not None:
-            failures += parity.judge(weight_metrics, routing_budget, prefix="routing_weights.").failures
+            weights_verdict = parity.judge(weight_metrics, routing_budget, prefix="routing_weights.")
+            failures += weights_verdict.failures
+            checks += parity.tensor_checks(weight_metrics, routing_budget, prefix="routing_weights.")
         forced = evaluate_tensor(call(routing_override=self.forced_routing(group)), group.reference(), dtype, budget)
         details: dict[str, Any] = {"routing": report.to_record()}
         e2e = evaluate_tensor(out, free_ref, dtype, budget, prefix="e2e.")
@@ -218,7 +221,8 @@ class MoeLayer(_MoeWorkload):
                 agreeing = parity.compare(out[agree], free_ref[agree], budget)
                 details["e2e_agreeing"] = agreeing.to_record()
                 failures += parity.judge(agreeing, budget, prefix="e2e_agreeing.").failures
-        return Evaluation(forced.output, forced.metrics, "forced.", failures + forced.failures, details)
+                checks += parity.tensor_checks(agreeing, budget, prefix="e2e_agreeing.")
+        return Evaluation(forced.output, forced.metrics, "forced.", failures + forced.failures, details, checks=checks)
 
     def flops(self, shape: MoeShape) -> float:
         return 2.0 * shape.t * shape.dims.h * shape.dims.e + self._expert_flops(shape)

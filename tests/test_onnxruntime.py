@@ -89,3 +89,46 @@ def test_io_binding_path_computes_the_same_as_plain_feeds(harness_cli) -> None:
     )  # fmt: skip
     assert run.exit_code == 0, run.output
     assert {r["status"] for r in run.records} == {"passed"} and len(run.records) == 14
+
+
+def test_bound_call_is_the_session_alone_and_still_computes(tmp_path: Path, monkeypatch) -> None:
+    """`bind` resolves export, session and feeds once: timed calls never rebuild a cache key, yet each call runs
+    the graph on the inputs as they are now (feeds are views, not a cached result)."""
+    from harness import progress
+
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    q, k, v = torch.randn(2, 4, 1, 16), torch.randn(2, 2, 9, 16), torch.randn(2, 2, 9, 16)
+    kv_lens = torch.tensor([9, 4])
+    backend = OrtCpu()
+    phases: list[str] = []
+    with progress.listening(phases.append):
+        timed = backend.bind("attention", [q, k, v], {"causal": True, "kv_lens": kv_lens})
+    assert phases == ["exporting the attention graph (float32)"]
+    expected = backend.attention(q, k, v, causal=True, kv_lens=kv_lens)
+
+    def no_rekeying(*args, **kwargs):
+        raise AssertionError("a timed call recomputed the export cache key")
+
+    monkeypatch.setattr(backend, "_key", no_rekeying)
+    torch.testing.assert_close(timed(), expected)
+    q.mul_(-1.0)  # the same tensors, new values: the bound call must see them
+    torch.testing.assert_close(timed(), OrtCpu().attention(q, k, v, causal=True, kv_lens=kv_lens))
+
+
+def test_a_failed_dynamic_export_is_remembered_across_runs(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    exports: list[bool] = []
+    original = OrtCpu._export
+
+    def export(self, op, static, tensors, names, tensor_kwargs, path, dynamic):
+        exports.append(dynamic)
+        if dynamic:
+            raise RuntimeError("planted: this op does not export with dynamic shapes")
+        return original(self, op, static, tensors, names, tensor_kwargs, path, dynamic)
+
+    monkeypatch.setattr(OrtCpu, "_export", export)
+    x, w = torch.randn(3, 16), torch.randn(16)
+    OrtCpu().rms_norm(x, w)
+    assert exports == [True, False] and list((tmp_path / "cache").glob("*.dynamic-failed"))
+    OrtCpu().rms_norm(x, w)  # a new process would be a new backend: no dynamic attempt, the static model reused
+    assert exports == [True, False]

@@ -40,6 +40,7 @@ def run_file(tmp_path_factory) -> Path:
         "--out",
         str(out),
         "--no-table",
+        "--time-oracles",  # cpu-reference is the LaTeX baseline: it must be timed
     ]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output

@@ -1,0 +1,159 @@
+"""`harness run` as a library call: plan the cases, run them with a progress line, stream every record to the
+JSONL file, print the summary, and return the exit code. The CLI only turns its options into a `RunRequest`."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from harness import summary as summary_mod
+from harness.backend import default_registry
+from harness.display import RunProgress
+from harness.isolate import IsolationSpec
+from harness.results import ResultWriter, finished_records, new_run_id
+from harness.runner import Runner, RunOptions, UsageError
+from harness.suites import Suite
+from harness.workload import WorkloadRegistry
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """Everything `harness run` was asked to do."""
+
+    suite: Suite
+    options: RunOptions
+    plugins: tuple[str, ...] = ()
+    inputs_file: str | None = None
+    out: Path | None = None
+    resume: Path | None = None
+    rerun_errors: bool = False
+    isolate: bool = False
+    case_timeout: float = 600.0
+    summary: bool = True  # False: only the final line (--no-table)
+
+
+class RunInterruptedError(Exception):
+    """Ctrl-C stopped the sweep; the records written so far are kept."""
+
+    def __init__(self, kept: int, path: Path) -> None:
+        super().__init__(f"interrupted: {kept} records kept in {path}")
+
+
+class _InterruptFlag:
+    """Remembers a Ctrl-C while active, so the sweep stops after the case in flight even where a third-party
+    library catches the KeyboardInterrupt and carries on (seen: SIGINT during `import onnxruntime`)."""
+
+    def __init__(self) -> None:
+        self.seen = False
+        self._previous: Any = None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.seen = True
+        raise KeyboardInterrupt
+
+    def __enter__(self) -> _InterruptFlag:
+        if (
+            threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN
+        ):
+            self._previous = signal.signal(signal.SIGINT, self._handle)  # an ignored SIGINT (a background job) stays so
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def _load_inputs(path: str) -> dict[str, Any]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(path)
+    except (OSError, SafetensorError) as exc:
+        raise UsageError(f"--inputs {path}: cannot read as safetensors: {exc}") from None
+
+
+def prepare(request: RunRequest) -> tuple[Runner, list[Any]]:
+    """The runner and its planned cases; bad input raises a BadInputError (exit 2) before anything runs."""
+    if request.rerun_errors and request.resume is None:
+        raise UsageError("--rerun-errors goes with --resume FILE")
+    if request.resume is not None and request.out is not None and request.out != request.resume:
+        raise UsageError(f"--resume appends to {request.resume}; drop --out {request.out} or make it the same file")
+    registry = default_registry(request.plugins)
+    workloads = WorkloadRegistry.discover()
+    user_inputs = None
+    if request.inputs_file is not None:
+        selected = workloads.select(request.suite.workloads)
+        if len(selected) != 1:
+            raise UsageError(
+                f"--inputs runs one workload; the selection matches {len(selected)}: "
+                f"{', '.join(w.name for w in selected)} (pick one with -w)"
+            )
+        user_inputs = _load_inputs(request.inputs_file)
+    run_id = new_run_id()
+    isolation = None
+    if request.isolate:
+        spec_file = Path(tempfile.mkdtemp(prefix="harness-run-")) / "spec.json"
+        spec = IsolationSpec(request.suite, request.plugins, request.inputs_file, run_id, request.case_timeout)
+        spec.write(request.options, spec_file)
+        isolation = (spec_file, request.case_timeout)
+    runner = Runner(registry, workloads, request.options, run_id, user_inputs=user_inputs, isolation=isolation)
+    return runner, runner.plan(request.suite)
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    exit_code: int
+    summary: str  # what to print: the summary blocks, or only the final line
+
+
+def launch(request: RunRequest, err: Console) -> RunOutcome:
+    """Run the request, progress and notes on `err`; the summary is returned for the caller to print."""
+    runner, cases = prepare(request)
+    done = finished_records(request.resume, rerun_errors=request.rerun_errors) if request.resume is not None else {}
+    out_path = request.resume or request.out or Path("results") / "runs" / f"{runner.run_id}.jsonl"
+    previous = [done[c.key] for c in cases if c.key in done]
+    cases = [c for c in cases if c.key not in done]
+    if request.resume is not None:
+        err.print(f"resuming {request.resume}: {len(previous)} cases already recorded, {len(cases)} to run")
+    records: list[dict[str, Any]] = []
+    started = time.perf_counter()
+    display = RunProgress(err, len(cases))
+    interrupted = _InterruptFlag()
+
+    def on_record(case: Any, record: dict[str, Any]) -> None:
+        records.append(record)
+        display.finished(case, record)
+        if interrupted.seen:  # a library swallowed the KeyboardInterrupt (onnxruntime's import does)
+            raise KeyboardInterrupt
+
+    with display.shown(), ResultWriter(out_path) as writer:
+        try:
+            with interrupted:
+                result = runner.run(cases, writer, on_record, on_start=display.started)
+        except KeyboardInterrupt:
+            raise RunInterruptedError(writer.count, out_path) from None
+    for record in previous:
+        result.add(record["status"])
+    everything = previous + records
+    facts = summary_mod.RunFacts(
+        suite=request.suite.name,
+        out_path=str(out_path),
+        seconds=time.perf_counter() - started,
+        threads=request.options.threads,
+        excluded=runner.excluded,
+        unavailable=runner.unavailable(),
+    )
+    if not request.summary:
+        return RunOutcome(result.exit_code, summary_mod.final_line(everything, facts))
+    width = shutil.get_terminal_size((80, 24)).columns  # COLUMNS when set; 80 when not a terminal
+    return RunOutcome(result.exit_code, summary_mod.render(everything, facts, width))

@@ -1,0 +1,168 @@
+"""The end-of-run summary: one block per backend that ran, one line per reason a backend could not, then the
+cases that failed or errored, in plain text that fits the terminal (80 columns included).
+
+A block says how many cases passed, failed and were skipped (with the commonest reason), the case closest to
+(or furthest over) its budget with the metric, value and budget, and the speed against a baseline backend over
+the cases timed on both. Nothing a person acts on is cut: reasons and verdicts wrap, only case names shorten.
+The full per-case table is `harness report`.
+"""
+
+from __future__ import annotations
+
+import math
+import textwrap
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+BASELINE = "torch-cpu"  # speed ratios are against this backend where it was timed
+MAX_LISTED = 20  # failing / errored cases listed in full; the rest are counted (harness report lists all)
+BAD = ("failed", "error", "crashed", "timeout")
+
+
+@dataclass(frozen=True)
+class RunFacts:
+    """What the run itself knows beyond its records."""
+
+    suite: str
+    out_path: str
+    seconds: float
+    threads: int | None = None
+    excluded: int = 0  # cases the suite's exclude list left out
+    unavailable: Mapping[str, str] | None = None  # backend -> why it cannot run here
+
+
+def case_label(case: Mapping[str, Any], *, backend: bool = False) -> str:
+    """`attention.decode tiny/gqa float16 stress seed0` (and `@backend`)."""
+    text = f"{case['workload']} {case['preset']}/{case['shape']} {case['dtype']} {case['inputs']} seed{case['seed']}"
+    return f"{text} @{case['backend']}" if backend else text
+
+
+def _fit(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: max(1, width - 1)] + "…"
+
+
+def _wrap(text: str, width: int, indent: str, label: str = "") -> list[str]:
+    """`text` wrapped to `width`; the first line starts with `indent + label`, the rest align under the text
+    (under `indent + "  "` where there is no label)."""
+    rest = indent + (" " * len(label) if label else "  ")
+    return textwrap.wrap(text, width, initial_indent=indent + label, subsequent_indent=rest, break_on_hyphens=False)
+
+
+def _figure(value: float) -> str:
+    return f"{value:.2g}" if value < 1e-2 or value >= 1e3 else f"{value:.3g}"
+
+
+def _speed(records: list[dict[str, Any]], baseline: Mapping[str, float]) -> tuple[float, int] | None:
+    """Geometric mean of baseline-median / own-median over the cases timed on both, and how many there were."""
+    logs = []
+    for r in records:
+        timing = r.get("timing")
+        base = baseline.get(r["case"]["key"].rsplit("@", 1)[0])
+        if timing and base and timing.get("median_ns"):
+            logs.append(math.log(base / timing["median_ns"]))
+    return (math.exp(sum(logs) / len(logs)), len(logs)) if logs else None
+
+
+def _block(name: str, records: list[dict[str, Any]], baseline: Mapping[str, float], width: int) -> list[str]:
+    counts = Counter(r["status"] for r in records)
+    head = f"{name}  {counts['passed']} passed, {counts['failed']} failed"
+    errors = sum(counts[s] for s in ("error", "crashed", "timeout"))
+    head += f", {errors} errors" if errors else ""
+    head += f", {counts['skipped']} skipped"
+    lines = _wrap(head, width, "")
+    skips = Counter(r["reason"] for r in records if r["status"] == "skipped" and r.get("reason"))
+    if skips:
+        reason, n = skips.most_common(1)[0]
+        others = f" (and {len(skips) - 1} other reasons)" if len(skips) > 1 else ""
+        lines += _wrap(f"skipped {n}: {reason}{others}", width, "  ")
+    judged = [(r, (r.get("parity") or {}).get("verdict", {}).get("worst")) for r in records]
+    judged = [(r, w) for r, w in judged if w]
+    if judged:
+        r, w = max(judged, key=lambda rw: rw[1]["ratio"] if rw[1]["ratio"] is not None else math.inf)
+        label = _fit(case_label(r["case"]), width - 10)
+        if w.get("detail"):
+            figure = f"{w['metric']}: {w['detail']}"
+        else:
+            share = f"{w['ratio']:.0%} of it" if math.isfinite(w["ratio"]) else "over"
+            figure = f"{w['metric']} {_figure(w['value'])} (budget {_figure(w['budget'])}, {share})"
+        lines += [f"  worst   {label}", *_wrap(figure, width, "          ")]
+    if any(r.get("simulated") for r in records):
+        lines += ["  speed   simulated: timings say nothing about the real device"]
+    elif name == BASELINE and baseline:
+        lines += [f"  speed   the baseline of the speed ratios ({len(baseline)} cases timed)"]
+    else:
+        speed = _speed(records, baseline)
+        if speed is not None:
+            ratio, n = speed
+            verb = f"{ratio:.2f}x faster" if ratio >= 1 else f"{1 / ratio:.2f}x slower"
+            text = f"{verb} than {BASELINE} (geometric mean of {n} cases timed on both)"
+            lines += _wrap(text, width, "  ", "speed   ")
+        elif not any(r.get("timing") for r in records):
+            lines += ["  speed   not timed"]
+    return lines
+
+
+def render(records: Iterable[dict[str, Any]], facts: RunFacts, width: int = 80) -> str:
+    """The summary as text lines of at most `width` characters (long reasons wrap, case names shorten)."""
+    width = max(40, width)
+    records = list(records)
+    unavailable = dict(facts.unavailable or {})
+    by_backend: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        by_backend.setdefault(r["case"]["backend"], []).append(r)
+    baseline = {
+        r["case"]["key"].rsplit("@", 1)[0]: r["timing"]["median_ns"]
+        for r in by_backend.get(BASELINE, [])
+        if r.get("timing") and r["timing"].get("median_ns")
+    }
+    ran = [b for b in by_backend if b not in unavailable]
+    head = f"suite {facts.suite}: {len(records)} cases on {len(ran)} backends in {facts.seconds:.0f} s"
+    if facts.threads:
+        head += f", {facts.threads} thread{'s' if facts.threads > 1 else ''}"
+    lines = _wrap(head, width, "")
+    if facts.excluded:
+        lines += _wrap(f"({facts.excluded} cases left out by the suite's exclude list: harness list)", width, "")
+    for name in ran:
+        lines += ["", *_block(name, by_backend[name], baseline, width)]
+    if unavailable:
+        lines += ["", "not available here"]
+        by_reason: dict[str, list[str]] = {}
+        for name, reason in unavailable.items():
+            by_reason.setdefault(reason, []).append(name)
+        for reason, names in by_reason.items():
+            lines += _wrap(f"{', '.join(names)}: {reason}", width, "  ")
+    bad = [r for r in records if r["status"] in BAD]
+    if bad:
+        lines += ["", f"failing cases ({len(bad)})"]
+        for r in bad[:MAX_LISTED]:
+            lines += ["  " + _fit(f"{r['status'].upper()} {case_label(r['case'], backend=True)}", width - 2)]
+            lines += _wrap(r.get("reason") or "(no reason recorded)", width, "      ")
+        if len(bad) > MAX_LISTED:
+            lines += _wrap(f"... and {len(bad) - MAX_LISTED} more: harness report {facts.out_path}", width, "  ")
+    noisy = [r for r in records if (r.get("timing") or {}).get("noisy")]
+    if noisy:
+        reasons = Counter(
+            "waited for a core" if "waited" in (r["timing"].get("noise") or "") else "wide IQR" for r in noisy
+        )
+        why = ", ".join(f"{n} {what}" for what, n in reasons.most_common())
+        lines += [
+            "",
+            *_wrap(
+                f"noisy timings: {len(noisy)} cases ({why}); compare ratios measured side by side, run with fewer "
+                "jobs on the machine, or raise --time-budget",
+                width,
+                "",
+            ),
+        ]
+    lines += ["", *_wrap(final_line(records, facts).rstrip("\n"), width, "")]
+    lines += _wrap(f"all cases, one row each: harness report {facts.out_path}", width, "")
+    return "\n".join(lines) + "\n"
+
+
+def final_line(records: list[dict[str, Any]], facts: RunFacts) -> str:
+    """`2025 cases (575 passed, 1450 skipped); results: FILE`."""
+    counts = Counter(r["status"] for r in records)
+    summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    return f"{len(records)} cases ({summary}); results: {facts.out_path}\n"

@@ -1,0 +1,132 @@
+"""The front door: a fast --help, thread discipline, what --parity-only skips, the suite's exclude list, and an
+end-of-run summary a person can read at 80 columns."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness.suites import BUILTIN_SUITES, SuiteError, load_suite_file, parse_threads, resolve_threads
+from tests.conftest import FAULTS, plugin
+
+
+def _imports_after(code: str) -> set[str]:
+    """The modules a fresh interpreter holds after running `code`."""
+    probe = f"{code}\nimport sys\nprint(' '.join(sorted(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    return set(out.split())
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["run", "--help"], ["report", "--help"]])
+def test_help_imports_neither_torch_nor_rich(argv: list[str]) -> None:
+    code = (
+        "import contextlib, io\nfrom harness.cli import main\n"
+        f"with contextlib.redirect_stdout(io.StringIO()):\n    try:\n        main({argv!r})\n"
+        "    except SystemExit:\n        pass"
+    )
+    loaded = _imports_after(code)
+    assert "harness.cli" in loaded
+    assert not {"torch", "numpy", "rich", "onnxruntime", "transformers"} & loaded
+
+
+def test_threads_parse_and_resolve() -> None:
+    assert parse_threads(3) == 3 and parse_threads("2") == 2 and parse_threads("auto") == 0
+    assert resolve_threads(0) == len(os.sched_getaffinity(0)) and resolve_threads(2) == 2
+    for bad in (0, -1, "many", 1.5, True):
+        with pytest.raises(SuiteError, match="whole number >= 1 or 'auto'"):
+            parse_threads(bad)
+    assert BUILTIN_SUITES["smoke"].threads == 1 and BUILTIN_SUITES["ci"].threads == 1
+
+
+def test_threads_are_applied_and_recorded(harness_cli) -> None:
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        run = harness_cli("run", "-w", "attention.decode", "-b", "torch-cpu", "--dtype", "float32", "--threads", "2")
+        assert run.exit_code == 0, run.output
+        assert {r["threads"] for r in run.records} == {2}
+        assert {r["environment"]["backend"]["torch_threads"] for r in run.records} == {2}
+        bad = harness_cli("run", "-b", "torch-cpu", "--threads", "0")
+        assert bad.exit_code == 2 and "--threads: threads must be a whole number >= 1 or 'auto'" in bad.output
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_parity_only_skips_determinism_unless_asked_and_oracles_are_timed_only_on_request(harness_cli) -> None:
+    args = ("run", "-w", "attention.prefill", "-b", "cpu-reference,torch-cpu", "--dtype", "float32")
+    quick = harness_cli(*args, "--parity-only")
+    assert quick.exit_code == 0 and {r["parity"]["deterministic"] for r in quick.records} == {None}
+    asked = harness_cli(*args, "--parity-only", "--determinism")
+    assert {r["parity"]["deterministic"] for r in asked.records} == {True}
+    timed = harness_cli(*args, "--distribution", "normal", "--time-budget", "0.01")
+    by_backend = {r["case"]["backend"]: r for r in timed.records}
+    assert by_backend["torch-cpu"]["timing"] and by_backend["cpu-reference"]["timing"] is None
+    oracle = harness_cli(*args, "--distribution", "normal", "--time-budget", "0.01", "--time-oracles")
+    assert all(r["timing"] for r in oracle.records)
+
+
+def test_smoke_exports_only_the_cheapest_llm_graphs_and_says_so(harness_cli, tmp_path: Path) -> None:
+    from harness.backend import default_registry
+    from harness.runner import Runner, RunOptions
+    from harness.workload import WorkloadRegistry
+
+    runner = Runner(default_registry(), WorkloadRegistry.discover(), RunOptions(), "plan")
+    keys = {c.key for c in runner.plan(BUILTIN_SUITES["smoke"])}
+    assert any(k.startswith("llm.llama3/") and k.endswith("@ort-cpu") for k in keys)
+    assert not any(k.startswith("llm.qwen3-moe/") and "@ort-" in k for k in keys)
+    assert any(k.startswith("llm.qwen3-moe/") and k.endswith("@torch-cpu") for k in keys)
+    assert runner.excluded > 0 and "only for llm.llama3" in BUILTIN_SUITES["smoke"].description
+    suite = tmp_path / "mine.toml"
+    suite.write_text('workloads = ["attention.decode"]\nexclude = ["*/float16/*"]\nthreads = "auto"\n')
+    mine = load_suite_file(suite)
+    assert mine.exclude == ("*/float16/*",) and mine.threads == 0
+    run = harness_cli("run", "--suite", str(suite), "-b", "torch-cpu", "--parity-only")
+    assert run.exit_code == 0 and run.records
+    assert "float16" not in {r["case"]["dtype"] for r in run.records}
+    assert "cases left out by the suite's exclude list" in run.output
+
+
+def test_summary_fits_80_columns_and_never_cuts_a_reason(harness_cli, monkeypatch) -> None:
+    """One block per backend, unavailable backends on their own lines with the whole reason, failing cases
+    listed with the whole verdict: at 80 columns only case names may shorten."""
+    monkeypatch.setenv("COLUMNS", "80")
+    run = harness_cli(
+        "run", "-w", "attention.decode,attention.chunked_prefill", "-b",
+        "torch-cpu,bug-top-left-causal,needs-missing-sdk", "--plugin", FAULTS, "--plugin", plugin("unavailable"),
+        "--dtype", "float32", "--time-budget", "0.01",
+    )  # fmt: skip
+    assert run.exit_code == 1
+    lines = run.output.splitlines()
+    assert lines and max(len(line) for line in lines) <= 80
+    text = " ".join(" ".join(line.split()) for line in lines)  # the wrapped text, joined again
+    assert lines[0].startswith("suite smoke:")
+    for backend in ("torch-cpu", "bug-top-left-causal"):
+        assert any(line.startswith(f"{backend}  ") and "passed" in line for line in lines)
+    assert "speed " in text and "than torch-cpu" in text
+    assert "worst " in text and "(budget " in text
+    missing = next(r for r in run.records if r["case"]["backend"] == "needs-missing-sdk")
+    assert "not available here" in text and " ".join(missing["reason"].split(": ", 1)[1].split()) in text
+    failed = [r for r in run.records if r["status"] == "failed"]
+    assert failed and f"failing cases ({len(failed)})" in text
+    for r in failed:
+        assert " ".join(r["reason"].split()) in text  # every verdict whole, wrapped but not cut
+    assert "harness report" in text
+
+
+def test_summary_reports_contention(harness_cli) -> None:
+    from harness.summary import RunFacts, render
+
+    record = {
+        "case": {"workload": "w", "preset": "tiny", "shape": "s", "dtype": "float32", "inputs": "normal", "seed": 0,
+                 "backend": "torch-cpu", "key": "w/tiny/s/float32/normal/seed0@torch-cpu"},
+        "status": "passed", "reason": "", "parity": None,
+        "timing": {"median_ns": 1e6, "noisy": True, "noise": "wall time 2.5x the process's CPU time (> 1.2x): "
+                   "it waited for a core"},
+    }  # fmt: skip
+    text = render([record], RunFacts("s", "out.jsonl", 1.0, threads=1), 80)
+    assert "noisy timings: 1 cases (1 waited for a core)" in " ".join(text.split())

@@ -10,7 +10,8 @@ import torch
 
 pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
 
-from backends.onnxruntime import CACHE_ENV, OrtCann, OrtCpu
+from backends.onnx_export import CACHE_ENV, ExportCache
+from backends.onnxruntime import OrtCann, OrtCpu
 from harness.workload import Case
 
 
@@ -109,7 +110,7 @@ def test_bound_call_is_the_session_alone_and_still_computes(tmp_path: Path, monk
     def no_rekeying(*args, **kwargs):
         raise AssertionError("a timed call recomputed the export cache key")
 
-    monkeypatch.setattr(backend, "_key", no_rekeying)
+    monkeypatch.setattr(backend._exports, "key", no_rekeying)
     torch.testing.assert_close(timed(), expected)
     q.mul_(-1.0)  # the same tensors, new values: the bound call must see them
     torch.testing.assert_close(timed(), OrtCpu().attention(q, k, v, causal=True, kv_lens=kv_lens))
@@ -118,17 +119,43 @@ def test_bound_call_is_the_session_alone_and_still_computes(tmp_path: Path, monk
 def test_a_failed_dynamic_export_is_remembered_across_runs(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
     exports: list[bool] = []
-    original = OrtCpu._export
+    original = ExportCache.export
 
-    def export(self, op, static, tensors, names, tensor_kwargs, path, dynamic):
+    def export(self, module, op, static, tensors, names, path, dynamic):
         exports.append(dynamic)
         if dynamic:
             raise RuntimeError("planted: this op does not export with dynamic shapes")
-        return original(self, op, static, tensors, names, tensor_kwargs, path, dynamic)
+        return original(self, module, op, static, tensors, names, path, dynamic)
 
-    monkeypatch.setattr(OrtCpu, "_export", export)
+    monkeypatch.setattr(ExportCache, "export", export)
     x, w = torch.randn(3, 16), torch.randn(16)
     OrtCpu().rms_norm(x, w)
     assert exports == [True, False] and list((tmp_path / "cache").glob("*.dynamic-failed"))
     OrtCpu().rms_norm(x, w)  # a new process would be a new backend: no dynamic attempt, the static model reused
     assert exports == [True, False]
+
+
+@pytest.mark.slow
+def test_one_llm_graph_serves_every_seed_and_refuses_weights_it_cannot_take(
+    harness_cli, tmp_path: Path, monkeypatch
+) -> None:
+    """The graph is exported once per architecture, dtype and mode; another seed's session gets its own weights
+    as the graph's initializers (a stale weight would fail parity, as a false failure, never pass). Where the
+    export folded a tensor whose value now differs, the graph is not shared: that seed gets an export of its own."""
+    import backends.onnx_export as ort_export
+
+    args = ("run", "-w", "llm.llama3", "-b", "ort-cpu", "--dtype", "float32", "--seeds", "0,1", "--parity-only")
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "shared"))
+    run = harness_cli(*args)
+    assert run.exit_code == 0, run.output
+    assert [r["status"] for r in run.records] == ["passed", "passed"]
+    assert run.records[0]["compile"]["export_s"] > 0 and "export_s" not in (run.records[1]["compile"] or {})
+    assert len(list((tmp_path / "shared").glob("causal_lm-*.onnx"))) == 2  # prefill and decode, for both seeds
+
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "own"))
+    counter = iter(range(10**6))
+    monkeypatch.setattr(ort_export, "digests", lambda tensors: {n: str(next(counter)) for n in tensors})
+    run = harness_cli(*args)
+    assert run.exit_code == 0, run.output
+    assert [r["status"] for r in run.records] == ["passed", "passed"]
+    assert len(list((tmp_path / "own").glob("causal_lm-*.onnx"))) == 4  # seed 1 could not share: its own graphs

@@ -7,12 +7,13 @@ Two figures, each measured side by side in one process:
 2. ort-cpu's timed call against a bare `session.run` on the same session and feeds (attention.decode, tiny):
    what the harness adds per call once `bind` has resolved the session and the feeds.
 
-    python benchmarks/overhead.py [--suite smoke] [--threads 1] [--rounds 2000]
+    python benchmarks/overhead.py [--suite smoke] [-w GLOB] [--threads 1] [--rounds 2000]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import sys
 import time
@@ -36,15 +37,28 @@ IMPORTED = time.perf_counter()
 
 
 class OpClock:
-    """Time spent inside a backend class's contract ops (outermost calls only: moe calls route inside)."""
+    """Time spent inside a backend class's contract ops (outermost calls only: moe calls route inside), while
+    the clock is installed (a context manager: the class is restored on exit)."""
 
     def __init__(self, cls: type) -> None:
+        self.cls = cls
         self.ns = 0
         self.calls = 0
         self._depth = 0
+        self._originals: dict[str, Any] = {}
+
+    def __enter__(self) -> OpClock:
         for name in ops.OPS:
-            original = cls.__dict__.get(name) or getattr(cls, name)
-            setattr(cls, name, self._wrap(original))
+            self._originals[name] = self.cls.__dict__.get(name)
+            setattr(self.cls, name, self._wrap(getattr(self.cls, name)))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for name, original in self._originals.items():
+            if original is None:
+                delattr(self.cls, name)  # the method was inherited
+            else:
+                setattr(self.cls, name, original)
 
     def _wrap(self, fn: Callable[..., Any]) -> Callable[..., Any]:
         def timed(*args: Any, **kwargs: Any) -> Any:
@@ -61,17 +75,17 @@ class OpClock:
         return timed
 
 
-def sweep_share(suite_name: str, threads: int, out: Path) -> None:
-    clock = OpClock(TorchCpu)
-    suite = resolve_suite(suite_name)
-    suite = type(suite)(**{**suite.__dict__, "backends": ("torch-cpu",)})
+def sweep_share(suite_name: str, workloads: tuple[str, ...], threads: int, out: Path) -> None:
+    suite = dataclasses.replace(resolve_suite(suite_name), backends=("torch-cpu",))
+    if workloads:
+        suite = dataclasses.replace(suite, workloads=workloads)
     options = RunOptions(timing=suite.timing, determinism=True, threads=threads)
     runner = Runner(default_registry(), WorkloadRegistry.discover(), options, new_run_id())
     cases = runner.plan(suite)
-    start = time.perf_counter()
-    with ResultWriter(out) as writer:
+    with OpClock(TorchCpu) as clock, ResultWriter(out) as writer:
+        start = time.perf_counter()
         runner.run(cases, writer)
-    wall = time.perf_counter() - start
+        wall = time.perf_counter() - start
     op = clock.ns * 1e-9
     print(f"1. {suite_name} suite on torch-cpu, timed, {threads} thread(s): {len(cases)} cases")
     print(f"   imports {IMPORTED - STARTED:.2f} s, sweep wall time {wall:.2f} s")
@@ -118,15 +132,24 @@ def ort_per_call(rounds: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--suite", default="smoke")
+    parser.add_argument("-w", "--workload", action="append", default=[], help="only these workloads (globs)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=2000)
     parser.add_argument("--out", type=Path, default=Path("results/runs/overhead.jsonl"))
     args = parser.parse_args(argv)
+    before = torch.get_num_threads()
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {args.threads} thread(s), python {sys.version.split()[0]}")
-    sweep_share(args.suite, args.threads, args.out)
-    ort_per_call(args.rounds)
+    try:
+        _report(args)
+    finally:
+        torch.set_num_threads(before)
     return 0
+
+
+def _report(args: argparse.Namespace) -> None:
+    print(f"torch {torch.__version__}, {args.threads} thread(s), python {sys.version.split()[0]}")
+    sweep_share(args.suite, tuple(args.workload), args.threads, args.out)
+    ort_per_call(args.rounds)
 
 
 if __name__ == "__main__":

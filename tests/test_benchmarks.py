@@ -32,3 +32,23 @@ def test_moe_cpu_benchmark_prints_tokens_per_second_beside_transformers(tmp_path
         assert set(r["tokens_per_s"]) == {"torch-cpu", "grouped_mm", "eager"}
         assert all(v > 0 for v in r["tokens_per_s"].values())
         assert r["hf_rel_l2_vs_torch_cpu"] < 1e-5  # float32: the same function on the same weights
+
+
+def test_overhead_benchmark_prints_the_ops_share_and_the_bound_call_beside_a_bare_session(tmp_path, capsys) -> None:
+    pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
+    from backends.torch_cpu import TorchCpu
+
+    attention = TorchCpu.attention
+    bench = load("overhead")
+    assert bench.main(["-w", "attention.decode", "--rounds", "20", "--out", str(tmp_path / "o.jsonl")]) == 0
+    printed = capsys.readouterr().out
+    assert "of the sweep's wall time" in printed and "bare session.run" in printed and "harness (bound)" in printed
+    assert TorchCpu.attention is attention  # the clock is taken off the class again
+
+
+def test_sharing_benchmark_runs_alone_in_a_row_and_at_once(capsys) -> None:
+    bench = load("sharing")
+    args = "run -w attention.decode -b torch-cpu --dtype float32 --parity-only --no-table"
+    assert bench.main(["--threads", "1", "--args", args]) == 0
+    printed = capsys.readouterr().out
+    assert "3 in a row" in printed and "3 at once" in printed and "at once / in a row" in printed

@@ -9,10 +9,9 @@ from __future__ import annotations
 import platform
 from typing import Any, ClassVar
 
-import torch
-
 from harness import ops as reference
 from harness.backend import Availability, Backend
+from harness.lazy import torch
 
 
 class CpuReference(Backend):

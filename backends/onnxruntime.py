@@ -15,24 +15,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-import torch
-
-from backends.onnx_export import (
-    ExportableMoe,
-    ExportCache,
-    LlmGraph,
-    NotShareableError,
-    OpModule,
-    Weights,
-    architecture,
-    cache_layers,
-    export_ops,
-    fingerprint,
-)
 from harness import ops as contract
 from harness.backend import Availability, Backend
+from harness.lazy import LazyModule, torch
 
 log = logging.getLogger(__name__)
+
+graphs = LazyModule("backends.onnx_export")  # what is exported (torch.nn modules) and the cache: imported on use
 
 
 @dataclass(frozen=True)
@@ -45,7 +34,7 @@ class _OrtCall:
     tensor_kwargs: dict[str, torch.Tensor | None]
     static: dict[str, Any]
     post: Callable[[list[torch.Tensor]], Any]
-    weights: Weights | None = None  # initializers that replace the graph's own (an LLM of another seed)
+    weights: graphs.Weights | None = None  # initializers that replace the graph's own (an LLM of another seed)
 
 
 def _first(outputs: list[torch.Tensor]) -> torch.Tensor:
@@ -81,7 +70,7 @@ class OrtBackend(Backend):
 
         self.ort = onnxruntime
         self._sessions: dict[str, Any] = {}
-        self._exports = ExportCache(onnxruntime.__version__)
+        self._exports = graphs.ExportCache(onnxruntime.__version__)
         self._llm_modules: dict[tuple[str, str, str], torch.nn.Module] = {}  # (architecture, dtype, mode) -> graph
         self._unshareable: set[tuple[str, str, str]] = set()  # LLM graphs that cannot take another seed's weights
         self._compile: dict[str, float] = {}
@@ -168,8 +157,8 @@ class OrtBackend(Backend):
             return self._llm_modules[(static["architecture"], static["dtype"], static["mode"])]
         if op == "moe":
             has = {k: k in static["has"] and static["has"][k] for k in ("bias", "shared", "shared_gate", "override")}
-            return ExportableMoe(static["routing"], has, static["return_routing"])
-        return OpModule(op, static, tensor_kwargs)
+            return graphs.ExportableMoe(static["routing"], has, static["return_routing"])
+        return graphs.OpModule(op, static, tensor_kwargs)
 
     def _invoke(self, call: _OrtCall) -> Any:
         """Run a planned call (or, while `bind` plans, hand the plan back unrun)."""
@@ -345,7 +334,7 @@ class OrtBackend(Backend):
             raise NotImplementedError(f"{self.name} runs an exported graph: no torch model for layer-wise replay")
         if cache is None:  # the prefill graph; its keys and values are dropped
             return self._llm_run(model, "prefill", input_ids, [])[0]
-        layers = cache_layers(cache)
+        layers = graphs.cache_layers(cache)
         past_len = cache.get_seq_length() if layers else 0
         past = [t for layer in layers for t in (layer.keys, layer.values)] if past_len else []
         outputs = self._llm_run(model, "decode" if past else "prefill", input_ids, past)
@@ -357,17 +346,17 @@ class OrtBackend(Backend):
     def _llm_run(self, model: Any, mode: str, input_ids: torch.Tensor, past: list[torch.Tensor]) -> list[torch.Tensor]:
         """One step through the model's graph. The graph is exported once per architecture, dtype and mode and
         serves every seed: a session takes the model's own weights as initializers by name."""
-        arch = model.cached("onnx-architecture", lambda: architecture(model.config))
+        arch = model.cached("onnx-architecture", lambda: graphs.architecture(model.config))
         static = {"model": model.name, "dtype": str(model.dtype), "architecture": arch, "mode": mode}
-        graph = LlmGraph(model.for_backend(export_ops()), mode)
-        weights = Weights(model.cached("onnx-weights", lambda: fingerprint(model.master)), graph)
+        graph = graphs.LlmGraph(model.for_backend(graphs.export_ops()), mode)
+        weights = graphs.Weights(model.cached("onnx-weights", lambda: graphs.fingerprint(model.master)), graph)
         if (arch, static["dtype"], mode) in self._unshareable:  # this exporter folds a weight: one graph per seed
             static["weights"], weights = weights.fingerprint, None
         self._llm_modules[(arch, static["dtype"], mode)] = graph  # what an export of this key traces
         past_kwargs = {f"past_{i}": t for i, t in enumerate(past)}
         try:
             return self._invoke(_OrtCall("causal_lm", [input_ids], past_kwargs, static, list, weights))
-        except NotShareableError as exc:
+        except graphs.NotShareableError as exc:
             log.info("%s: %s; exporting one graph per weight set", model.name, exc)
             self._unshareable.add((arch, static["dtype"], mode))
             return self._llm_run(model, mode, input_ids, past)

@@ -29,12 +29,11 @@ import math
 import time
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import torch
-
 from backends.onnxruntime import OrtCpu
 from backends.torch_cpu import TorchCpu
 from harness import ops as contract
 from harness.backend import Support, UnsupportedCaseError
+from harness.lazy import torch
 
 if TYPE_CHECKING:
     from harness.workload import Case

@@ -11,13 +11,12 @@ import abc
 import functools
 import inspect
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import torch
-
 from harness import ops as contract
+from harness.lazy import torch
 from harness.names import DTYPE_NAMES, BadInputError
 from harness.plugins import PluginError, entry_points, import_plugin
 from harness.timing import Timer, TimingConfig, WallClockTimer
@@ -28,7 +27,27 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 BACKEND_GROUP = "harness.backends"
-DTYPES: dict[str, torch.dtype] = {name: getattr(torch, name) for name in DTYPE_NAMES}
+
+
+class _Dtypes(Mapping[str, "torch.dtype"]):
+    """Case dtype name -> torch dtype; the names are known without importing torch (harness list, --help)."""
+
+    def __getitem__(self, name: str) -> torch.dtype:
+        if name not in DTYPE_NAMES:
+            raise KeyError(name)
+        return getattr(torch, name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in DTYPE_NAMES
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(DTYPE_NAMES)
+
+    def __len__(self) -> int:
+        return len(DTYPE_NAMES)
+
+
+DTYPES: Mapping[str, torch.dtype] = _Dtypes()
 
 
 @dataclass(frozen=True)

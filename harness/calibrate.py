@@ -17,9 +17,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from harness.backend import DTYPES, Backend
+from harness.lazy import torch
 from harness.results import utc_now
 from harness.timing import TimingConfig, measure
 

@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-import torch
+from harness.lazy import torch
 
 
 class ContractError(ValueError):

@@ -12,9 +12,8 @@ import math
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-import torch
-
 from harness import ops
+from harness.lazy import torch
 from harness.names import DEFAULT_AGAINST_RATIO
 
 # Unit roundoff of each dtype: the relative error of one rounding.

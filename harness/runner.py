@@ -20,11 +20,10 @@ from itertools import groupby
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from harness import parity
 from harness.backend import DTYPES, Availability, Backend, BackendRegistry, RegistryError, UnsupportedCaseError
 from harness.calibrate import Calibration, load_calibration
+from harness.lazy import torch
 from harness.names import BadInputError
 from harness.results import SCHEMA_VERSION, host_environment, utc_now
 from harness.saved import SavedOutputs, SavedOutputsError

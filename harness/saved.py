@@ -9,15 +9,21 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-import torch
-from safetensors.torch import load_file, save_file
+from harness.lazy import torch
 
 if TYPE_CHECKING:
     from harness.workload import Case
 
 INPUTS_FILE = "inputs.safetensors"
+
+
+def _safetensors() -> Any:
+    """safetensors' torch API, imported when a file is read or written (it imports torch)."""
+    from safetensors import torch as st
+
+    return st
 
 
 class SavedOutputsError(ValueError):
@@ -38,8 +44,8 @@ class SavedOutputs:
         meta = {"case": json.dumps(case.to_record())}
         if not (folder / INPUTS_FILE).exists():
             tensors = {n: t.contiguous() for n, t in inputs.items() if isinstance(t, torch.Tensor)}
-            save_file(tensors, str(folder / INPUTS_FILE), metadata=meta)
-        save_file({"out": out.contiguous()}, str(folder / f"{case.backend}.safetensors"), metadata=meta)
+            _safetensors().save_file(tensors, str(folder / INPUTS_FILE), metadata=meta)
+        _safetensors().save_file({"out": out.contiguous()}, str(folder / f"{case.backend}.safetensors"), metadata=meta)
 
     def backends(self) -> list[str]:
         names = {p.stem for p in self.root.glob("*/*.safetensors") if p.name != INPUTS_FILE}
@@ -58,8 +64,8 @@ class SavedOutputs:
 
     def load_inputs(self, case: Case) -> dict[str, torch.Tensor] | None:
         path = self.root / _dirname(case) / INPUTS_FILE
-        return load_file(str(path)) if path.is_file() else None
+        return _safetensors().load_file(str(path)) if path.is_file() else None
 
     def load_output(self, case: Case, backend: str) -> torch.Tensor | None:
         path = self.root / _dirname(case) / f"{backend}.safetensors"
-        return load_file(str(path))["out"] if path.is_file() else None
+        return _safetensors().load_file(str(path))["out"] if path.is_file() else None

@@ -9,11 +9,9 @@ from __future__ import annotations
 import platform
 from typing import Any, ClassVar
 
-import torch
-import torch.nn.functional as F
-
 from harness import ops as contract
 from harness.backend import Backend
+from harness.lazy import F, torch
 
 
 class TorchBackend(Backend):

@@ -15,11 +15,10 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-import torch
-
 from harness import ops as contract
 from harness import parity
 from harness.backend import DTYPES
+from harness.lazy import torch
 from harness.names import DISTRIBUTIONS, BadInputError
 from harness.plugins import PluginError, entry_points
 

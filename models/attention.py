@@ -12,9 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
-import torch
-
 from harness import ops as contract
+from harness.lazy import torch
 from harness.workload import Workload, WorkloadError, random_tensor
 from models.shapes import ATTENTION_MODELS, AttentionDims
 

@@ -17,10 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-import torch
-from torch import nn
-
 from harness import ops, parity
+from harness.lazy import nn, torch
 from harness.workload import (
     Call,
     CaseInputs,

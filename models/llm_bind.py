@@ -19,10 +19,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-from torch import nn
-
 from harness import ops as oracle
+from harness.lazy import nn, torch
 from harness.workload import WorkloadError
 from models.llm_config import moe_dims
 from models.shapes import MoeDims

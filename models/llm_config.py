@@ -11,9 +11,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import nn
-
+from harness.lazy import nn, torch
 from harness.workload import WorkloadError
 from models.shapes import MoeDims
 

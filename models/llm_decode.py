@@ -19,14 +19,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-from torch import nn
-
+from harness.lazy import nn, torch
 from models.llm_bind import LlmModel, forward, new_cache
 
 SELF_CHECK_REL_L2 = 1e-9  # float64 cached vs full forward: rounding differences only (seen: ~1e-15)
 
-Step = Callable[[torch.Tensor, Any], torch.Tensor]  # (input_ids [B, S], cache) -> logits [B, S, V] on the host
+Step = Callable[["torch.Tensor", Any], "torch.Tensor"]  # (input_ids [B, S], cache) -> logits [B, S, V] on host
 
 
 class DecodeSelfCheckError(RuntimeError):

@@ -7,9 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-from torch import nn
-
+from harness.lazy import nn, torch
 from models.llm_bind import forward, is_cache
 
 OP_KINDS = {"input_layernorm": "norm", "self_attn": "attention", "post_attention_layernorm": "norm", "mlp": "mlp"}

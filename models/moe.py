@@ -13,10 +13,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
-import torch
-
 from harness import ops as contract
 from harness import parity
+from harness.lazy import torch
 from harness.workload import Call, CaseInputs, Evaluation, Workload, WorkloadError, evaluate_tensor, random_tensor
 from models.shapes import MOE_MODELS, MoeDims
 

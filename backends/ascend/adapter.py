@@ -12,11 +12,9 @@ import math
 from types import ModuleType
 from typing import Any, ClassVar
 
-import torch
-import torch.nn.functional as F
-
 from harness import ops as contract
 from harness.backend import Availability
+from harness.lazy import F, torch
 from harness.timing import Timer, TimingConfig
 from harness.torch_backend import TorchBackend
 
@@ -24,7 +22,12 @@ MAX_TOKENS = 2147483647
 
 
 def _import_torch_npu() -> tuple[ModuleType, Any]:
-    """torch_npu and torch.npu; any exception (ImportError for libhccl.so, RuntimeError...) propagates."""
+    """torch_npu and torch.npu; any exception (ImportError for libhccl.so, RuntimeError...) propagates. Where
+    torch_npu is not installed at all, that is said without importing torch (harness list stays fast)."""
+    import importlib.util
+
+    if importlib.util.find_spec("torch_npu") is None:
+        raise ModuleNotFoundError("No module named 'torch_npu'")
     import torch_npu
 
     return torch_npu, torch.npu  # type: ignore[attr-defined]

@@ -13,9 +13,8 @@ import math
 import time
 from typing import Any
 
-import torch
-
 from harness import ops
+from harness.lazy import torch
 
 __version__ = "2.13.0+sim"
 SOC_NAME = "Ascend910B-sim"

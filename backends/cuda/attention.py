@@ -40,7 +40,6 @@ KERNELS: dict[str, SDPBackend] = {
     "efficient": SDPBackend.EFFICIENT_ATTENTION,
     "math": SDPBackend.MATH,
 }
-AUTO_KERNELS = ("cudnn", "flash", "efficient")  # math only as the fallback when none of these takes a case
 TUNE_REPEATS = 3
 
 

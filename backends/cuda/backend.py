@@ -13,17 +13,27 @@ import math
 import os
 from typing import Any, ClassVar
 
-import torch
-
-from backends.cuda.attention import AUTO_KERNELS, SdpaAttention
-from backends.cuda.moe import GroupedMoe
-from backends.cuda.timing import CudaTimer
 from harness.backend import Availability
+from harness.lazy import torch
 from harness.timing import Timer, TimingConfig
 from harness.torch_backend import TorchBackend
 
 TF32_ENV = "HARNESS_CUDA_TF32"
 MAX_INPUT_SETS = 32
+
+
+AUTO_KERNELS = ("cudnn", "flash", "efficient")  # math only as the fallback when none of these takes a case
+
+
+def _cpu_only_torch() -> str | None:
+    """The installed torch's version when its distribution says it is a CPU-only build ("2.13.0+cpu"), else None."""
+    from importlib import metadata
+
+    try:
+        version = metadata.version("torch")
+    except metadata.PackageNotFoundError:
+        return None
+    return version if version.endswith("+cpu") else None
 
 
 def tf32_requested() -> bool:
@@ -40,6 +50,9 @@ class Cuda(TorchBackend):
 
     @classmethod
     def probe(cls) -> Availability:
+        cpu_build = _cpu_only_torch()
+        if cpu_build:  # known from the installed distribution, without importing torch (harness list stays fast)
+            return Availability(False, f"torch {cpu_build} is a CPU-only build (torch.version.cuda is None)")
         if torch.version.cuda is None:
             return Availability(False, f"torch {torch.__version__} is a CPU-only build (torch.version.cuda is None)")
         if not torch.cuda.is_available():
@@ -49,6 +62,9 @@ class Cuda(TorchBackend):
         return Availability(True)
 
     def __init__(self) -> None:
+        from backends.cuda.attention import SdpaAttention
+        from backends.cuda.moe import GroupedMoe
+
         self.tf32 = tf32_requested()
         torch.backends.cuda.matmul.allow_tf32 = self.tf32
         torch.backends.cudnn.allow_tf32 = self.tf32
@@ -63,6 +79,8 @@ class Cuda(TorchBackend):
         torch.cuda.synchronize()
 
     def timer(self, config: TimingConfig | None = None) -> Timer:
+        from backends.cuda.timing import CudaTimer
+
         return CudaTimer(config or TimingConfig(), self.l2_bytes)
 
     def timing_input_sets(self, nbytes: int, config: TimingConfig) -> int:

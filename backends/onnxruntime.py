@@ -15,9 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from harness import ops as contract
 from harness.backend import Availability, Backend
 from harness.lazy import LazyModule, torch
+from harness.names import OPS
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ class OrtBackend(Backend):
         """A session for the call: its graph exported with dynamic batch / sequence dims where the code allows,
         else (the code branches on a sequence length, e.g. Sq == Skv) with this case's static shapes. With
         weights, the session runs the cached graph on those tensors instead of the ones it was exported with."""
-        tensor_kwargs = tuple(n for n in names if n not in contract.OPS[call.op].inputs)
+        tensor_kwargs = tuple(n for n in names if n not in OPS[call.op].inputs)
         for dynamic in (True, False):
             key = self._exports.key(call.op, call.static, tensors, names, dynamic)
             session_key = key if call.weights is None else f"{key}@{call.weights.fingerprint}"
@@ -170,7 +170,7 @@ class OrtBackend(Backend):
         """The call's session (exported and created on first use) and its input tensors in graph order."""
         present = {k: v for k, v in call.tensor_kwargs.items() if v is not None}
         tensors = [*call.positional, *present.values()]
-        names = (*contract.OPS[call.op].inputs, *present)
+        names = (*OPS[call.op].inputs, *present)
         return self._session(call, tensors, names), tensors
 
     def _feeds(self, session: Any, tensors: list[torch.Tensor]) -> dict[str, Any]:

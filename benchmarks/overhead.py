@@ -26,8 +26,8 @@ STARTED = time.perf_counter()
 import torch  # noqa: E402
 
 from backends.torch_cpu import TorchCpu  # noqa: E402
-from harness import ops  # noqa: E402
 from harness.backend import default_registry  # noqa: E402
+from harness.names import OPS  # noqa: E402
 from harness.results import ResultWriter, new_run_id  # noqa: E402
 from harness.runner import Runner, RunOptions  # noqa: E402
 from harness.suites import resolve_suite  # noqa: E402
@@ -48,7 +48,7 @@ class OpClock:
         self._originals: dict[str, Any] = {}
 
     def __enter__(self) -> OpClock:
-        for name in ops.OPS:
+        for name in OPS:
             self._originals[name] = self.cls.__dict__.get(name)
             setattr(self.cls, name, self._wrap(getattr(self.cls, name)))
         return self

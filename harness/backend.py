@@ -15,9 +15,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from harness import ops as contract
 from harness.lazy import torch
-from harness.names import DTYPE_NAMES, BadInputError
+from harness.names import DTYPE_NAMES, OPS, BadInputError
 from harness.plugins import PluginError, entry_points, import_plugin
 from harness.timing import Timer, TimingConfig, WallClockTimer
 
@@ -130,7 +129,7 @@ class Backend(abc.ABC):
     @classmethod
     def implemented_ops(cls) -> frozenset[str]:
         """The contract ops this class overrides; derived, so it cannot drift from the code."""
-        return frozenset(op for op in contract.OPS if getattr(cls, op, None) is not getattr(Backend, op, None))
+        return frozenset(op for op in OPS if getattr(cls, op, None) is not getattr(Backend, op, None))
 
     @classmethod
     def capabilities(cls) -> dict[str, Any]:

@@ -14,58 +14,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from harness.lazy import torch
+from harness.names import ROPE_STYLES, ROUTING_SCHEMES
 
 
 class ContractError(ValueError):
     """Inputs that violate the kernel contract (wrong rank, inconsistent dims, bad dtype)."""
-
-
-@dataclass(frozen=True)
-class OpSpec:
-    """An op of the contract: its tensor inputs (positional, in order) and optional tensor keywords."""
-
-    name: str
-    inputs: tuple[str, ...]
-    optional_inputs: tuple[str, ...] = ()
-    summary: str = ""
-
-
-OPS: dict[str, OpSpec] = {
-    spec.name: spec
-    for spec in (
-        OpSpec(
-            "attention",
-            ("q", "k", "v"),
-            ("kv_lens",),
-            "q [B,Hq,Sq,D], k [B,Hkv,Skv,D], v [B,Hkv,Skv,Dv] -> [B,Hq,Sq,Dv]; GQA, bottom-right causal, window",
-        ),
-        OpSpec("rms_norm", ("x", "w"), (), "x [..., H], w [H] -> x / rms(x) * w"),
-        OpSpec("rope", ("x", "cos", "sin"), (), "x [..., S, D], cos/sin broadcastable to x; half or interleave"),
-        OpSpec("swiglu", ("x",), (), "x [..., 2F] -> silu(x[..., :F]) * x[..., F:]"),
-        OpSpec(
-            "route",
-            ("logits",),
-            ("bias",),
-            "logits [T,E] -> (weights [T,k], ids [T,k]); softmax_topk or sigmoid_group_topk",
-        ),
-        OpSpec(
-            "moe",
-            ("x", "router_w", "w_gate", "w_up", "w_down"),
-            ("bias", "shared_w_gate", "shared_w_up", "shared_w_down", "shared_gate", "route_weights", "route_ids"),
-            "x [T,H] -> [T,H]: route, SwiGLU experts, weighted combine, optional (gated) shared expert",
-        ),
-        OpSpec(
-            "causal_lm",
-            ("input_ids",),
-            (),
-            "model (a built workload model), input_ids [B,S] -> logits [B,S,V]; the model's own layers",
-        ),
-    )
-}
-
-ROUTING_SCHEMES = ("softmax_topk", "sigmoid_group_topk")
-
-ROPE_STYLES = ("half", "interleave")
 
 
 def _require(cond: bool, message: str) -> None:

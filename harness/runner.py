@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import functools
-import itertools
 import logging
 import time
 import traceback
@@ -22,13 +21,13 @@ from typing import Any
 
 from harness import parity
 from harness.backend import DTYPES, Availability, Backend, BackendRegistry, RegistryError, UnsupportedCaseError
-from harness.calibrate import Calibration, load_calibration
+from harness.case_timing import CaseTimer
 from harness.lazy import torch
 from harness.names import BadInputError
 from harness.results import SCHEMA_VERSION, host_environment, utc_now
 from harness.saved import SavedOutputs, SavedOutputsError
 from harness.suites import Suite
-from harness.timing import NOISE_THRESHOLD, TimingConfig, measure
+from harness.timing import TimingConfig
 from harness.workload import (
     USER_SHAPE,
     Case,
@@ -37,6 +36,7 @@ from harness.workload import (
     WorkloadError,
     WorkloadRegistry,
     WorkloadUnavailableError,
+    map_tensors,
 )
 
 log = logging.getLogger(__name__)
@@ -112,7 +112,7 @@ class Runner:
         self._instances: dict[str, Backend] = {}
         self._availability: dict[str, Availability] = {}
         self._environments: dict[str, dict[str, Any]] = {}
-        self._calibrations: dict[str, Calibration | None] = {}
+        self._timer = CaseTimer(options.timing)
         self.saved_in = self._against_dir()
         self.saved_out = SavedOutputs(options.save_outputs) if options.save_outputs else None
 
@@ -382,38 +382,28 @@ class Runner:
 
     def _callers(
         self, backend: Backend, group: CaseInputs
-    ) -> tuple[Callable[..., Any], Callable[[], Callable[[], Any]]]:
-        """(call, bound): `call(**extra)` runs the op with extra keyword tensors and returns host outputs;
-        `bound()` binds the bare op to the device-resident inputs (Backend.bind), for timing and the
-        determinism check: only when they run, since binding may export or compile."""
+    ) -> tuple[Callable[..., Any], Callable[..., Any], Callable[[], Callable[[], Any]]]:
+        """The op on the group's inputs, moved to the device once: `call(**extra)` with extra keyword tensors,
+        outputs brought to the host; `device(**extra)`, outputs left on the device (timing); `bound()` the bare
+        op bound by Backend.bind (timing, determinism), made only when used, since binding may export."""
         dev_inputs = map_tensors(group.inputs, backend.to_device)  # non-tensor inputs (a model) pass through
         args, kwargs = group.workload.split_args(dev_inputs, group.shape)
         op = getattr(backend, group.workload.op)
 
+        def device(**extra: Any) -> Any:
+            return op(*args, **{**kwargs, **map_tensors(extra, backend.to_device)})
+
         def call(**extra: Any) -> Any:
-            result = op(*args, **{**kwargs, **map_tensors(extra, backend.to_device)})
+            result = device(**extra)
             backend.synchronize()
             return map_tensors(result, backend.to_host)
 
-        return call, functools.cache(lambda: backend.bind(group.workload.op, args, kwargs))
-
-    def _device_call(self, backend: Backend, group: CaseInputs) -> Callable[..., Any]:
-        """The op on device-resident inputs with keyword overrides, outputs left on the device (for timing)."""
-        dev_inputs = map_tensors(group.inputs, backend.to_device)
-        args, kwargs = group.workload.split_args(dev_inputs, group.shape)
-        op = getattr(backend, group.workload.op)
-        return lambda **extra: op(*args, **{**kwargs, **map_tensors(extra, backend.to_device)})
-
-    def _bound_copy(self, backend: Backend, group: CaseInputs) -> Callable[[], Any]:
-        """The op bound to fresh copies of the inputs (`to_device` may hand back the very tensor on the host)."""
-        dev_inputs = map_tensors(group.inputs, lambda t: backend.to_device(t.clone()))
-        args, kwargs = group.workload.split_args(dev_inputs, group.shape)
-        return backend.bind(group.workload.op, args, kwargs)
+        return call, device, functools.cache(lambda: backend.bind(group.workload.op, args, kwargs))
 
     def _execute(self, case: Case, group: CaseInputs, backend: Backend, record: dict[str, Any]) -> None:
         workload, shape = group.workload, group.shape
         budget = workload.budget(case.dtype, shape, self.options.budget_overrides)
-        call, bound = self._callers(backend, group)
+        call, device_call, bound = self._callers(backend, group)
         backend.reset_memory_stats()
         evaluation = workload.evaluate(call, group, budget)
         if evaluation.metrics is None:
@@ -444,7 +434,7 @@ class Runner:
         if self.options.determinism:
             first = map_tensors(bound()(), backend.to_host)
             second = map_tensors(bound()(), backend.to_host)
-            deterministic = _all_bitwise_equal(first, second)
+            deterministic = parity.all_bitwise_equal(first, second)
         record["parity"] = {
             "metrics": evaluation.metrics.to_record(),
             "budget": asdict(budget),
@@ -468,66 +458,11 @@ class Runner:
             and case.inputs != "stress"
             and (self.options.time_oracles or not backend.oracle)
         ):
-            itemsize = DTYPES[case.dtype].itemsize
-            config = self.options.timing
-            rotating, sets = self._rotating(backend, group, bound())
-            measurement = measure(rotating, backend.timer(config), config)
-            record["timing"] = measurement.to_record(workload.flops(shape), workload.bytes_moved(shape, itemsize))
-            record["timing"]["input_sets"] = sets
-            roofline = self._roofline(case, backend, measurement.stats.median_ns * 1e-9, record["timing"])
-            if roofline is not None:
-                record["timing"]["roofline"] = roofline
-            tokens = workload.tokens_per_call(shape)
-            if tokens:
-                record["timing"]["tokens_per_s"] = tokens / (measurement.stats.median_ns * 1e-9)
-            variants = workload.timing_variants(self._device_call(backend, group), group)
-            if variants:
-                record["timing_variants"] = {}
-            for name, variant in variants.items():
-                m = measure(variant.fn, backend.timer(config), config)
-                record["timing_variants"][name] = {
-                    **m.to_record(variant.flops, variant.bytes_moved),
-                    "tokens_per_s": variant.tokens / (m.stats.median_ns * 1e-9) if variant.tokens else None,
-                }
-            if measurement.stats.noisy:
-                stats = measurement.stats
-                log.info(
-                    "%s: noisy timing, IQR/median = %.0f%% (> %.0f%%); compare ratios measured side by side",
-                    case.key,
-                    100 * stats.iqr_ns / stats.median_ns,
-                    100 * NOISE_THRESHOLD,
-                )
+            device = str(self._environment(case.backend, backend)["backend"].get("device_name", ""))
+            record.update(self._timer.time(case, group, backend, bound(), device_call, device))
         record["memory"] = backend.memory_stats() or None
         record["compile"] = backend.compile_stats() or None
         record["implementation"] = backend.case_details() or None
-
-    def _roofline(
-        self, case: Case, backend: Backend, seconds: float, timing: Mapping[str, Any]
-    ) -> dict[str, Any] | None:
-        """% of the device's measured roofline, where `harness calibrate` has stored its ceilings."""
-        name = case.backend
-        if name not in self._calibrations:
-            device = str(self._environment(name, backend)["backend"].get("device_name", ""))
-            self._calibrations[name] = load_calibration(backend.calibration_key(), device) if device else None
-        cal = self._calibrations[name]
-        if cal is None:
-            return None
-        tf32 = bool(backend.case_details().get("tf32", False))
-        return cal.roofline(case.dtype, timing["flops"], timing["bytes"], seconds, tf32=tf32)
-
-    def _rotating(self, backend: Backend, group: CaseInputs, timed: Callable[[], Any]) -> tuple[Callable[[], Any], int]:
-        """The timed call cycling over copies of the inputs when the backend asks for them (inputs that fit in
-        its cache), and how many sets there are."""
-        tensors = [t for t in group.inputs.values() if isinstance(t, torch.Tensor)]
-        nbytes = sum(t.numel() * t.element_size() for t in tensors)
-        sets = max(1, int(backend.timing_input_sets(nbytes, self.options.timing)))
-        if sets == 1 or len(tensors) != len(group.inputs):  # a model input (LLM) is not copied
-            return timed, 1
-        calls = [timed] + [self._bound_copy(backend, group) for _ in range(sets - 1)]
-        for call in calls[1:]:
-            call()  # each set once before timing: per-tensor memos fill outside any captured graph
-        position = itertools.cycle(calls)
-        return lambda: next(position)(), sets  # noqa: PLW0108 - calls the next set's op
 
     def _baseline(self, case: Case, group: CaseInputs) -> dict[str, Any] | str | None:
         """The --against baseline's primary metrics for this group (computed once), a reason to skip, or None."""
@@ -560,22 +495,3 @@ class Runner:
             source = "this run"
         group.memo["baseline"] = {"backend": name, "source": source, "metrics": metrics}
         return group.memo["baseline"]
-
-
-def map_tensors(value: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
-    """Apply fn to every tensor in a (nested) tuple / list / dict; other values pass through."""
-    if isinstance(value, torch.Tensor):
-        return fn(value)
-    if isinstance(value, (tuple, list)):
-        return type(value)(map_tensors(v, fn) for v in value)
-    if isinstance(value, dict):
-        return {k: map_tensors(v, fn) for k, v in value.items()}
-    return value
-
-
-def _all_bitwise_equal(a: Any, b: Any) -> bool:
-    if isinstance(a, torch.Tensor):
-        return isinstance(b, torch.Tensor) and parity.bitwise_equal(a, b)
-    if isinstance(a, (tuple, list)):
-        return len(a) == len(b) and all(_all_bitwise_equal(x, y) for x, y in zip(a, b, strict=True))
-    return a == b

@@ -19,7 +19,7 @@ from harness import ops as contract
 from harness import parity
 from harness.backend import DTYPES
 from harness.lazy import torch
-from harness.names import DISTRIBUTIONS, BadInputError
+from harness.names import DISTRIBUTIONS, OPS, BadInputError
 from harness.plugins import PluginError, entry_points
 
 log = logging.getLogger(__name__)
@@ -95,6 +95,17 @@ def random_tensor(
         signs = torch.where(torch.rand(shape, generator=gen) < 0.5, -1.0, 1.0)
         x = torch.where(outliers, signs * 8.0 * 3.0 * scale, x)
     return x.to(dtype)
+
+
+def map_tensors(value: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
+    """Apply fn to every tensor in a (nested) tuple / list / dict; other values (a model) pass through."""
+    if isinstance(value, torch.Tensor):
+        return fn(value)
+    if isinstance(value, (tuple, list)):
+        return type(value)(map_tensors(v, fn) for v in value)
+    if isinstance(value, dict):
+        return {k: map_tensors(v, fn) for k, v in value.items()}
+    return value
 
 
 Call = Callable[..., Any]  # call(**extra_op_kwargs) -> the backend's output(s), on the host
@@ -178,8 +189,8 @@ class Workload(abc.ABC):
     distributions: ClassVar[tuple[str, ...]] = DISTRIBUTIONS
 
     def __init__(self, name: str, presets: Mapping[str, Mapping[str, Any]], description: str = "") -> None:
-        if self.op not in contract.OPS:
-            raise WorkloadError(f"workload {name!r}: op {self.op!r} is not one of: {', '.join(contract.OPS)}")
+        if self.op not in OPS:
+            raise WorkloadError(f"workload {name!r}: op {self.op!r} is not one of: {', '.join(OPS)}")
         self.name = name
         self.presets = {p: dict(shapes) for p, shapes in presets.items()}
         self.description = description
@@ -235,7 +246,7 @@ class Workload(abc.ABC):
         return parity.budget_for(dtype, self.reduction_length(shape), dict(overrides or {}))
 
     def check_input_names(self, tensors: Mapping[str, torch.Tensor]) -> None:
-        spec = contract.OPS[self.op]
+        spec = OPS[self.op]
         missing = [n for n in spec.inputs if n not in tensors]
         unknown = [n for n in tensors if n not in spec.inputs + spec.optional_inputs]
         if missing or unknown:
@@ -251,7 +262,7 @@ class Workload(abc.ABC):
 
     def split_args(self, inputs: Mapping[str, torch.Tensor], shape: Any) -> tuple[list[torch.Tensor], dict[str, Any]]:
         """Positional tensors and keyword arguments of the op call, from named inputs."""
-        spec = contract.OPS[self.op]
+        spec = OPS[self.op]
         args = [inputs[n] for n in spec.inputs]
         kwargs = {n: inputs[n] for n in spec.optional_inputs if n in inputs}
         kwargs.update(self.op_kwargs(shape))

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from harness import ops, parity
+from harness import ops, parity, parity_llm
 from harness.lazy import nn, torch
 from harness.workload import (
     Call,
@@ -221,8 +221,8 @@ class LlmWorkload(Workload):
         out = evaluate_tensor(call(), group.reference(), dtype, budget)
         if out.metrics is None:
             return out
-        llm = parity.llm_metrics(out.output, group.reference(), inputs["input_ids"])
-        checks = parity.llm_checks(llm, parity.LLM_BUDGETS[dtype])
+        llm = parity_llm.llm_metrics(out.output, group.reference(), inputs["input_ids"])
+        checks = parity_llm.llm_checks(llm, parity_llm.LLM_BUDGETS[dtype])
         details: dict[str, Any] = {"llm": llm.to_record()}
         decode_checks, decode_details = self._judge_decode(call, group)
         checks += decode_checks
@@ -259,10 +259,10 @@ class LlmWorkload(Workload):
             shape.new_tokens,
             teacher=ref.trace.fed,
         )
-        metrics = parity.llm_metrics(trace.logits, ref.trace.logits, ref.trace.fed)
-        checks = parity.llm_checks(metrics, parity.LLM_BUDGETS[group.dtype], prefix="decode.")
+        metrics = parity_llm.llm_metrics(trace.logits, ref.trace.logits, ref.trace.fed)
+        checks = parity_llm.llm_checks(metrics, parity_llm.LLM_BUDGETS[group.dtype], prefix="decode.")
         steps = shape.new_tokens
-        lengths = parity.agreement_length(trace.chosen[:, :steps], ref.trace.chosen[:, :steps])
+        lengths = parity_llm.agreement_length(trace.chosen[:, :steps], ref.trace.chosen[:, :steps])
         details = {
             "decode": {
                 "steps": steps,
@@ -277,11 +277,11 @@ class LlmWorkload(Workload):
 
     def budget(self, dtype: str, shape: LlmShape, overrides: Mapping[str, float] | None = None) -> parity.Budget:
         """For --against ratios on the logits (absolute verdicts use LLM_BUDGETS): scaled to the LLM budget."""
-        limit = parity.LLM_BUDGETS[dtype].median_position_rel_l2
+        limit = parity_llm.LLM_BUDGETS[dtype].median_position_rel_l2
         base = parity.Budget(rel_l2=limit, worst_row_rel_l2=4 * limit, atol=limit, rtol=limit, max_outside=0.05)
         return dataclasses.replace(base, **dict(overrides or {}))
 
-    def localize(self, bound: nn.Module, group: CaseInputs) -> parity.Localization:
+    def localize(self, bound: nn.Module, group: CaseInputs) -> parity_llm.Localization:
         """Propagated: each model on its own inputs, layer outputs compared. Teacher-forced: each of the
         backend's ops fed the reference's own inputs, its output compared with the reference's."""
         ids = group.inputs["input_ids"]
@@ -291,14 +291,14 @@ class LlmWorkload(Workload):
         device = next(bound.parameters()).device
         dtype = model.dtype
         _, _, out_layers = capture(bound, ids.to(device))
-        propagated = [parity.median_row_rel_l2(o, r) for o, r in zip(out_layers, ref_layers, strict=True)]
+        propagated = [parity_llm.median_row_rel_l2(o, r) for o, r in zip(out_layers, ref_layers, strict=True)]
 
         def to(t: torch.Tensor) -> torch.Tensor:
             return t.to(device=device, dtype=dtype) if t.is_floating_point() else t.to(device)
 
         budget = parity.budget_for(group.dtype, self.reduction_length(group.shape))
-        errors = [parity.op_error(r.name, r.layer, r.kind, replay(bound, r, to), r.output, budget) for r in ref_ops]
-        return parity.localize(propagated, errors, budget.worst_row_rel_l2)
+        errors = [parity_llm.op_error(r.name, r.layer, r.kind, replay(bound, r, to), r.output, budget) for r in ref_ops]
+        return parity_llm.localize(propagated, errors, budget.worst_row_rel_l2)
 
 
 SIZES = {"tiny": dict(batch=2, seq=32, new_tokens=8), "small": dict(batch=4, seq=128, new_tokens=16)}

@@ -65,7 +65,7 @@ def capture(model: nn.Module, input_ids: torch.Tensor) -> tuple[torch.Tensor, li
 
 def replay(model: nn.Module, record: OpRecord, to: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
     """Run the model's own op module `record.name` on the reference's inputs (moved by `to`)."""
-    from harness.runner import map_tensors
+    from harness.workload import map_tensors
 
     module = model.get_submodule(record.name)
     args = map_tensors(record.args, to)

@@ -14,9 +14,9 @@ import torch
 
 from harness import ops, parity
 from harness.backend import DTYPES, Availability, Backend, UnsupportedCaseError, default_registry
-from harness.runner import map_tensors
+from harness.names import ROPE_STYLES
 from harness.timing import TimingConfig, measure
-from harness.workload import Case
+from harness.workload import Case, map_tensors
 
 pytestmark = pytest.mark.contract
 
@@ -108,7 +108,7 @@ def test_rms_norm(name: str, dtype: str) -> None:
     assert_parity(run_op(backend, "rms_norm", x, w, eps=1e-5), ops.rms_norm(x, w, 1e-5), dtype, 64)
 
 
-@pytest.mark.parametrize("style", ops.ROPE_STYLES)
+@pytest.mark.parametrize("style", ROPE_STYLES)
 @pytest.mark.parametrize("dtype", CONTRACT_DTYPES)
 @pytest.mark.parametrize("name", BACKENDS)
 def test_rope(name: str, dtype: str, style: str) -> None:

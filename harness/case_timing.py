@@ -1,0 +1,99 @@
+"""Timing one case: the bare op bound to its device-resident inputs (rotating among copies of them where the
+backend asks, so repeated calls do not all run on a warm cache), measured with the backend's own timer; FLOP
+and byte counts turned into throughput and % of roofline; and the workload's further timed calls (LLM decode)."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from harness.backend import DTYPES, Backend
+from harness.calibrate import Calibration, load_calibration
+from harness.lazy import torch
+from harness.timing import TimingConfig, measure
+
+if TYPE_CHECKING:
+    from harness.workload import Case, CaseInputs
+
+log = logging.getLogger(__name__)
+
+
+class CaseTimer:
+    """Times cases at the run's TimingConfig; keeps each backend's calibration (its measured ceilings)."""
+
+    def __init__(self, config: TimingConfig) -> None:
+        self.config = config
+        self._calibrations: dict[str, Calibration | None] = {}
+
+    def time(
+        self,
+        case: Case,
+        group: CaseInputs,
+        backend: Backend,
+        bound: Callable[[], Any],
+        device_call: Callable[..., Any],
+        device_name: str,
+    ) -> dict[str, Any]:
+        """The record's `timing` (and `timing_variants`) sections for one case."""
+        workload, shape, config = group.workload, group.shape, self.config
+        rotating, sets = self._rotating(backend, group, bound)
+        measurement = measure(rotating, backend.timer(config), config)
+        seconds = measurement.stats.median_ns * 1e-9
+        timing = measurement.to_record(workload.flops(shape), workload.bytes_moved(shape, DTYPES[case.dtype].itemsize))
+        timing["input_sets"] = sets
+        roofline = self._roofline(case, backend, seconds, timing, device_name)
+        if roofline is not None:
+            timing["roofline"] = roofline
+        tokens = workload.tokens_per_call(shape)
+        if tokens:
+            timing["tokens_per_s"] = tokens / seconds
+        if measurement.stats.noisy:
+            log.info("%s: noisy timing (%s); compare ratios measured side by side", case.key, measurement.stats.noise)
+        sections: dict[str, Any] = {"timing": timing}
+        variants = workload.timing_variants(device_call, group)
+        if variants:
+            sections["timing_variants"] = {}
+        for name, variant in variants.items():
+            m = measure(variant.fn, backend.timer(config), config)
+            sections["timing_variants"][name] = {
+                **m.to_record(variant.flops, variant.bytes_moved),
+                "tokens_per_s": variant.tokens / (m.stats.median_ns * 1e-9) if variant.tokens else None,
+            }
+        return sections
+
+    def _roofline(
+        self, case: Case, backend: Backend, seconds: float, timing: dict[str, Any], device_name: str
+    ) -> dict[str, Any] | None:
+        """% of the device's measured roofline, where `harness calibrate` has stored its ceilings."""
+        name = case.backend
+        if name not in self._calibrations:
+            key = backend.calibration_key()
+            self._calibrations[name] = load_calibration(key, device_name) if device_name else None
+        cal = self._calibrations[name]
+        if cal is None:
+            return None
+        tf32 = bool(backend.case_details().get("tf32", False))
+        return cal.roofline(case.dtype, timing["flops"], timing["bytes"], seconds, tf32=tf32)
+
+    def _rotating(self, backend: Backend, group: CaseInputs, timed: Callable[[], Any]) -> tuple[Callable[[], Any], int]:
+        """The timed call cycling over copies of the inputs when the backend asks for them (inputs that fit in
+        its cache), and how many sets there are."""
+        tensors = [t for t in group.inputs.values() if isinstance(t, torch.Tensor)]
+        nbytes = sum(t.numel() * t.element_size() for t in tensors)
+        sets = max(1, int(backend.timing_input_sets(nbytes, self.config)))
+        if sets == 1 or len(tensors) != len(group.inputs):  # a model input (LLM) is not copied
+            return timed, 1
+        calls = [timed] + [_bound_copy(backend, group) for _ in range(sets - 1)]
+        for call in calls[1:]:
+            call()  # each set once before timing: per-tensor memos fill outside any captured graph
+        position = itertools.cycle(calls)
+        return lambda: next(position)(), sets  # noqa: PLW0108 - calls the next set's op
+
+
+def _bound_copy(backend: Backend, group: CaseInputs) -> Callable[[], Any]:
+    """The op bound to fresh copies of the inputs (`to_device` may hand back the very tensor on the host)."""
+    dev_inputs = {n: backend.to_device(t.clone()) for n, t in group.inputs.items()}
+    args, kwargs = group.workload.split_args(dev_inputs, group.shape)
+    return backend.bind(group.workload.op, args, kwargs)

@@ -81,9 +81,19 @@ def test_an_oom_killed_case_is_recorded_as_crashed(harness_cli, vendor_plugin: s
     assert record["status"] == "crashed" and "SIGKILL (out of memory?" in record["reason"]
 
 
+# `harness` with Ctrl-C on, as a terminal's foreground job has it, however the tests were started (a job in the
+# background of a non-interactive shell inherits SIGINT ignored, and the harness then rightly ignores it too).
+INTERRUPTIBLE_HARNESS = [
+    sys.executable,
+    "-c",
+    "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "from harness.cli import main; main(sys.argv[1:], prog_name='harness')",
+]
+
+
 def test_ctrl_c_leaves_a_valid_file(tmp_path: Path) -> None:
     out = tmp_path / "r.jsonl"
-    cmd = [sys.executable, "-m", "harness", "run", "-w", "attention.*,moe.*", "--parity-only", "--out", str(out)]
+    cmd = [*INTERRUPTIBLE_HARNESS, "run", "-w", "attention.*,moe.*", "--parity-only", "--out", str(out)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not (out.exists() and out.read_text().count("\n") >= 5):
@@ -97,7 +107,7 @@ def test_ctrl_c_leaves_a_valid_file(tmp_path: Path) -> None:
 
 def test_ctrl_c_swallowed_by_a_library_still_stops_the_sweep(tmp_path: Path) -> None:
     out = tmp_path / "r.jsonl"
-    cmd = [sys.executable, "-m", "harness", "run", "-w", "attention.*", "-b", "swallowing-cpu", "--parity-only"]
+    cmd = [*INTERRUPTIBLE_HARNESS, "run", "-w", "attention.*", "-b", "swallowing-cpu", "--parity-only"]
     proc = subprocess.run(
         [*cmd, "--plugin", str(PLUGINS / "cpu_variants.py"), "--out", str(out)],
         capture_output=True,

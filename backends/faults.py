@@ -14,12 +14,12 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from backends.ascend.adapter import AscendSim
-from backends.ort_native import OrtCpuGqa, OrtCpuMoe
-from backends.torch_cpu import TorchCpu
 from harness import ops
+from harness.backends.ascend.adapter import AscendSim
+from harness.backends.ort_native import OrtCpuGqa, OrtCpuMoe
+from harness.backends.torch_cpu import TorchCpu
+from harness.models.llm_bind import forward
 from harness.ops import visible_keys
-from models.llm_bind import forward
 
 # ----- attention -----
 

@@ -206,7 +206,7 @@ class OpModule(torch.nn.Module):
 
     def __init__(self, op: str, static: dict[str, Any], tensor_kwargs: tuple[str, ...]) -> None:
         super().__init__()
-        from backends.torch_cpu import TorchCpu
+        from harness.backends.torch_cpu import TorchCpu
 
         self.impl = getattr(TorchCpu(), op)
         self.static = static
@@ -307,7 +307,7 @@ class LlmGraph(torch.nn.Module):
         self.bound, self.mode = bound, mode
 
     def forward(self, input_ids: torch.Tensor, *past: torch.Tensor) -> Any:
-        from models.llm_bind import forward, new_cache
+        from harness.models.llm_bind import forward, new_cache
 
         cache = new_cache(self.bound)
         for i in range(len(past) // 2):
@@ -317,7 +317,7 @@ class LlmGraph(torch.nn.Module):
 
 
 def export_ops() -> Any:
-    from backends.torch_cpu import TorchCpu
+    from harness.backends.torch_cpu import TorchCpu
 
     class ExportOps(TorchCpu):
         """torch-cpu's ops with MoE in the export-friendly dense form (the grouped loop is data-dependent)."""

@@ -21,7 +21,8 @@ from harness.names import OPS
 
 log = logging.getLogger(__name__)
 
-graphs = LazyModule("backends.onnx_export")  # what is exported (torch.nn modules) and the cache: imported on use
+# What is exported (torch.nn modules) and the cache: imported on use.
+graphs = LazyModule("harness.backends.onnx_export")
 
 
 @dataclass(frozen=True)

@@ -29,10 +29,10 @@ import math
 import time
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from backends.onnxruntime import OrtCpu
-from backends.torch_cpu import TorchCpu
 from harness import ops as contract
 from harness.backend import Support, UnsupportedCaseError
+from harness.backends.onnxruntime import OrtCpu
+from harness.backends.torch_cpu import TorchCpu
 from harness.lazy import torch
 
 if TYPE_CHECKING:

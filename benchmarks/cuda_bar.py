@@ -30,12 +30,12 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from backends.cuda.attention import KERNELS
-from backends.cuda.backend import Cuda
+from harness.backends.cuda.attention import KERNELS
+from harness.backends.cuda.backend import Cuda
+from harness.models.attention import AttentionShape
 from harness.timing import TimingConfig, measure
 from harness.torch_backend import TorchBackend
 from harness.workload import WorkloadRegistry
-from models.attention import AttentionShape
 
 
 def timed(fn: Callable[[], object], backend: Cuda, config: TimingConfig) -> tuple[float, str]:

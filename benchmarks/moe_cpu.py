@@ -20,10 +20,10 @@ from pathlib import Path
 import torch
 
 from harness.backend import DTYPES, default_registry
+from harness.models.hf_moe import build_block, load_contract_inputs
 from harness.parity import budget_for, compare
 from harness.timing import Measurement, TimingConfig, measure
 from harness.workload import WorkloadRegistry
-from models.hf_moe import build_block, load_contract_inputs
 
 IMPLEMENTATIONS = ("grouped_mm", "eager")  # transformers' fast default, and its per-expert loop
 

@@ -26,8 +26,8 @@ STARTED = time.perf_counter()
 
 import torch  # noqa: E402
 
-from backends.torch_cpu import TorchCpu  # noqa: E402
 from harness.backend import default_registry  # noqa: E402
+from harness.backends.torch_cpu import TorchCpu  # noqa: E402
 from harness.names import OPS  # noqa: E402
 from harness.results import ResultWriter, new_run_id  # noqa: E402
 from harness.runner import Runner, RunOptions  # noqa: E402
@@ -80,7 +80,7 @@ def _import_model_code() -> float:
     """Import transformers' code for every LLM architecture (a one-time cost, like torch's import); seconds."""
     start = time.perf_counter()
     try:
-        from models.llm_config import ARCHS, build_config, causal_lm_class
+        from harness.models.llm_config import ARCHS, build_config, causal_lm_class
     except ImportError:
         return 0.0
     for arch in ARCHS:
@@ -114,8 +114,8 @@ def sweep_share(suite_name: str, workloads: tuple[str, ...], threads: int, out: 
 
 
 def ort_per_call(rounds: int) -> None:
-    from backends.onnxruntime import OrtCpu
-    from models.attention import workloads as attention_workloads
+    from harness.backends.onnxruntime import OrtCpu
+    from harness.models.attention import workloads as attention_workloads
 
     workload = next(w for w in attention_workloads() if w.name == "attention.decode")
     shape = workload.shape("tiny", "gqa")

@@ -9,6 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# The name this project installs under (the import name and console script are `harness`; `harness` itself
+# belongs to an unrelated project on the public index).
+DIST_NAME = "infer-parity-harness"
+
 DTYPE_NAMES = ("float64", "float32", "bfloat16", "float16")  # case dtypes (harness.backend.DTYPES maps them)
 DISTRIBUTIONS = ("normal", "stress")  # input distributions
 REPORT_FORMATS = ("md", "csv", "latex", "html")

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
-from harness.names import BadInputError
+from harness.names import DIST_NAME, BadInputError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -25,8 +25,6 @@ else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
 log = logging.getLogger(__name__)
-
-DISTRIBUTION = "harness"
 
 
 class PluginError(BadInputError):
@@ -69,7 +67,7 @@ def entry_points(group: str) -> list[EntryRef]:
         for ep in importlib.metadata.entry_points(group=group)
     ]
     try:
-        importlib.metadata.distribution(DISTRIBUTION)
+        importlib.metadata.distribution(DIST_NAME)
     except importlib.metadata.PackageNotFoundError:
         pyproject = _source_tree_pyproject()
         if pyproject is not None:

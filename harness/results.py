@@ -20,7 +20,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import IO, Any
 
-from harness.names import BadInputError
+from harness.names import DIST_NAME, BadInputError
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ def host_environment() -> dict[str, Any]:
         "python": sys.version.split()[0],
         "torch": torch.__version__,
         "numpy": numpy.__version__,
-        "harness": _version("harness"),
+        "harness": _version(DIST_NAME),
         "git_commit": _git_commit(),
     }
 

@@ -20,7 +20,7 @@ from harness.workload import WorkloadRegistry
 
 log = logging.getLogger(__name__)
 
-FAULTS_PLUGIN = "backends.faults"
+FAULTS_PLUGIN = "harness.backends.faults"
 ALL_DTYPES = ("float32", "bfloat16", "float16")
 
 

@@ -14,8 +14,8 @@ from typing import Any, ClassVar
 
 from harness import ops as contract
 from harness.lazy import torch
+from harness.models.shapes import ATTENTION_MODELS, AttentionDims
 from harness.workload import Workload, WorkloadError, random_tensor
-from models.shapes import ATTENTION_MODELS, AttentionDims
 
 KINDS = ("prefill", "chunked_prefill", "decode", "sliding_window")
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from models.shapes import MoeDims
+from harness.models.shapes import MoeDims
 
 SCHEMES = ("mixtral", "qwen3-moe", "qwen2-moe", "deepseek-v3")
 

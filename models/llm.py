@@ -19,6 +19,19 @@ from typing import Any, ClassVar
 
 from harness import ops, parity, parity_llm
 from harness.lazy import nn, torch
+from harness.models.llm_bind import LlmModel, new_cache
+from harness.models.llm_config import (
+    ARCHS,
+    MODEL_TYPES,
+    ModelLoadError,
+    build_config,
+    causal_lm_class,
+    load_checkpoint,
+    prepare_config,
+    seeded_model,
+)
+from harness.models.llm_decode import DecodeSelfCheckError, decode, reference_decode
+from harness.models.llm_layerwise import capture, replay
 from harness.workload import (
     Call,
     CaseInputs,
@@ -29,19 +42,6 @@ from harness.workload import (
     WorkloadUnavailableError,
     evaluate_tensor,
 )
-from models.llm_bind import LlmModel, new_cache
-from models.llm_config import (
-    ARCHS,
-    MODEL_TYPES,
-    ModelLoadError,
-    build_config,
-    causal_lm_class,
-    load_checkpoint,
-    prepare_config,
-    seeded_model,
-)
-from models.llm_decode import DecodeSelfCheckError, decode, reference_decode
-from models.llm_layerwise import capture, replay
 
 SUMMARY: Mapping[str, str] = {
     "llama3": "Llama-3 architecture: dense, GQA, half-style rope",

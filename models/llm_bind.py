@@ -21,9 +21,9 @@ from typing import Any
 
 from harness import ops as oracle
 from harness.lazy import nn, torch
+from harness.models.llm_config import moe_dims
+from harness.models.shapes import MoeDims
 from harness.workload import WorkloadError
-from models.llm_config import moe_dims
-from models.shapes import MoeDims
 
 CACHE_KEYWORDS = ("cache", "past_key_values")  # transformers >= 5.24, and before
 
@@ -143,7 +143,7 @@ def _mla_attention_forward(
 
 def _moe_forward(module: nn.Module, ops: Any, dims: MoeDims, hidden_states: torch.Tensor) -> torch.Tensor:
     """A transformers MoE block through the backend's `moe` op (weights are views: no copies per call)."""
-    from models.hf_moe import contract_inputs
+    from harness.models.hf_moe import contract_inputs
 
     shape = hidden_states.shape
     w = contract_inputs(module)

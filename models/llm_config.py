@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from harness.lazy import nn, torch
+from harness.models.shapes import MoeDims
 from harness.workload import WorkloadError
-from models.shapes import MoeDims
 
 ARCHS = ("llama3", "qwen3", "qwen3-moe", "mixtral", "deepseek-v3")
 MODEL_TYPES = {

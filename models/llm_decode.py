@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from harness.lazy import nn, torch
-from models.llm_bind import LlmModel, forward, new_cache
+from harness.models.llm_bind import LlmModel, forward, new_cache
 
 SELF_CHECK_REL_L2 = 1e-9  # float64 cached vs full forward: rounding differences only (seen: ~1e-15)
 

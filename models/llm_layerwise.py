@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from harness.lazy import nn, torch
-from models.llm_bind import forward, is_cache
+from harness.models.llm_bind import forward, is_cache
 
 OP_KINDS = {"input_layernorm": "norm", "self_attn": "attention", "post_attention_layernorm": "norm", "mlp": "mlp"}
 

@@ -16,8 +16,8 @@ from typing import Any, ClassVar
 from harness import ops as contract
 from harness import parity
 from harness.lazy import torch
+from harness.models.shapes import MOE_MODELS, MoeDims
 from harness.workload import Call, CaseInputs, Evaluation, Workload, WorkloadError, evaluate_tensor, random_tensor
-from models.shapes import MOE_MODELS, MoeDims
 
 ROUTER_SCALE = 1.0  # router logits ~ N(0, 1) on normal inputs
 BIAS_SCALE = 0.1  # DeepSeek-style correction bias, comparable to the spread of sigmoid scores

@@ -8,8 +8,8 @@ import sys
 import pytest
 import torch
 
-from backends.ascend import sim
 from harness import ops
+from harness.backends.ascend import sim
 
 G = torch.Generator().manual_seed(0)
 

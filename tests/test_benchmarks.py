@@ -36,7 +36,7 @@ def test_moe_cpu_benchmark_prints_tokens_per_second_beside_transformers(tmp_path
 
 def test_overhead_benchmark_prints_the_ops_share_and_the_bound_call_beside_a_bare_session(tmp_path, capsys) -> None:
     pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
-    from backends.torch_cpu import TorchCpu
+    from harness.backends.torch_cpu import TorchCpu
 
     attention = TorchCpu.attention
     bench = load("overhead")

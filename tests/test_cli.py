@@ -259,7 +259,7 @@ def test_against_ratio_sets_the_bar(harness_cli) -> None:
 
 
 def test_moe_user_inputs(harness_cli, tmp_path: Path) -> None:
-    from models.moe import TINY, MoeShape, _weights
+    from harness.models.moe import TINY, MoeShape, _weights
 
     tensors = _weights(MoeShape(t=24, dims=TINY["deepseek-v3"]), torch.float32, 0, "normal")
     good = tmp_path / "moe.safetensors"

@@ -14,7 +14,7 @@ from harness.compare import compare_runs, mann_whitney_p
 TUNABLE = '''
 import os, time
 from typing import ClassVar
-from backends.torch_cpu import TorchCpu
+from harness.backends.torch_cpu import TorchCpu
 
 class Tunable(TorchCpu):
     """torch-cpu, plus a busy wait of SLOWDOWN x the op's own time: a planted, exact slowdown."""

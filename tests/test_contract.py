@@ -159,11 +159,11 @@ def test_plumbing(name: str) -> None:
     assert not no and "no_such_op" in no.reason
 
 
-MOE_DIMS = {name: dims for name, dims in __import__("models.moe", fromlist=["TINY"]).TINY.items()}
+MOE_DIMS = {name: dims for name, dims in __import__("harness.models.moe", fromlist=["TINY"]).TINY.items()}
 
 
 def _moe_inputs(name: str, dtype: str) -> tuple[dict, dict, dict]:
-    from models.moe import MoeShape, _weights
+    from harness.models.moe import MoeShape, _weights
 
     shape = MoeShape(t=24, dims=MOE_DIMS[name])
     t = _weights(shape, DTYPES[dtype], seed=2, distribution="normal")
@@ -216,7 +216,7 @@ def test_route(name: str, scheme: str, dtype: str) -> None:
     dims = MOE_DIMS[scheme]
     logits = torch.randn(40, dims.e, generator=torch.Generator().manual_seed(5)).to(DTYPES[dtype])
     bias = 0.1 * torch.randn(dims.e) if dims.bias else None
-    from models.moe import MoeShape
+    from harness.models.moe import MoeShape
 
     routing = MoeShape(t=40, dims=dims).routing_kwargs()
     weights, ids = run_op(backend, "route", logits, bias=bias, **routing)

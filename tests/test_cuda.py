@@ -7,12 +7,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from backends.cuda.attention import SdpaAttention, mask_kind
-from backends.cuda.fused import combine_rows, swiglu_rows
-from backends.cuda.moe import GroupedMoe
-from backends.torch_cpu import TorchCpu
 from harness import ops, parity
 from harness.backend import UnsupportedCaseError
+from harness.backends.cuda.attention import SdpaAttention, mask_kind
+from harness.backends.cuda.fused import combine_rows, swiglu_rows
+from harness.backends.cuda.moe import GroupedMoe
+from harness.backends.torch_cpu import TorchCpu
 
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch.cuda.is_available())")
 
@@ -200,7 +200,7 @@ def test_cuda_backends_are_listed_unavailable_with_a_reason_on_a_cpu_machine(reg
 
 @needs_gpu
 def test_gpu_timer_replays_a_graph_and_falls_back_to_events_for_a_host_sync() -> None:
-    from backends.cuda.backend import Cuda
+    from harness.backends.cuda.backend import Cuda
     from harness.timing import TimingConfig, measure
 
     backend = Cuda()

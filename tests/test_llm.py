@@ -13,8 +13,8 @@ from tests.conftest import FAULTS
 
 transformers = pytest.importorskip("transformers", reason="LLM workloads need transformers (llm/test extra)")
 
-from models.llm_bind import LlmModel, forward  # noqa: E402
-from models.llm_config import ARCHS, build_config, seeded_model  # noqa: E402
+from harness.models.llm_bind import LlmModel, forward  # noqa: E402
+from harness.models.llm_config import ARCHS, build_config, seeded_model  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -137,9 +137,9 @@ def test_decode_fault_passes_prefill_and_fails_the_teacher_forced_decode(harness
 def test_a_cache_that_never_reaches_the_attention_is_an_error_never_a_pass(harness_cli, monkeypatch) -> None:
     """transformers 5.24's rename made the bound attention drop the cache: the reference and the backend then
     decode the same wrong way and agree. The reference's self-check must turn every such case into an error."""
-    import models.llm_bind
+    from harness.models import llm_bind
 
-    monkeypatch.setattr(models.llm_bind, "kv_cache", lambda kwargs: None)  # the cache is bypassed on purpose
+    monkeypatch.setattr(llm_bind, "kv_cache", lambda kwargs: None)  # the cache is bypassed on purpose
     run = harness_cli("run", "-w", "llm.llama3,llm.deepseek-v3", "-b", "cpu-reference,torch-cpu", "--parity-only")
     assert run.exit_code == 3 and run.records
     for r in run.records:
@@ -150,7 +150,7 @@ def test_a_cache_that_never_reaches_the_attention_is_an_error_never_a_pass(harne
 def test_the_cache_is_found_whatever_keyword_transformers_passes_it_under() -> None:
     from transformers import DynamicCache
 
-    from models.llm_bind import kv_cache
+    from harness.models.llm_bind import kv_cache
 
     cache = DynamicCache()
     for keyword in ("past_key_values", "cache", "some_future_name"):

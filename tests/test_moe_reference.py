@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from harness import ops
+from harness.models.hf_moe import build_block, contract_inputs, load_contract_inputs
+from harness.models.moe import TINY, MoeShape, _weights
 from harness.workload import WorkloadRegistry
-from models.hf_moe import build_block, contract_inputs, load_contract_inputs
-from models.moe import TINY, MoeShape, _weights
 
 WORKLOADS = WorkloadRegistry.discover()
 

@@ -10,8 +10,8 @@ import torch
 
 pytest.importorskip("onnxruntime", reason="the onnx extra is not installed")
 
-from backends.onnx_export import CACHE_ENV, ExportCache
-from backends.onnxruntime import OrtCann, OrtCpu
+from harness.backends.onnx_export import CACHE_ENV, ExportCache
+from harness.backends.onnxruntime import OrtCann, OrtCpu
 from harness.workload import Case
 
 
@@ -142,7 +142,7 @@ def test_one_llm_graph_serves_every_seed_and_refuses_weights_it_cannot_take(
     """The graph is exported once per architecture, dtype and mode; another seed's session gets its own weights
     as the graph's initializers (a stale weight would fail parity, as a false failure, never pass). Where the
     export folded a tensor whose value now differs, the graph is not shared: that seed gets an export of its own."""
-    import backends.onnx_export as ort_export
+    import harness.backends.onnx_export as ort_export
 
     args = ("run", "-w", "llm.llama3", "-b", "ort-cpu", "--dtype", "float32", "--seeds", "0,1", "--parity-only")
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "shared"))

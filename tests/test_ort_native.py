@@ -12,7 +12,7 @@ from tests.conftest import FAULTS
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
-from backends.ort_native import _forcing_logits, fc1_interleaved
+from harness.backends.ort_native import _forcing_logits, fc1_interleaved
 
 
 def _statuses(run) -> dict[tuple[str, str, str, str], tuple[str, str]]:

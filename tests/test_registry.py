@@ -6,8 +6,8 @@ from typing import ClassVar
 
 import pytest
 
-from backends.torch_cpu import TorchCpu
 from harness.backend import Availability, Backend, BackendRegistry, RegistryError, default_registry
+from harness.backends.torch_cpu import TorchCpu
 from harness.plugins import PluginError
 from harness.workload import WorkloadError, WorkloadRegistry
 from tests.conftest import FAULTS, plugin

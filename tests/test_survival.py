@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 CRASHING = """
 import os, time
 from typing import ClassVar
-from backends.torch_cpu import TorchCpu
+from harness.backends.torch_cpu import TorchCpu
 
 class Crashing(TorchCpu):
     name: ClassVar[str] = "crashing"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from harness.models.attention import AttentionShape, visible_pairs
 from harness.workload import WorkloadRegistry, random_tensor
-from models.attention import AttentionShape, visible_pairs
 
 REGISTRY = WorkloadRegistry.discover()
 

@@ -338,6 +338,6 @@ class AscendSim(Ascend):
 
     @classmethod
     def load(cls) -> tuple[Any, Any]:
-        from backends.ascend import sim
+        from harness.backends.ascend import sim
 
         return sim, sim.npu

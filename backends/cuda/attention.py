@@ -28,9 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from backends.cuda.memo import TensorMemo
 from harness import ops as contract
 from harness.backend import UnsupportedCaseError
+from harness.backends.cuda.memo import TensorMemo
 
 log = logging.getLogger(__name__)
 

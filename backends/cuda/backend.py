@@ -62,8 +62,8 @@ class Cuda(TorchBackend):
         return Availability(True)
 
     def __init__(self) -> None:
-        from backends.cuda.attention import SdpaAttention
-        from backends.cuda.moe import GroupedMoe
+        from harness.backends.cuda.attention import SdpaAttention
+        from harness.backends.cuda.moe import GroupedMoe
 
         self.tf32 = tf32_requested()
         torch.backends.cuda.matmul.allow_tf32 = self.tf32
@@ -79,7 +79,7 @@ class Cuda(TorchBackend):
         torch.cuda.synchronize()
 
     def timer(self, config: TimingConfig | None = None) -> Timer:
-        from backends.cuda.timing import CudaTimer
+        from harness.backends.cuda.timing import CudaTimer
 
         return CudaTimer(config or TimingConfig(), self.l2_bytes)
 

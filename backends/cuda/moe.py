@@ -22,8 +22,8 @@ from typing import Any
 
 import torch
 
-from backends.cuda.fused import combine_rows, swiglu_rows, triton_usable
-from backends.cuda.memo import TensorMemo
+from harness.backends.cuda.fused import combine_rows, swiglu_rows, triton_usable
+from harness.backends.cuda.memo import TensorMemo
 
 log = logging.getLogger(__name__)
 

@@ -9,9 +9,9 @@ from typing import Any, ClassVar
 
 import torch
 
-from backends.onnxruntime import OrtCpu
-from backends.torch_cpu import TorchCpu
 from harness.backend import UnsupportedCaseError
+from harness.backends.onnxruntime import OrtCpu
+from harness.backends.torch_cpu import TorchCpu
 from harness.timing import TimingConfig
 
 

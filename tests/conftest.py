@@ -20,7 +20,7 @@ settings.register_profile("harness", deadline=None)  # a shared 2-core machine: 
 settings.load_profile("harness")
 
 PLUGINS = Path(__file__).parent / "plugins"
-FAULTS = str(Path(__file__).resolve().parents[1] / "backends" / "faults.py")  # planted faults, loaded by path
+FAULTS = str(Path(__file__).resolve().parents[1] / "faults" / "harness_faults" / "backends.py")  # planted faults, loaded by path
 
 
 @dataclass

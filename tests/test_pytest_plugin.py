@@ -62,7 +62,7 @@ def test_unavailable_backend_skips_with_its_reason(pytester: pytest.Pytester) ->
 
 
 def test_generated_cases_fail_for_a_planted_fault(pytester: pytest.Pytester) -> None:
-    faults = Path(__file__).resolve().parents[1] / "backends" / "faults.py"
+    faults = Path(__file__).resolve().parents[1] / "faults" / "harness_faults" / "backends.py"
     pytester.makepyfile(
         """
         import pytest

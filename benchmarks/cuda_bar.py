@@ -32,15 +32,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from harness.backends.cuda.attention import KERNELS
 from harness.backends.cuda.backend import Cuda
+from harness.backends.cuda.timing import CudaTimer
 from harness.models.attention import AttentionShape
 from harness.timing import TimingConfig, measure
 from harness.torch_backend import TorchBackend
 from harness.workload import WorkloadRegistry
 
 
-def timed(fn: Callable[[], object], backend: Cuda, config: TimingConfig) -> tuple[float, str]:
-    """Median seconds per call and the timing method, through the harness's timer."""
-    m = measure(fn, backend.timer(config), config)
+def timed(fn: Callable[[], object], backend: Cuda, config: TimingConfig, *, graphs: bool = True) -> tuple[float, str]:
+    """Median seconds per call and the timing method, through the harness's timer (events only without graphs)."""
+    timer = backend.timer(config) if graphs else CudaTimer(config, backend.l2_bytes, graphs=False)
+    m = measure(fn, timer, config)
     return m.stats.median_ns * 1e-9, m.method
 
 
@@ -168,7 +170,7 @@ def moe_rows(backend: Cuda, config: TimingConfig) -> list[dict[str, Any]]:
         )
         straightforward = lambda args=args, kwargs=kwargs: TorchBackend.moe(backend, *args, **kwargs)  # noqa: E731
         straightforward()
-        sec, method = timed(straightforward, backend, TimingConfig(budget_s=config.budget_s, graphs=False))
+        sec, method = timed(straightforward, backend, TimingConfig(budget_s=config.budget_s), graphs=False)
         rows.append(
             {
                 "bench": f"moe {name}",

@@ -8,13 +8,16 @@ every output against the same reference.
 from __future__ import annotations
 
 import abc
+import contextlib
 import functools
 import inspect
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from harness.backend_options import BackendOption, parse_options
 from harness.lazy import torch
 from harness.names import DTYPE_NAMES, OPS, BadInputError
 from harness.plugins import PluginError, entry_points, import_plugin
@@ -75,6 +78,15 @@ class Support:
 YES = Support(True)
 
 
+@dataclass(frozen=True)
+class MathMode:
+    """One way a backend computes matmuls in a dtype, as `harness calibrate` measures it: the dtype of the
+    operands and the context that switches the mode on (e.g. TF32 tensor cores for float32)."""
+
+    dtype: str
+    context: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext
+
+
 class UnsupportedCaseError(Exception):
     """Raised by an op when a case turns out, only on trying, to be one the backend cannot run (a vendor kernel
     refuses the shape). The runner records a skip with this message, as for a `supports()` no."""
@@ -101,7 +113,10 @@ class Backend(abc.ABC):
     7. Optionally `supports(case)` for finer refusals (a shape limit, a dtype a given op lacks): call
        `super().supports(case)` first; return `Support(False, "why")` for a skip. A refusal found only by trying
        (a vendor kernel rejecting the shape) is `raise UnsupportedCaseError("why")` from the op: also a skip.
-    8. Optionally `timer(config)` (device events, graph replay, cache flushes as the TimingConfig asks),
+    8. Optionally `options` (name -> BackendOption: settings a run passes with `--backend-option`; the
+       constructor takes them as keyword arguments, and the backend records them in `environment()`) and
+       `math_modes()` / `math_mode(dtype)` (matmul modes beyond one per dtype, measured by `harness calibrate`).
+       Optionally `timer(config)` (device events, graph replay, cache flushes as the TimingConfig asks),
        `timing_input_sets()` (copies of the inputs to rotate among while timing), `memory_stats()` (peak
        bytes) and `case_details()` (which kernel a case actually ran: recorded as `implementation`).
     9. Register: one line under [project.entry-points."harness.backends"] in your pyproject, or pass the module
@@ -115,6 +130,7 @@ class Backend(abc.ABC):
     description: ClassVar[str] = ""
     calibration_group: ClassVar[str] = ""  # backends that share a device's ceilings (cuda-*): one calibration
     oracle: ClassVar[bool] = False  # a reference written from the math: timed only when a run asks (--time-oracles)
+    options: ClassVar[Mapping[str, BackendOption]] = {}  # --backend-option KEY=VALUE -> constructor keyword KEY
 
     @classmethod
     @abc.abstractmethod
@@ -169,6 +185,14 @@ class Backend(abc.ABC):
     def timer(self, config: TimingConfig | None = None) -> Timer:
         """The timer for this device; wall clock with synchronization unless the device has events."""
         return WallClockTimer(self.synchronize, host_cpu=self.device == "cpu")
+
+    def math_modes(self) -> Mapping[str, MathMode]:
+        """The matmul modes `harness calibrate` measures, by name (recorded in calibration files): one per dtype."""
+        return {d: MathMode(d) for d in ("bfloat16", "float16", "float32") if d in self.dtypes}
+
+    def math_mode(self, dtype: str) -> str:
+        """The name of the mode (of `math_modes()`) this backend's matmuls in `dtype` run in, as configured."""
+        return dtype
 
     def set_threads(self, threads: int) -> None:  # noqa: B027 - an optional hook, not an abstract method
         """Use `threads` intra-op threads in thread pools of the backend's own (an ORT session's, say); torch's
@@ -383,8 +407,13 @@ class BackendRegistry:
             return Availability(False, f"probe() returned {result!r} instead of an Availability")
         return result
 
-    def create(self, name: str) -> Backend:
-        return self.get(name)()
+    def create(self, name: str, options: Mapping[str, str] | None = None) -> Backend:
+        """An instance of the backend; `options` (option -> raw string) are parsed and passed to its constructor
+        as keyword arguments, with every declared option not given at its default. A backend that declares no
+        options is constructed without arguments."""
+        cls = self.get(name)
+        values = parse_options(cls, options or {})
+        return cls(**values) if values else cls()
 
 
 def default_registry(plugins: Iterable[str] = ()) -> BackendRegistry:

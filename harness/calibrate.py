@@ -25,14 +25,13 @@ from harness.timing import TimingConfig, measure
 log = logging.getLogger(__name__)
 
 CALIBRATION_ENV = "HARNESS_CALIBRATION_DIR"
-TF32 = "float32_tf32"  # float32 matmul with TF32 tensor cores allowed (CUDA only)
 
 
 @dataclass
 class Calibration:
     backend: str
     device_name: str
-    matmul_tflops: dict[str, float]  # dtype name (or float32_tf32) -> measured TFLOP/s
+    matmul_tflops: dict[str, float]  # math mode (Backend.math_modes: a dtype name, or e.g. float32_tf32) -> TFLOP/s
     copy_gbps: float  # device-to-device copy, bytes read + written per second / 1e9
     read_gbps: float = 0.0  # a reduction over the same buffer: bytes read per second / 1e9
     matmul_n: dict[str, int] = field(default_factory=dict)
@@ -40,10 +39,9 @@ class Calibration:
     measured_utc: str = ""
     environment: dict[str, Any] = field(default_factory=dict)
 
-    def peak_tflops(self, dtype: str, tf32: bool = False) -> float | None:
-        if dtype == "float32" and tf32 and TF32 in self.matmul_tflops:
-            return self.matmul_tflops[TF32]
-        return self.matmul_tflops.get(dtype)
+    def peak_tflops(self, dtype: str, mode: str | None = None) -> float | None:
+        """The peak of the math mode a case ran in (Backend.math_mode), else of its dtype (a mode not measured)."""
+        return self.matmul_tflops.get(mode or dtype) or self.matmul_tflops.get(dtype)
 
     @property
     def bandwidth_gbps(self) -> float:
@@ -51,9 +49,9 @@ class Calibration:
         attention) stream faster than a copy does."""
         return max(self.copy_gbps, self.read_gbps)
 
-    def roofline(self, dtype: str, flops: float, nbytes: float, seconds: float, tf32: bool = False) -> dict | None:
+    def roofline(self, dtype: str, flops: float, nbytes: float, seconds: float, mode: str | None = None) -> dict | None:
         """The case's floor time (compute or bandwidth, whichever is longer) and the measured time's share of it."""
-        peak = self.peak_tflops(dtype, tf32)
+        peak = self.peak_tflops(dtype, mode)
         if not peak or seconds <= 0 or not (flops or nbytes):
             return None
         compute_s = flops / (peak * 1e12) if flops else 0.0
@@ -104,27 +102,20 @@ def calibrate(
     config: TimingConfig,
     small_n: dict[str, int] | None = None,
 ) -> Calibration:
-    """Measure the backend's matmul peak for each of its dtypes (and TF32 on CUDA) and its copy bandwidth.
+    """Measure the backend's matmul peak in each of its math modes (one per dtype, and any the backend adds, such
+    as TF32 on CUDA) and its copy bandwidth.
 
-    `small_n` lowers n for dtypes a device computes slowly (float16 on a CPU without fp16 arithmetic)."""
+    `small_n` lowers n for modes a device computes slowly (float16 on a CPU without fp16 arithmetic)."""
     env = backend.environment()
     results: dict[str, float] = {}
     sizes: dict[str, int] = {}
-    modes = [d for d in ("bfloat16", "float16", "float32") if d in backend.dtypes]
-    if backend.device == "cuda" and "float32" in backend.dtypes:
-        modes.append(TF32)
-    for mode in modes:
-        dtype = "float32" if mode == TF32 else mode
+    for mode, math in backend.math_modes().items():
         n = (small_n or {}).get(mode, matmul_n)
         g = torch.Generator().manual_seed(0)
-        a = backend.to_device(torch.randn(n, n, generator=g).to(DTYPES[dtype]))  # random data: zeros run faster
-        b = backend.to_device(torch.randn(n, n, generator=g).to(DTYPES[dtype]))
-        previous = torch.backends.cuda.matmul.allow_tf32
-        torch.backends.cuda.matmul.allow_tf32 = mode == TF32
-        try:
+        a = backend.to_device(torch.randn(n, n, generator=g).to(DTYPES[math.dtype]))  # random data: zeros run faster
+        b = backend.to_device(torch.randn(n, n, generator=g).to(DTYPES[math.dtype]))
+        with math.context():
             m = measure(lambda a=a, b=b: a @ b, backend.timer(config), config)
-        finally:
-            torch.backends.cuda.matmul.allow_tf32 = previous
         results[mode] = 2.0 * n**3 / (m.stats.median_ns * 1e-9) / 1e12
         sizes[mode] = n
         log.info("%s matmul n=%d: %.1f TFLOP/s", mode, n, results[mode])

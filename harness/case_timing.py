@@ -74,8 +74,8 @@ class CaseTimer:
         cal = self._calibrations[name]
         if cal is None:
             return None
-        tf32 = bool(backend.case_details().get("tf32", False))
-        return cal.roofline(case.dtype, timing["flops"], timing["bytes"], seconds, tf32=tf32)
+        mode = backend.math_mode(case.dtype)
+        return cal.roofline(case.dtype, timing["flops"], timing["bytes"], seconds, mode=mode)
 
     def _rotating(self, backend: Backend, group: CaseInputs, timed: Callable[[], Any]) -> tuple[Callable[[], Any], int]:
         """The timed call cycling over copies of the inputs when the backend asks for them (inputs that fit in

@@ -35,6 +35,7 @@ def list_cmd(plugins: tuple[str, ...]) -> None:
     """Backends (with availability and reason), workloads and suites."""
     from rich.table import Table
 
+    from harness.backend_options import describe
     from harness.workload import WorkloadRegistry
 
     with bad_input_exits():
@@ -59,6 +60,13 @@ def list_cmd(plugins: tuple[str, ...]) -> None:
     for name, error in registry.load_errors.items():
         table.add_row(name, "broken", error, "", "", "", "")
     console.print(table)
+    otable = Table(title="backend options (harness run --backend-option [BACKEND:]KEY=VALUE)", title_justify="left")
+    for col in ("option", "backends", "default", "description"):
+        otable.add_column(col)
+    for row in describe(registry):
+        otable.add_row(*row)
+    if otable.row_count:
+        console.print(otable)
     wtable = Table(title="workloads", title_justify="left")
     for col in ("name", "op", "presets (shapes)", "description"):
         wtable.add_column(col)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -65,16 +64,26 @@ from harness.suites import BUILTIN_SUITES, SuiteError, parse_threads, resolve_su
 )
 @click.option("--time-budget", type=float, default=None, help="Seconds of steady-state timing per case.")
 @click.option(
+    "--backend-option",
+    "backend_options",
+    multiple=True,
+    metavar="[BACKEND:]KEY=VALUE",
+    help="A backend's own setting (harness list shows them), e.g. tf32=1 or cuda:graphs=0; without BACKEND: every "
+    "selected backend that declares KEY. Repeatable.",
+)
+@click.option(
     "--graphs/--no-graphs",
     default=None,
-    help="Device timers: replay captured CUDA graphs of the calls (default on; ops that cannot be captured fall "
-    "back to events, and the record says which).",
+    help="Alias of --backend-option graphs=1/0 where a backend takes it (cuda: time by CUDA-graph replay, on by "
+    "default; ops that cannot be captured fall back to events, and the record says which).",
 )
-@click.option("--cold-cache", is_flag=True, help="Device timers: flush the L2 cache before every timed call.")
+@click.option(
+    "--cold-cache", is_flag=True, help="Alias of --backend-option cold_cache=1 (cuda: flush L2 before every call)."
+)
 @click.option(
     "--allow-tf32",
     is_flag=True,
-    help="cuda: let float32 matmuls use TF32 (off by default; each record keeps the setting).",
+    help="Alias of --backend-option tf32=1 (cuda: float32 matmuls on TF32; off by default; records keep it).",
 )
 @click.option(
     "--inputs",
@@ -156,6 +165,7 @@ def run_cmd(
     threads: str | None,
     time_oracles: bool,
     time_budget: float | None,
+    backend_options: tuple[str, ...],
     graphs: bool | None,
     cold_cache: bool,
     allow_tf32: bool,
@@ -191,12 +201,9 @@ def run_cmd(
         }
         chosen = _suite(suite, lists, seeds, threads)
         timing = chosen.timing if time_budget is None else replace(chosen.timing, budget_s=time_budget)
-        if graphs is not None:
-            timing = replace(timing, graphs=graphs)
-        if cold_cache:
-            timing = replace(timing, cold_cache=True)
-        if allow_tf32:
-            os.environ["HARNESS_CUDA_TF32"] = "1"  # read by the cuda backends when created; children inherit it
+        aliases = {"graphs": graphs, "cold_cache": cold_cache or None, "tf32": allow_tf32 or None}
+        flags = {key: value for key, value in aliases.items() if value is not None}
+        backend_settings = _backend_options(chosen, plugins, backend_options, flags, against)
         options = RunOptions(
             parity_only=parity_only,
             timing=timing,
@@ -209,6 +216,7 @@ def run_cmd(
             budget_overrides=_budget_overrides(budgets),
             layerwise=layerwise,
             model_path=model_path,
+            backend_options=backend_settings,
         )
         request = RunRequest(
             chosen,
@@ -250,6 +258,27 @@ def _suite(name: str, lists: dict[str, tuple[str, ...]], seeds: str | None, thre
         except SuiteError as exc:
             raise SuiteError(f"--threads: {exc}") from None
     return replace(chosen, **overrides)
+
+
+def _backend_options(
+    chosen: Any, plugins: tuple[str, ...], items: tuple[str, ...], flags: dict[str, bool], against: str | None
+) -> dict[str, dict[str, str]]:
+    """Backend name -> option -> raw value for the selected backends (and an --against backend): the suite's
+    settings and the alias flags where a backend declares them, then --backend-option, each checked here."""
+    from harness.backend_options import OptionSetting, resolve
+    from harness.cli_common import load_registry
+
+    registry = load_registry(plugins)
+    selected = registry.select(chosen.backends)
+    if against is not None and against in registry.names() and against not in selected:
+        selected.append(against)
+    settings = [
+        replace(OptionSetting.parse(item, source="suite backend_options"), alias=True)
+        for item in chosen.backend_options
+    ]
+    settings += [OptionSetting(key, str(int(value)), alias=True) for key, value in flags.items()]
+    settings += [OptionSetting.parse(item) for item in items]  # not split on commas: a value may hold one
+    return resolve(registry, selected, settings)
 
 
 def _budget_overrides(items: tuple[str, ...]) -> dict[str, float]:

@@ -61,6 +61,7 @@ class RunOptions:
     budget_overrides: Mapping[str, float] | None = None
     layerwise: bool = False  # LLM workloads: per-layer localization (propagated and teacher-forced)
     model_path: str | None = None  # LLM workloads: a user's checkpoint directory instead of seeded weights
+    backend_options: Mapping[str, Mapping[str, str]] = field(default_factory=dict)  # backend -> option -> raw value
 
 
 @dataclass
@@ -304,7 +305,7 @@ class Runner:
         if not availability.available:
             return None, f"backend {name} unavailable: {availability.reason}"
         if name not in self._instances:
-            backend = self.backends.create(name)
+            backend = self.backends.create(name, options=self.options.backend_options.get(name) or None)
             if self.options.threads is not None:
                 backend.set_threads(self.options.threads)
             self._instances[name] = backend

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from harness.backend_options import OptionSetting
 from harness.names import DISTRIBUTIONS, DTYPE_NAMES, BadInputError
 from harness.timing import TimingConfig
 
@@ -42,6 +43,8 @@ class Suite:
     exclude: tuple[
         str, ...
     ] = ()  # case-key globs left out of the plan (workload/preset/shape/dtype/inputs/seedN@backend)
+    # "[BACKEND:]KEY=VALUE" backend options, applied where a selected backend declares KEY (before --backend-option)
+    backend_options: tuple[str, ...] = ()
 
 
 BUILTIN_SUITES: dict[str, Suite] = {
@@ -90,8 +93,11 @@ _LIST_FIELDS = {
     "seeds": int,
     "inputs": str,
     "exclude": str,
+    "backend_options": str,
 }
 _TIMING_FIELDS = {f.name: f.type for f in fields(TimingConfig)}
+# [timing] switches that are device backends' options now (cuda): kept in suite files as backend options
+_TIMING_OPTIONS = {"graphs": "bool", "cold_cache": "bool"}
 
 
 def _line_of(text: str, key: str, table: str | None = None) -> int | None:
@@ -126,6 +132,7 @@ def load_suite_file(path: Path) -> Suite:
         raise SuiteError(f"{path}: malformed TOML: {exc}") from None
     known = {"name", "description", "timing", "threads", *_LIST_FIELDS}
     values: dict[str, Any] = {"name": path.stem}
+    timing_options: list[str] = []
     for key, value in data.items():
         if key not in known:
             raise SuiteError(f"{_where(path, text, key)} is not a suite setting; accepted: {', '.join(sorted(known))}")
@@ -134,7 +141,7 @@ def load_suite_file(path: Path) -> Suite:
                 raise SuiteError(f"{_where(path, text, key)} must be a string, got {type(value).__name__}")
             values[key] = value
         elif key == "timing":
-            values["timing"] = _timing(path, text, value)
+            values["timing"] = _timing(path, text, value, timing_options)
         elif key == "threads":
             try:
                 values["threads"] = parse_threads(value)
@@ -152,24 +159,30 @@ def load_suite_file(path: Path) -> Suite:
                     f"{_where(path, text, key)} must be a non-empty list of {kind.__name__}s, got {value!r}"
                 )
             values[key] = tuple(items)
+    values["backend_options"] = (*timing_options, *values.get("backend_options", ()))
     suite = Suite(**values)
     _check_values(suite, lambda key: _where(path, text, key))
     return suite
 
 
-def _timing(path: Path, text: str, table: Any) -> TimingConfig:
+def _timing(path: Path, text: str, table: Any, options: list[str]) -> TimingConfig:
+    """The [timing] table; its device switches (graphs, cold_cache) are appended to `options` as KEY=VALUE."""
     if not isinstance(table, dict):
         raise SuiteError(f"{_where(path, text, 'timing')} must be a table ([timing])")
     config = TimingConfig()
+    accepted = {**_TIMING_FIELDS, **_TIMING_OPTIONS}
     for key, value in table.items():
-        if key not in _TIMING_FIELDS:
+        if key not in accepted:
             raise SuiteError(
-                f"{_where(path, text, key, 'timing')} is not a timing setting; accepted: {', '.join(_TIMING_FIELDS)}"
+                f"{_where(path, text, key, 'timing')} is not a timing setting; accepted: {', '.join(accepted)}"
             )
-        if _TIMING_FIELDS[key] == "bool":  # annotations are strings (postponed evaluation)
+        if accepted[key] == "bool":  # annotations are strings (postponed evaluation)
             if not isinstance(value, bool):
                 raise SuiteError(f"{_where(path, text, key, 'timing')} must be true or false, got {value!r}")
-            config = replace(config, **{key: value})
+            if key in _TIMING_OPTIONS:
+                options.append(f"{key}={int(value)}")
+            else:
+                config = replace(config, **{key: value})
             continue
         expected = int if key.endswith("samples") else (int, float)
         if isinstance(value, bool) or not isinstance(value, expected) or value <= 0:
@@ -186,6 +199,8 @@ def _check_values(suite: Suite, where: Any) -> None:
     for seed in suite.seeds:
         if seed < 0:
             raise SuiteError(f"{where('seeds')}: seeds must be >= 0, got {seed}")
+    for item in suite.backend_options:
+        OptionSetting.parse(item, source=where("backend_options"))  # the syntax; values are checked per backend
 
 
 def parse_threads(value: Any) -> int:

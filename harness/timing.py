@@ -63,11 +63,9 @@ class TimingConfig:
     min_samples: int = 5
     max_samples: int = 500
     min_sample_s: float = 1e-3  # ops shorter than this are called many times per sample
-    # Device timers only (CUDA): replay a captured graph of the calls where the op can be captured (launch
-    # overhead out of the figure); flush the cache before each call (cold L2, one call per sample); rotate among
-    # copies of the inputs when they fit in the cache, so repeated calls do not all hit a warm cache.
-    graphs: bool = True
-    cold_cache: bool = False
+    # Devices with a cache that holds a case's inputs (Backend.timing_input_sets): rotate among copies of the
+    # inputs, so repeated calls do not all hit a warm cache. How a device times (graphs, cache flushes) is the
+    # backend's own option (`--backend-option`).
     rotate_inputs: bool = True
 
 

@@ -20,7 +20,8 @@ settings.register_profile("harness", deadline=None)  # a shared 2-core machine: 
 settings.load_profile("harness")
 
 PLUGINS = Path(__file__).parent / "plugins"
-FAULTS = str(Path(__file__).resolve().parents[1] / "faults" / "harness_faults" / "backends.py")  # planted faults, loaded by path
+# The planted faults (the fault plugin's backends, not installed with harness), loaded by path
+FAULTS = str(Path(__file__).resolve().parents[1] / "faults" / "harness_faults" / "backends.py")
 
 
 @dataclass

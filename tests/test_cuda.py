@@ -209,8 +209,10 @@ def test_gpu_timer_replays_a_graph_and_falls_back_to_events_for_a_host_sync() ->
     assert measure(lambda: x * 2, backend.timer(config), config).method == "cuda_graph"
     synced = measure(lambda: (x * 2).sum().item(), backend.timer(config), config)
     assert synced.method == "cuda_events" and "graph_error" in synced.notes
-    cold = measure(lambda: x * 2, backend.timer(TimingConfig(cold_cache=True)), TimingConfig(cold_cache=True))
+    cold = measure(lambda: x * 2, Cuda(cold_cache=True).timer(config), config)
     assert cold.calls_per_sample == 1 and cold.notes["cold_cache"] is True
+    events = measure(lambda: x * 2, Cuda(graphs=False).timer(config), config)
+    assert events.method == "cuda_events" and "graph_error" not in events.notes
 
 
 @needs_gpu
@@ -223,3 +225,14 @@ def test_flash_native_modes_are_bottom_right_aligned(name: str) -> None:
     out = attn(q, k, v, **{**kw, "kv_lens": kw["kv_lens"].cuda() if kw["kv_lens"] is not None else None})
     ref = ops.attention(q.cpu(), k.cpu(), v.cpu(), **kw)
     assert _rel(out.cpu(), ref) < 2e-2
+
+
+@needs_gpu
+def test_tf32_is_a_backend_option_the_record_keeps(harness_cli) -> None:
+    case = ("-b", "cuda", "-w", "attention.prefill", "--shape", "gqa", "--dtype", "float32", "--parity-only")
+    on = harness_cli("run", *case, "--distribution", "normal", "--allow-tf32")
+    assert on.exit_code in (0, 1), on.output
+    assert all(r["implementation"]["tf32"] is True and r["environment"]["backend"]["tf32"] is True for r in on.records)
+    off = harness_cli("run", *case, "--distribution", "normal", "--allow-tf32", "--backend-option", "cuda:tf32=0")
+    assert off.exit_code == 0, off.output
+    assert all(r["implementation"]["tf32"] is False for r in off.records)

@@ -3,23 +3,35 @@
 `cuda` times cuDNN, flash and memory-efficient SDPA on each attention shape and keeps the fastest that takes the
 case (attention.py); MoE runs on grouped GEMMs (moe.py); other ops are the generic torch ones on the device.
 `cuda-cudnn`, `cuda-flash`, `cuda-efficient`, `cuda-math` pin attention to one kernel so a report puts them side by
-side. float32 matmuls run without TF32 unless HARNESS_CUDA_TF32=1 (`harness run --allow-tf32`); every record
-keeps the setting (`implementation.tf32`).
+side. Options (`harness run --backend-option KEY=VALUE`): `tf32` (float32 matmuls on TF32 tensor cores; off by
+default, `--allow-tf32`), `graphs` (time by CUDA-graph replay; on, `--no-graphs`) and `cold_cache` (flush L2 before
+every timed call; off, `--cold-cache`). Every record keeps them (environment; `implementation.tf32`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
-import os
+from collections.abc import Iterator, Mapping
 from typing import Any, ClassVar
 
-from harness.backend import Availability
+from harness.backend import Availability, MathMode
+from harness.backend_options import BackendOption
 from harness.lazy import torch
 from harness.timing import Timer, TimingConfig
 from harness.torch_backend import TorchBackend
 
-TF32_ENV = "HARNESS_CUDA_TF32"
 MAX_INPUT_SETS = 32
+TF32_MODE = "float32_tf32"  # the calibration mode name of float32 matmuls on TF32 tensor cores (kept in files)
+
+OPTIONS: Mapping[str, BackendOption] = {
+    "tf32": BackendOption.flag("let float32 matmuls and convolutions use TF32 tensor cores (recorded)"),
+    "graphs": BackendOption.flag(
+        "time by replaying a captured CUDA graph of the calls (ops that cannot be captured fall back to events)",
+        default=True,
+    ),
+    "cold_cache": BackendOption.flag("flush the L2 cache before every timed call (one call per sample)"),
+}
 
 
 AUTO_KERNELS = ("cudnn", "flash", "efficient")  # math only as the fallback when none of these takes a case
@@ -36,8 +48,15 @@ def _cpu_only_torch() -> str | None:
     return version if version.endswith("+cpu") else None
 
 
-def tf32_requested() -> bool:
-    return os.environ.get(TF32_ENV, "0").strip().lower() in ("1", "true", "yes", "on")
+@contextlib.contextmanager
+def _tf32_matmuls(allowed: bool) -> Iterator[None]:
+    """float32 matmuls with TF32 allowed or not for the duration, whatever the backend's own setting."""
+    previous = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = allowed
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = previous
 
 
 class Cuda(TorchBackend):
@@ -47,6 +66,7 @@ class Cuda(TorchBackend):
     description: ClassVar[str] = "torch on an NVIDIA GPU: per-shape fastest SDPA kernel, grouped-GEMM MoE, graphs"
     kernels: ClassVar[tuple[str, ...]] = AUTO_KERNELS
     calibration_group: ClassVar[str] = "cuda"  # every cuda-* variant runs on the same device ceilings
+    options: ClassVar[Mapping[str, BackendOption]] = OPTIONS
 
     @classmethod
     def probe(cls) -> Availability:
@@ -61,11 +81,13 @@ class Cuda(TorchBackend):
             )
         return Availability(True)
 
-    def __init__(self) -> None:
+    def __init__(self, *, tf32: bool = False, graphs: bool = True, cold_cache: bool = False) -> None:
         from harness.backends.cuda.attention import SdpaAttention
         from harness.backends.cuda.moe import GroupedMoe
 
-        self.tf32 = tf32_requested()
+        self.tf32 = tf32
+        self.graphs = graphs
+        self.cold_cache = cold_cache
         torch.backends.cuda.matmul.allow_tf32 = self.tf32
         torch.backends.cudnn.allow_tf32 = self.tf32
         self._attention = SdpaAttention(self.kernels)
@@ -81,10 +103,10 @@ class Cuda(TorchBackend):
     def timer(self, config: TimingConfig | None = None) -> Timer:
         from harness.backends.cuda.timing import CudaTimer
 
-        return CudaTimer(config or TimingConfig(), self.l2_bytes)
+        return CudaTimer(config or TimingConfig(), self.l2_bytes, graphs=self.graphs, cold_cache=self.cold_cache)
 
     def timing_input_sets(self, nbytes: int, config: TimingConfig) -> int:
-        if not config.rotate_inputs or config.cold_cache or nbytes >= self.l2_bytes:
+        if not config.rotate_inputs or self.cold_cache or nbytes >= self.l2_bytes:
             return 1
         return min(MAX_INPUT_SETS, max(2, math.ceil(2 * self.l2_bytes / max(nbytes, 1))))
 
@@ -97,6 +119,17 @@ class Cuda(TorchBackend):
     def reset_memory_stats(self) -> None:
         torch.cuda.reset_peak_memory_stats()
         self._details = {}
+
+    def math_modes(self) -> Mapping[str, MathMode]:
+        """One mode per dtype with TF32 off, and float32 on TF32 tensor cores (TF32_MODE)."""
+        plain = super().math_modes()
+        modes = {name: MathMode(mode.dtype, lambda: _tf32_matmuls(False)) for name, mode in plain.items()}
+        if "float32" in self.dtypes:
+            modes[TF32_MODE] = MathMode("float32", lambda: _tf32_matmuls(True))
+        return modes
+
+    def math_mode(self, dtype: str) -> str:
+        return TF32_MODE if dtype == "float32" and self.tf32 else dtype
 
     def case_details(self) -> dict[str, Any]:
         return {"tf32": self.tf32, **self._details}
@@ -113,6 +146,8 @@ class Cuda(TorchBackend):
             "memory_bytes": props.total_memory,
             "l2_bytes": self.l2_bytes,
             "tf32": self.tf32,
+            "graphs": self.graphs,
+            "cold_cache": self.cold_cache,
             "sdpa_kernels": list(self.kernels),
         }
         try:

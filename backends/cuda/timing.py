@@ -26,15 +26,13 @@ GRAPH_MAX_CALLS = 32  # calls captured into one graph; a sample replays it as of
 class CudaTimer:
     """Times `calls` calls of `fn` on the current CUDA stream; see the module docstring for the methods."""
 
-    def __init__(self, config: TimingConfig, l2_bytes: int) -> None:
+    def __init__(self, config: TimingConfig, l2_bytes: int, *, graphs: bool = True, cold_cache: bool = False) -> None:
         self.config = config
-        self.use_graphs = config.graphs
-        self.max_calls_per_sample = 1 if config.cold_cache else None
-        self.notes: dict[str, Any] = {"cold_cache": config.cold_cache}
+        self.use_graphs = graphs
+        self.max_calls_per_sample = 1 if cold_cache else None
+        self.notes: dict[str, Any] = {"cold_cache": cold_cache}
         self._graphs: dict[int, torch.cuda.CUDAGraph] = {}
-        self._flush = (
-            torch.empty(2 * max(l2_bytes, 1 << 20), dtype=torch.uint8, device="cuda") if config.cold_cache else None
-        )
+        self._flush = torch.empty(2 * max(l2_bytes, 1 << 20), dtype=torch.uint8, device="cuda") if cold_cache else None
         self._used_graph = False
 
     @property

@@ -18,11 +18,12 @@ LATEST := .venv-latest
 setup: $(STAMP)
 
 # The lock pins pip, setuptools and wheel too; the package builds without isolation, so nothing newer sneaks in.
-$(STAMP): pyproject.toml $(LOCK) Makefile
+$(STAMP): pyproject.toml faults/pyproject.toml $(LOCK) Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check "$$(grep '^pip==' $(LOCK))"
 	$(BIN)/python -m pip install --quiet $(TORCH_SPEC) -r $(LOCK)
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e faults/  # the faults harness selftest runs
 	$(BIN)/python -m pip check
 	touch $@
 

@@ -167,14 +167,25 @@ main.add_command(run_cmd)
 
 @main.command("selftest")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="JSONL for the records.")
-def selftest_cmd(out: Path | None) -> None:
-    """Prove the checks work: every planted fault must be caught, every correct variant must pass (exit 1 if not)."""
+@click.option(
+    "--faults",
+    "fault_modules",
+    multiple=True,
+    metavar="MODULE_OR_FILE.py",
+    help="A fault plugin module (CHECKS and BACKENDS) instead of the installed ones (entry points harness.faults).",
+)
+def selftest_cmd(out: Path | None, fault_modules: tuple[str, ...]) -> None:
+    """Prove the checks work: every planted fault must be caught, every correct variant must pass (exit 1 if not).
+
+    The faults come from the fault plugin (pip install -e faults/, which make setup does)."""
     from rich.console import Console
     from rich.table import Table
 
     from harness import selftest
     from harness.results import ResultWriter
 
+    with bad_input_exits():
+        plugins = selftest.load_fault_plugins(tuple(fault_modules))
     out_path = out or selftest.default_output()
     console = Console(stderr=True)
     table = Table(title="selftest", title_justify="left")
@@ -197,7 +208,7 @@ def selftest_cmd(out: Path | None) -> None:
         )
 
     with ResultWriter(out_path) as writer:
-        outcomes = selftest.run_selftest(writer, on_check)
+        outcomes = selftest.run_selftest(writer, on_check, plugins)
     stdout_console().print(table)
     bad = [o for o in outcomes if not o.ok]
     console.print(f"{len(outcomes) - len(bad)} of {len(outcomes)} checks hold; records: {out_path}")

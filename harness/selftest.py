@@ -1,8 +1,11 @@
 """`harness selftest`: proof that the parity checks catch real mistakes and do not fail correct code.
 
-Every planted fault of backends/faults.py runs through the ordinary runner on the cases where it must show,
-and every correct-but-different implementation on the cases it must pass. A fault is caught only if EVERY one
-of its cases fails (and, for LLM faults, the layer-wise localization names the planted layer and op).
+The faults live outside the product, in a fault plugin (this repository's `faults/`, distribution
+infer-parity-harness-faults, registered under the entry-point group `harness.faults`): a module that defines
+`CHECKS` (a tuple of `Check`) and `BACKENDS` (the module or .py file of their backend classes). This is the engine:
+every planted fault runs through the ordinary runner on the cases where it must show, and every correct-but-
+different implementation on the cases it must pass. A fault is caught only if EVERY one of its cases fails (and,
+where a check names a culprit, the layer-wise localization names that layer and op).
 """
 
 from __future__ import annotations
@@ -14,14 +17,16 @@ from pathlib import Path
 from typing import Any
 
 from harness.backend import default_registry
+from harness.names import BadInputError
+from harness.plugins import PluginError, entry_points, import_plugin
 from harness.runner import Runner, RunOptions
 from harness.suites import Suite
 from harness.workload import WorkloadRegistry
 
 log = logging.getLogger(__name__)
 
-FAULTS_PLUGIN = "harness.backends.faults"
-ALL_DTYPES = ("float32", "bfloat16", "float16")
+FAULTS_GROUP = "harness.faults"
+INSTALL_HINT = "pip install --no-deps -e faults/ (make setup does), or name one with --faults MODULE_OR_FILE"
 
 
 @dataclass(frozen=True)
@@ -33,111 +38,39 @@ class Check:
     dtypes: tuple[str, ...] = ("float32", "bfloat16")
     shapes: tuple[str, ...] = ()
     inputs: tuple[str, ...] = ("normal", "stress")
-    culprit: tuple[int, str] | None = None  # LLM faults: the (layer, op kind) localization must name
-
-    @property
-    def layerwise(self) -> bool:
-        return self.workloads[0].startswith("llm.")
+    layerwise: bool = False  # run with layer-wise localization (workloads with layers: the LLMs)
+    culprit: tuple[int, str] | None = None  # the (layer, op kind) the localization must name (needs layerwise)
 
 
-CHECKS: tuple[Check, ...] = (
-    Check(
-        "top-left causal alignment (SDPA is_causal)",
-        "bug-top-left-causal",
-        "caught",
-        ("attention.chunked_prefill", "attention.decode"),
-        ALL_DTYPES,
-    ),
-    Check("GQA head h reads kv head h % Hkv", "bug-wrong-gqa", "caught", ("attention.*",), ALL_DTYPES, ("gqa",)),
-    Check(
-        "float16 softmax without max-subtraction",
-        "bug-naive-softmax",
-        "caught",
-        ("attention.*",),
-        ("float16",),
-        inputs=("stress",),
-    ),
-    Check("attention returns zeros", "bug-zeros", "caught", ("attention.*",), ALL_DTYPES),
-    Check("last token dropped", "bug-dropped-token", "caught", ("attention.*",), ALL_DTYPES),
-    Check("blockwise online softmax (another order)", "blockwise-online", "passes", ("attention.*",), ALL_DTYPES),
-    Check(
-        "MoE weights not renormalized",
-        "bug-moe-no-renorm",
-        "caught",
-        ("moe.layer", "moe.route"),
-        shapes=("mixtral", "qwen3-moe", "deepseek-v3"),
-    ),
-    Check(
-        "DeepSeek bias in the combine weights",
-        "bug-moe-bias-in-weights",
-        "caught",
-        ("moe.layer", "moe.route"),
-        shapes=("deepseek-v3",),
-    ),
-    Check("expert ids off by one", "bug-moe-ids-off-by-one", "caught", ("moe.layer", "moe.route")),
-    Check(
-        "DeepSeek groups ranked by max, not top-2 sum",
-        "bug-moe-groups-by-max",
-        "caught",
-        ("moe.layer", "moe.route"),
-        shapes=("deepseek-v3",),
-    ),
-    Check("MoE token output dropped", "bug-moe-dropped-token", "caught", ("moe.layer", "moe.experts")),
-    Check("dense MoE: every expert on every token (another order)", "dense-moe", "passes", ("moe.*",)),
-    Check(
-        "rope in the interleaved style where the model uses half",
-        "bug-rope-interleaved",
-        "caught",
-        ("llm.llama3", "llm.qwen3"),
-        inputs=("normal",),
-        culprit=(0, "attention"),
-    ),
-    Check(
-        "one corrupted weight in layer 2's MLP",
-        "bug-corrupt-layer2-mlp",
-        "caught",
-        ("llm.llama3",),
-        inputs=("normal",),
-        culprit=(2, "mlp"),
-    ),
-    Check(
-        "decode steps with rope positions one ahead (prefill right)",
-        "bug-decode-rope-shift",
-        "caught",
-        ("llm.*",),
-        inputs=("normal",),
-    ),
-    Check("torch-cpu on every LLM (no layer may be flagged)", "torch-cpu", "passes", ("llm.*",), inputs=("normal",)),
-    Check(
-        "Ascend: mask passed in torch's convention (True = visible)",
-        "bug-ascend-mask-not-inverted",
-        "caught",
-        ("attention.*",),
-        ("float32",),
-    ),
-    Check(
-        "Ascend: scale left at the op default 1.0",
-        "bug-ascend-default-scale",
-        "caught",
-        ("attention.*",),
-        ("float16", "bfloat16"),
-    ),
-    Check(
-        "Ascend: sparse_mode 2 (top-left) where 3 is meant",
-        "bug-ascend-sparse-mode-2",
-        "caught",
-        ("attention.chunked_prefill", "attention.decode"),
-        ("float16", "bfloat16"),
-        ("gqa",),
-    ),
-    Check(
-        "ascend-sim: the Ascend adapter over the simulator",
-        "ascend-sim",
-        "passes",
-        ("attention.*", "moe.*"),
-        ALL_DTYPES,
-    ),
-)
+@dataclass(frozen=True)
+class FaultPlugin:
+    """One fault plugin: its checks and the module or file defining their backends."""
+
+    origin: str
+    checks: tuple[Check, ...]
+    backends: str
+
+
+class NoFaultPluginError(BadInputError):
+    """No fault plugin installed or named: the selftest has nothing to prove."""
+
+
+def load_fault_plugins(specs: tuple[str, ...] = ()) -> list[FaultPlugin]:
+    """The named fault modules (a module name or .py file), else those of the `harness.faults` entry points."""
+    modules: list[tuple[str, object]] = [(f"--faults {spec}", import_plugin(spec)) for spec in specs]
+    if not specs:
+        modules = [(ref.origin, ref.load()) for ref in entry_points(FAULTS_GROUP)]
+    if not modules:
+        raise NoFaultPluginError(f"no fault plugin installed (entry-point group {FAULTS_GROUP}): {INSTALL_HINT}")
+    plugins = []
+    for origin, module in modules:
+        checks, backends = getattr(module, "CHECKS", None), getattr(module, "BACKENDS", None)
+        if not isinstance(checks, tuple) or not all(isinstance(c, Check) for c in checks) or not checks:
+            raise PluginError(f"{origin}: a fault plugin module defines CHECKS, a non-empty tuple of selftest.Check")
+        if not isinstance(backends, str):
+            raise PluginError(f"{origin}: a fault plugin module defines BACKENDS, the module or file of its backends")
+        plugins.append(FaultPlugin(origin, checks, backends))
+    return plugins
 
 
 @dataclass(frozen=True)
@@ -194,15 +127,17 @@ def judge_check(check: Check, records: list[dict[str, Any]]) -> Outcome:
 
 
 def run_selftest(
-    records_out: Any, on_check: Callable[[Outcome], None] | None = None, checks: tuple[Check, ...] = CHECKS
+    records_out: Any, on_check: Callable[[Outcome], None] | None = None, plugins: list[FaultPlugin] | None = None
 ) -> list[Outcome]:
-    """Run every check through the ordinary runner, appending its records to `records_out` (a ResultWriter)."""
+    """Run every check of the fault plugins (default: the installed ones) through the ordinary runner, appending
+    its records to `records_out` (a ResultWriter)."""
     from harness.results import new_run_id
 
-    registry = default_registry([FAULTS_PLUGIN])
+    plugins = load_fault_plugins() if plugins is None else plugins
+    registry = default_registry([p.backends for p in plugins])
     workloads = WorkloadRegistry.discover()
     outcomes = []
-    for check in checks:
+    for check in (c for p in plugins for c in p.checks):
         suite = Suite(
             f"selftest:{check.backend}",
             workloads=check.workloads,

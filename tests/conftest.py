@@ -22,6 +22,7 @@ settings.load_profile("harness")
 PLUGINS = Path(__file__).parent / "plugins"
 # The planted faults (the fault plugin's backends, not installed with harness), loaded by path
 FAULTS = str(Path(__file__).resolve().parents[1] / "faults" / "harness_faults" / "backends.py")
+FAULT_CHECKS = str(Path(FAULTS).with_name("checks.py"))  # the fault plugin module `harness selftest --faults` takes
 
 
 @dataclass

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from harness.results import read_records
-from harness.selftest import CHECKS, Check, run_selftest
-from tests.conftest import PLUGINS
+from harness.selftest import Check, FaultPlugin, load_fault_plugins, run_selftest
+from tests.conftest import FAULT_CHECKS, FAULTS, PLUGINS
 
 pytestmark = pytest.mark.slow
 
@@ -161,9 +161,10 @@ def test_rerun_errors_on_resume(harness_cli, tmp_path: Path, vendor_plugin: str)
 
 
 def test_selftest_exits_0(harness_cli, tmp_path: Path) -> None:
-    result = harness_cli("selftest", "--out", str(tmp_path / "selftest.jsonl"))
+    result = harness_cli("selftest", "--faults", FAULT_CHECKS, "--out", str(tmp_path / "selftest.jsonl"))
     assert result.exit_code == 0, result.output
-    assert f"{len(CHECKS)} of {len(CHECKS)} checks hold" in result.output
+    checks = load_fault_plugins((FAULT_CHECKS,))[0].checks
+    assert f"{len(checks)} of {len(checks)} checks hold" in result.output
     assert "caught  decode steps with rope positions one ahead" in result.output
 
 
@@ -173,7 +174,7 @@ def test_selftest_reports_a_fault_that_slips_through(tmp_path: Path) -> None:
     # torch-cpu is correct: declared as a fault, it must be reported as slipping through, not as caught.
     check = Check("a correct backend declared faulty", "torch-cpu", "caught", ("attention.decode",), ("float32",))
     with ResultWriter(tmp_path / "r.jsonl") as writer:
-        [outcome] = run_selftest(writer, checks=(check,))
+        [outcome] = run_selftest(writer, plugins=[FaultPlugin("test", (check,), FAULTS)])
     assert not outcome.ok and "slipped through" in outcome.problem and outcome.good == 0
     records = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
     assert len(records) == outcome.cases == 4

@@ -19,6 +19,8 @@ from harness.timing import Timer, TimingConfig
 from harness.torch_backend import TorchBackend
 
 MAX_TOKENS = 2147483647
+CAUSAL_SPARSE_MODE = 3  # rightDownCausal: the contract's bottom-right alignment
+WINDOW_SPARSE_MODE = 4  # band with origin bottom-right
 
 
 def _import_torch_npu() -> tuple[ModuleType, Any]:
@@ -53,14 +55,12 @@ class NpuEventTimer:
 
 
 class Ascend(TorchBackend):
-    """The adapter. Subclasses may change the class attributes below only to plant mistakes in tests."""
+    """The adapter: contract calls turned into torch_npu calls (layouts, sparse modes, Ascend's mask convention)."""
 
     name: ClassVar[str] = "ascend"
     device: ClassVar[str] = "npu"
     dtypes: ClassVar[frozenset[str]] = frozenset({"float32", "bfloat16", "float16"})
     description: ClassVar[str] = "Huawei Ascend NPU through torch_npu's fused kernels (FIA, grouped matmul MoE)"
-    CAUSAL_SPARSE_MODE: ClassVar[int] = 3  # rightDownCausal: the contract's bottom-right alignment
-    WINDOW_SPARSE_MODE: ClassVar[int] = 4  # band with origin bottom-right
 
     @classmethod
     def load(cls) -> tuple[Any, Any]:
@@ -111,14 +111,6 @@ class Ascend(TorchBackend):
         self.npu.reset_peak_memory_stats()
 
     # ----- attention -----
-    def mask_for_ascend(self, visible: torch.Tensor) -> torch.Tensor:
-        """Ascend masks say True = masked OUT: the inverse of the contract's (and SDPA's) visibility."""
-        return ~visible
-
-    def scale_for_ascend(self, scale: float | None, head_dim: int) -> float:
-        """Ascend's ops default to scale 1.0, not 1/sqrt(D): always pass the contract's scale explicitly."""
-        return 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
-
     def compressed_causal_mask(self) -> torch.Tensor:
         """The 2048 x 2048 upper-triangular mask sparse modes 2/3/4 take (True = masked)."""
         if self._compressed_mask is None:
@@ -139,7 +131,8 @@ class Ascend(TorchBackend):
     ) -> torch.Tensor:
         B, _, Sq, D = q.shape
         Skv, Dv = k.shape[2], v.shape[3]
-        scale_value = self.scale_for_ascend(scale, D)
+        # Ascend's ops default to scale 1.0, not 1/sqrt(D): always pass the contract's scale explicitly.
+        scale_value = 1.0 / math.sqrt(D) if scale is None else float(scale)
         if q.dtype == torch.float32 or Dv != D:
             out = self._fusion_attention(q, k, v, causal=causal, window=window, scale=scale_value, kv_lens=kv_lens)
         else:
@@ -175,10 +168,10 @@ class Ascend(TorchBackend):
             kwargs["actual_seq_lengths_kv"] = [int(n) for n in kv_lens.tolist()]
             kwargs["actual_seq_lengths"] = [Sq] * B
         if causal and window is None:
-            kwargs.update(sparse_mode=self.CAUSAL_SPARSE_MODE, atten_mask=self.compressed_causal_mask())
+            kwargs.update(sparse_mode=CAUSAL_SPARSE_MODE, atten_mask=self.compressed_causal_mask())
         elif causal:
             kwargs.update(
-                sparse_mode=self.WINDOW_SPARSE_MODE,
+                sparse_mode=WINDOW_SPARSE_MODE,
                 atten_mask=self.compressed_causal_mask(),
                 pre_tokens=window - 1,
                 next_tokens=0,
@@ -203,7 +196,7 @@ class Ascend(TorchBackend):
         visible = contract.visible_keys(
             Sq, Skv, batch=B, causal=causal, window=window, kv_lens=kv_lens, device=q.device
         )
-        mask = self.mask_for_ascend(visible[:, None])  # [B, 1, Sq, Skv]
+        mask = ~visible[:, None]  # [B, 1, Sq, Skv]; Ascend masks say True = masked OUT, the inverse of the contract
         out = self.tnpu.npu_fusion_attention(
             q,
             k,

@@ -9,7 +9,8 @@ default (they would be noise in `harness list`).
 from __future__ import annotations
 
 import math
-from typing import ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -323,14 +324,32 @@ class DecodeRopeShift(TorchCpu):
 # ----- Ascend adapter -----
 
 
+class _Rewired:
+    """The simulated torch_npu as a mistaken adapter drives it: named calls get one argument rewritten."""
+
+    def __init__(self, module: Any, **calls: Callable[..., Any]) -> None:
+        self._module = module
+        self._calls = calls
+
+    def __getattr__(self, name: str) -> Any:
+        return self._calls.get(name) or getattr(self._module, name)
+
+
 class AscendMaskNotInverted(AscendSim):
     """Passes the contract's visibility mask (True = visible, torch's convention) where Ascend wants True =
     masked out."""
 
     name: ClassVar[str] = "bug-ascend-mask-not-inverted"
 
-    def mask_for_ascend(self, visible: torch.Tensor) -> torch.Tensor:
-        return visible  # the bug: not inverted
+    @classmethod
+    def load(cls) -> tuple[Any, Any]:
+        tnpu, npu = super().load()
+
+        def fusion_attention(*args: Any, atten_mask: torch.Tensor | None = None, **kwargs: Any) -> Any:
+            mask = None if atten_mask is None else ~atten_mask  # the bug: the visibility mask, not inverted
+            return tnpu.npu_fusion_attention(*args, atten_mask=mask, **kwargs)
+
+        return _Rewired(tnpu, npu_fusion_attention=fusion_attention), npu
 
 
 class AscendDefaultScale(AscendSim):
@@ -338,15 +357,25 @@ class AscendDefaultScale(AscendSim):
 
     name: ClassVar[str] = "bug-ascend-default-scale"
 
-    def scale_for_ascend(self, scale: float | None, head_dim: int) -> float:
-        return 1.0 if scale is None else float(scale)  # the bug: the op default where the contract says 1/sqrt(D)
+    def attention(self, q, k, v, *, causal=False, window=None, scale=None, kv_lens=None):  # type: ignore[override]
+        scale = 1.0 if scale is None else scale  # the bug: the op default where the contract says 1/sqrt(D)
+        return super().attention(q, k, v, causal=causal, window=window, scale=scale, kv_lens=kv_lens)
 
 
 class AscendSparseMode2(AscendSim):
     """Asks for leftUpCausal (sparse_mode 2) where rightDownCausal (3) is meant."""
 
     name: ClassVar[str] = "bug-ascend-sparse-mode-2"
-    CAUSAL_SPARSE_MODE: ClassVar[int] = 2
+
+    @classmethod
+    def load(cls) -> tuple[Any, Any]:
+        tnpu, npu = super().load()
+
+        def fused_infer(*args: Any, sparse_mode: int = 0, **kwargs: Any) -> Any:
+            mode = 2 if sparse_mode == 3 else sparse_mode  # the bug: top-left where bottom-right is meant
+            return tnpu.npu_fused_infer_attention_score(*args, sparse_mode=mode, **kwargs)
+
+        return _Rewired(tnpu, npu_fused_infer_attention_score=fused_infer), npu
 
 
 # ----- ONNX Runtime native kernels -----

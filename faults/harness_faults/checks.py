@@ -1,0 +1,124 @@
+"""What `harness selftest` expects of each planted fault and correct variant of harness_faults.backends: the
+cases where a fault must show (every one of them must fail) or a variant must pass.
+
+The fault plugin's entry point (group `harness.faults`) names this module; the selftest engine in harness reads
+`CHECKS` and registers the backends of the file `BACKENDS` names.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from harness.selftest import Check
+
+BACKENDS = str(Path(__file__).with_name("backends.py"))  # by path: the same whether installed or in a checkout
+ALL_DTYPES = ("float32", "bfloat16", "float16")
+
+CHECKS: tuple[Check, ...] = (
+    Check(
+        "top-left causal alignment (SDPA is_causal)",
+        "bug-top-left-causal",
+        "caught",
+        ("attention.chunked_prefill", "attention.decode"),
+        ALL_DTYPES,
+    ),
+    Check("GQA head h reads kv head h % Hkv", "bug-wrong-gqa", "caught", ("attention.*",), ALL_DTYPES, ("gqa",)),
+    Check(
+        "float16 softmax without max-subtraction",
+        "bug-naive-softmax",
+        "caught",
+        ("attention.*",),
+        ("float16",),
+        inputs=("stress",),
+    ),
+    Check("attention returns zeros", "bug-zeros", "caught", ("attention.*",), ALL_DTYPES),
+    Check("last token dropped", "bug-dropped-token", "caught", ("attention.*",), ALL_DTYPES),
+    Check("blockwise online softmax (another order)", "blockwise-online", "passes", ("attention.*",), ALL_DTYPES),
+    Check(
+        "MoE weights not renormalized",
+        "bug-moe-no-renorm",
+        "caught",
+        ("moe.layer", "moe.route"),
+        shapes=("mixtral", "qwen3-moe", "deepseek-v3"),
+    ),
+    Check(
+        "DeepSeek bias in the combine weights",
+        "bug-moe-bias-in-weights",
+        "caught",
+        ("moe.layer", "moe.route"),
+        shapes=("deepseek-v3",),
+    ),
+    Check("expert ids off by one", "bug-moe-ids-off-by-one", "caught", ("moe.layer", "moe.route")),
+    Check(
+        "DeepSeek groups ranked by max, not top-2 sum",
+        "bug-moe-groups-by-max",
+        "caught",
+        ("moe.layer", "moe.route"),
+        shapes=("deepseek-v3",),
+    ),
+    Check("MoE token output dropped", "bug-moe-dropped-token", "caught", ("moe.layer", "moe.experts")),
+    Check("dense MoE: every expert on every token (another order)", "dense-moe", "passes", ("moe.*",)),
+    Check(
+        "rope in the interleaved style where the model uses half",
+        "bug-rope-interleaved",
+        "caught",
+        ("llm.llama3", "llm.qwen3"),
+        inputs=("normal",),
+        layerwise=True,
+        culprit=(0, "attention"),
+    ),
+    Check(
+        "one corrupted weight in layer 2's MLP",
+        "bug-corrupt-layer2-mlp",
+        "caught",
+        ("llm.llama3",),
+        inputs=("normal",),
+        layerwise=True,
+        culprit=(2, "mlp"),
+    ),
+    Check(
+        "decode steps with rope positions one ahead (prefill right)",
+        "bug-decode-rope-shift",
+        "caught",
+        ("llm.*",),
+        inputs=("normal",),
+        layerwise=True,
+    ),
+    Check(
+        "torch-cpu on every LLM (no layer may be flagged)",
+        "torch-cpu",
+        "passes",
+        ("llm.*",),
+        inputs=("normal",),
+        layerwise=True,
+    ),
+    Check(
+        "Ascend: mask passed in torch's convention (True = visible)",
+        "bug-ascend-mask-not-inverted",
+        "caught",
+        ("attention.*",),
+        ("float32",),
+    ),
+    Check(
+        "Ascend: scale left at the op default 1.0",
+        "bug-ascend-default-scale",
+        "caught",
+        ("attention.*",),
+        ("float16", "bfloat16"),
+    ),
+    Check(
+        "Ascend: sparse_mode 2 (top-left) where 3 is meant",
+        "bug-ascend-sparse-mode-2",
+        "caught",
+        ("attention.chunked_prefill", "attention.decode"),
+        ("float16", "bfloat16"),
+        ("gqa",),
+    ),
+    Check(
+        "ascend-sim: the Ascend adapter over the simulator",
+        "ascend-sim",
+        "passes",
+        ("attention.*", "moe.*"),
+        ALL_DTYPES,
+    ),
+)

@@ -12,14 +12,15 @@ import contextlib
 import functools
 import inspect
 import logging
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from harness.backend_options import BackendOption, parse_options
+from harness.dtypes import DTYPES  # re-exported: plugins import it from here
 from harness.lazy import torch
-from harness.names import DTYPE_NAMES, OPS, BadInputError
+from harness.names import OPS, BadInputError
 from harness.plugins import PluginError, entry_points, import_plugin
 from harness.timing import Timer, TimingConfig, WallClockTimer
 
@@ -29,27 +30,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 BACKEND_GROUP = "harness.backends"
-
-
-class _Dtypes(Mapping[str, "torch.dtype"]):
-    """Case dtype name -> torch dtype; the names are known without importing torch (harness list, --help)."""
-
-    def __getitem__(self, name: str) -> torch.dtype:
-        if name not in DTYPE_NAMES:
-            raise KeyError(name)
-        return getattr(torch, name)
-
-    def __contains__(self, name: object) -> bool:
-        return name in DTYPE_NAMES
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(DTYPE_NAMES)
-
-    def __len__(self) -> int:
-        return len(DTYPE_NAMES)
-
-
-DTYPES: Mapping[str, torch.dtype] = _Dtypes()
 
 
 @dataclass(frozen=True)

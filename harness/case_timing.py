@@ -9,8 +9,9 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from harness.backend import DTYPES, Backend
+from harness.backend import Backend
 from harness.calibrate import Calibration, load_calibration
+from harness.dtypes import DTYPES
 from harness.lazy import torch
 from harness.timing import TimingConfig, measure
 
@@ -83,7 +84,7 @@ class CaseTimer:
         tensors = [t for t in group.inputs.values() if isinstance(t, torch.Tensor)]
         nbytes = sum(t.numel() * t.element_size() for t in tensors)
         sets = max(1, int(backend.timing_input_sets(nbytes, self.config)))
-        if sets == 1 or len(tensors) != len(group.inputs):  # a model input (LLM) is not copied
+        if sets == 1 or group.context is not None:  # the workload's context (a built model) is never copied
             return timed, 1
         calls = [timed] + [_bound_copy(backend, group) for _ in range(sets - 1)]
         for call in calls[1:]:
@@ -95,5 +96,5 @@ class CaseTimer:
 def _bound_copy(backend: Backend, group: CaseInputs) -> Callable[[], Any]:
     """The op bound to fresh copies of the inputs (`to_device` may hand back the very tensor on the host)."""
     dev_inputs = {n: backend.to_device(t.clone()) for n, t in group.inputs.items()}
-    args, kwargs = group.workload.split_args(dev_inputs, group.shape)
+    args, kwargs = group.workload.op_arguments(dev_inputs, group.shape, group.context)
     return backend.bind(group.workload.op, args, kwargs)

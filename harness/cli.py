@@ -294,7 +294,7 @@ def report_cmd(
 
     with bad_input_exits():
         records = [r for f in files for r in read_records(f)]
-        if baseline is not None and baseline not in {r["case"]["backend"] for r in records}:
+        if baseline is not None and baseline not in {r.case.backend for r in records}:
             raise UsageError(f"--baseline {baseline!r}: no records of that backend in the files")
     text = report_mod.render(records, fmt_name, include_simulated_speed=include_simulated_speed, baseline=baseline)
     if plots_dir is not None:

@@ -14,9 +14,10 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
+
+from harness.results import Record
 
 DEFAULT_FAIL_ON = 0.05
 DEFAULT_ALPHA = 0.01
@@ -105,13 +106,13 @@ class Comparison:
         return "\n".join(lines) + "\n"
 
 
-def _latest(records: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    return {r["case"]["key"]: r for r in records}
+def _latest(records: Iterable[Record]) -> dict[str, Record]:
+    return {r.case.key: r for r in records}
 
 
 def compare_runs(
-    old: Iterable[dict[str, Any]],
-    new: Iterable[dict[str, Any]],
+    old: Iterable[Record],
+    new: Iterable[Record],
     *,
     fail_on: float = DEFAULT_FAIL_ON,
     alpha: float = DEFAULT_ALPHA,
@@ -131,40 +132,41 @@ def compare_runs(
     return result
 
 
-def _status_change(key: str, ra: dict[str, Any], rb: dict[str, Any]) -> list[CaseChange]:
-    sa, sb = ra["status"], rb["status"]
+def _status_change(key: str, ra: Record, rb: Record) -> list[CaseChange]:
+    sa, sb = ra.status, rb.status
     if sa == sb:
         return []
     if sb == "failed" and sa == "passed":
-        return [CaseChange(key, "newly_failing", rb.get("reason", "")[:160])]
+        return [CaseChange(key, "newly_failing", rb.reason[:160])]
     if sb in ("error", "crashed", "timeout") and sa not in ("error", "crashed", "timeout"):
-        return [CaseChange(key, "newly_errored", f"{sb}: {rb.get('reason', '')[:150]}")]
+        return [CaseChange(key, "newly_errored", f"{sb}: {rb.reason[:150]}")]
     if sb == "passed" and sa in ("failed", "error", "crashed", "timeout"):
         return [CaseChange(key, "fixed", f"was {sa}")]
     return []
 
 
-def _error_change(key: str, ra: dict[str, Any], rb: dict[str, Any], growth: float) -> list[CaseChange]:
-    pa, pb = ra.get("parity") or {}, rb.get("parity") or {}
-    ma, mb = pa.get("metrics"), pb.get("metrics")
-    if not ma or not mb or (rb["status"] != "passed" and ra["status"] != "passed"):
+def _error_change(key: str, ra: Record, rb: Record, growth: float) -> list[CaseChange]:
+    ma = ra.parity.metrics if ra.parity is not None else None
+    mb = rb.parity.metrics if rb.parity is not None else None
+    if ma is None or mb is None or (rb.status != "passed" and ra.status != "passed"):
         return []
-    floor = ERROR_FLOOR * (pb.get("budget") or {}).get("rel_l2", 0.0)
-    before, after = ma["rel_l2"], mb["rel_l2"]
+    budget = rb.parity.budget if rb.parity is not None else None
+    floor = ERROR_FLOOR * (budget.rel_l2 if budget is not None else 0.0)
+    before, after = ma.rel_l2, mb.rel_l2
     if after > growth * max(before, floor):
         return [CaseChange(key, "error_grown", f"rel_l2 {before:.3g} -> {after:.3g} (> {growth:g}x)")]
     return []
 
 
-def _speed_change(key: str, ra: dict[str, Any], rb: dict[str, Any], fail_on: float, alpha: float) -> list[CaseChange]:
-    ta, tb = ra.get("timing"), rb.get("timing")
-    if not ta or not tb or not ta.get("samples_ns") or not tb.get("samples_ns"):
+def _speed_change(key: str, ra: Record, rb: Record, fail_on: float, alpha: float) -> list[CaseChange]:
+    ta, tb = ra.timing, rb.timing
+    if ta is None or tb is None or not ta.samples_ns or not tb.samples_ns:
         return []
-    ratio = tb["median_ns"] / ta["median_ns"]
-    p = mann_whitney_p(ta["samples_ns"], tb["samples_ns"])
-    lo, hi = ratio_interval(ta["samples_ns"], tb["samples_ns"])
+    ratio = tb.median_ns / ta.median_ns
+    p = mann_whitney_p(ta.samples_ns, tb.samples_ns)
+    lo, hi = ratio_interval(ta.samples_ns, tb.samples_ns)
     detail = (
-        f"median {ta['median_ns'] / 1e3:.4g} -> {tb['median_ns'] / 1e3:.4g} us ({ratio - 1:+.1%}, "
+        f"median {ta.median_ns / 1e3:.4g} -> {tb.median_ns / 1e3:.4g} us ({ratio - 1:+.1%}, "
         f"95% CI {lo - 1:+.1%}..{hi - 1:+.1%}, p={p:.2g})"
     )
     if p < alpha and lo > 1 + fail_on:

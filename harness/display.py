@@ -6,13 +6,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.progress import MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Column
 
 from harness import progress
+
+if TYPE_CHECKING:
+    from harness.results import Record
 
 log = logging.getLogger("harness")
 
@@ -43,7 +46,7 @@ class RunProgress:
         self._case = case
         self._progress.update(self._task, description=_what(case))
 
-    def finished(self, case: Any, record: dict[str, Any]) -> None:
+    def finished(self, case: Any, record: Record) -> None:
         self._progress.update(self._task, advance=1)
 
     def phase(self, text: str) -> None:

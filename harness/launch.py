@@ -18,7 +18,7 @@ from harness import summary as summary_mod
 from harness.backend import default_registry
 from harness.display import RunProgress
 from harness.isolate import IsolationSpec
-from harness.results import ResultWriter, finished_records, new_run_id
+from harness.results import Record, ResultWriter, finished_records, new_run_id
 from harness.runner import Runner, RunOptions, UsageError
 from harness.suites import Suite
 from harness.workload import WorkloadRegistry
@@ -125,12 +125,12 @@ def launch(request: RunRequest, err: Console) -> RunOutcome:
     cases = [c for c in cases if c.key not in done]
     if request.resume is not None:
         err.print(f"resuming {request.resume}: {len(previous)} cases already recorded, {len(cases)} to run")
-    records: list[dict[str, Any]] = []
+    records: list[Record] = []
     started = time.perf_counter()
     display = RunProgress(err, len(cases))
     interrupted = _InterruptFlag()
 
-    def on_record(case: Any, record: dict[str, Any]) -> None:
+    def on_record(case: Any, record: Record) -> None:
         records.append(record)
         display.finished(case, record)
         if interrupted.seen:  # a library swallowed the KeyboardInterrupt (onnxruntime's import does)
@@ -143,7 +143,7 @@ def launch(request: RunRequest, err: Console) -> RunOutcome:
         except KeyboardInterrupt:
             raise RunInterruptedError(writer.count, out_path) from None
     for record in previous:
-        result.add(record["status"])
+        result.add(record.status)
     everything = previous + records
     facts = summary_mod.RunFacts(
         suite=request.suite.name,

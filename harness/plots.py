@@ -9,6 +9,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from harness.results import Record, TimingRecord
+
 FORMATS = ("png", "svg", "pdf")
 
 
@@ -21,30 +23,30 @@ def _pyplot() -> Any:
     return plt
 
 
-def sequence_length(record: dict[str, Any]) -> int | None:
+def sequence_length(record: Record) -> int | None:
     """The length a case scales with: keys (attention), tokens (MoE), stream length (LLM)."""
-    dims = record.get("shape_dims") or {}
+    dims = record.shape_dims or {}
     for key in ("skv", "seq", "t"):
         if isinstance(dims.get(key), int):
             return dims[key]
     return None
 
 
-def _timed(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [r for r in records if r.get("timing") and not r.get("simulated")]
+def _timed(records: Iterable[Record]) -> list[tuple[Record, TimingRecord]]:
+    """The records timed on a real device, each with its timing."""
+    return [(r, r.timing) for r in records if r.timing is not None and not r.simulated]
 
 
-def latency_vs_length(records: list[dict[str, Any]]) -> Any:
+def latency_vs_length(records: list[Record]) -> Any:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(9, 4.6))
     series: dict[str, list[tuple[int, float]]] = {}
-    for r in _timed(records):
+    for r, t in _timed(records):
         length = sequence_length(r)
         if length is None:
             continue
-        c = r["case"]
-        label = f"{c['backend']} {c['workload']} {c['dtype']}"
-        series.setdefault(label, []).append((length, r["timing"]["median_ns"] / 1e3))
+        label = f"{r.case.backend} {r.case.workload} {r.case.dtype}"
+        series.setdefault(label, []).append((length, t.median_ns / 1e3))
     backends = sorted({label.split()[0] for label in series})
     styles = ["-", "--", ":", "-."]
     for label, points in sorted(series.items()):
@@ -66,16 +68,15 @@ def latency_vs_length(records: list[dict[str, Any]]) -> Any:
     return fig
 
 
-def roofline(records: list[dict[str, Any]], ceilings: dict[str, float] | None = None) -> Any:
+def roofline(records: list[Record], ceilings: dict[str, float] | None = None) -> Any:
     """Achieved TFLOP/s against arithmetic intensity; calibrated ceilings (peak TFLOP/s, bandwidth GB/s) when
     given, otherwise the plot says none were calibrated for this device."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.2))
     by_backend: dict[str, list[tuple[float, float]]] = {}
-    for r in _timed(records):
-        t = r["timing"]
-        if t.get("tflops") and t.get("bytes"):
-            by_backend.setdefault(r["case"]["backend"], []).append((t["flops"] / t["bytes"], t["tflops"]))
+    for r, t in _timed(records):
+        if t.tflops and t.bytes:
+            by_backend.setdefault(r.case.backend, []).append((t.flops / t.bytes, t.tflops))
     for backend, points in sorted(by_backend.items()):
         ax.scatter([p[0] for p in points], [p[1] for p in points], label=backend, s=14)
     if ceilings and ceilings.get("tflops") and ceilings.get("gbps"):
@@ -105,25 +106,23 @@ def roofline(records: list[dict[str, Any]], ceilings: dict[str, float] | None = 
 DTYPE_ORDER = ("float64", "float32", "float16", "bfloat16")
 
 
-def error_vs_dtype(records: list[dict[str, Any]]) -> Any:
+def error_vs_dtype(records: list[Record]) -> Any:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.2))
     by_backend: dict[str, dict[str, float]] = {}
     for r in records:
-        metrics = (r.get("parity") or {}).get("metrics")
-        if not metrics:
+        metrics = r.parity.metrics if r.parity is not None else None
+        if metrics is None:
             continue
-        worst = by_backend.setdefault(r["case"]["backend"], {})
-        dtype = r["case"]["dtype"]
-        worst[dtype] = max(worst.get(dtype, 0.0), metrics["rel_l2"])
+        worst = by_backend.setdefault(r.case.backend, {})
+        worst[r.case.dtype] = max(worst.get(r.case.dtype, 0.0), metrics.rel_l2)
     dtypes = [d for d in DTYPE_ORDER if any(d in w for w in by_backend.values())]
     for i, (backend, worst) in enumerate(sorted(by_backend.items())):
         xs = [dtypes.index(d) + 0.08 * (i - len(by_backend) / 2) for d in dtypes if d in worst]
         ax.scatter(
             xs,
             [max(worst[d], 1e-17) for d in dtypes if d in worst],
-            label=backend
-            + (" (simulated)" if any(r.get("simulated") for r in records if r["case"]["backend"] == backend) else ""),
+            label=backend + (" (simulated)" if any(r.simulated for r in records if r.case.backend == backend) else ""),
         )
     ax.set_xticks(range(len(dtypes)), dtypes)
     ax.set_yscale("log")
@@ -146,7 +145,7 @@ def render(fig: Any, fmt: str) -> bytes:
     return buf.getvalue()
 
 
-def write_plots(records: list[dict[str, Any]], folder: Path, fmt: str = "png") -> list[Path]:
+def write_plots(records: list[Record], folder: Path, fmt: str = "png") -> list[Path]:
     if fmt not in FORMATS:
         raise ValueError(f"plot format {fmt!r} is not one of: {', '.join(FORMATS)}")
     folder.mkdir(parents=True, exist_ok=True)

@@ -22,6 +22,7 @@ import pytest
 
 from harness import ops
 from harness.backend import Backend, BackendRegistry, default_registry
+from harness.results import Record
 from harness.runner import Runner, RunOptions
 from harness.suites import Suite
 from harness.timing import TimingConfig
@@ -69,14 +70,14 @@ class HarnessCase:
     case: Case
     runner: Runner
 
-    def run(self) -> dict[str, Any]:
+    def run(self) -> Record:
         return self.runner.run_one(self.case)
 
-    def check(self) -> dict[str, Any]:
+    def check(self) -> Record:
         record = self.run()
-        if record["status"] == "skipped":
-            pytest.skip(record["reason"])
-        assert record["status"] == "passed", f"{self.case.key}: {record['status']}: {record['reason']}"
+        if record.status == "skipped":
+            pytest.skip(record.reason)
+        assert record.status == "passed", f"{self.case.key}: {record.status}: {record.reason}"
         return record
 
 

@@ -13,11 +13,13 @@ import html
 import io
 import math
 import statistics
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from harness.names import REPORT_FORMATS
+from harness.parity_llm import OpError
+from harness.results import ParityRecord, Record
 
 FORMATS = REPORT_FORMATS
 
@@ -74,36 +76,38 @@ def _notes(simulated: bool, noisy: bool, reasons: list[str]) -> list[str]:
     return (["simulated"] if simulated else []) + (["noisy timing"] if noisy else []) + reasons[:1]
 
 
-def summarize(records: Iterable[dict[str, Any]], *, include_simulated_speed: bool = False) -> list[Row]:
-    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+def _sections(parity: list[ParityRecord], name: str) -> list[Mapping[str, Any]]:
+    """The workload sections of that name (routing, llm, greedy) in the parity sections that have one."""
+    return [sec for p in parity if (sec := p.section(name))]
+
+
+def summarize(records: Iterable[Record], *, include_simulated_speed: bool = False) -> list[Row]:
+    groups: dict[tuple[str, ...], list[Record]] = {}
     for r in records:
-        c = r["case"]
-        key = (c["workload"], c["preset"], c["shape"], c["dtype"], c["backend"])
-        groups.setdefault(key, []).append(r)
+        c = r.case
+        groups.setdefault((c.workload, c.preset, c.shape, c.dtype, c.backend), []).append(r)
     rows = []
     for key, recs in groups.items():
-        parity = [r["parity"] for r in recs if r.get("parity")]
-        timed = [r["timing"] for r in recs if r.get("timing")]
-        simulated = any(r.get("simulated") for r in recs)
+        parity = [r.parity for r in recs if r.parity is not None]
+        metrics = [p.metrics for p in parity if p.metrics is not None]
+        timed = [r.timing for r in recs if r.timing is not None]
+        simulated = any(r.simulated for r in recs)
+        decode = [d for r in recs if (d := (r.timing_variants or {}).get("decode")) is not None]
         if simulated and not include_simulated_speed:
-            timed = []
-        dets = [p.get("deterministic") for p in parity if p.get("deterministic") is not None]
-        routing = [p["routing"] for p in parity if p.get("routing")]
-        llm = [p["llm"] for p in parity if p.get("llm")]
-        greedy = [p["greedy"]["min"] for p in parity if p.get("greedy")]
-        decode = [r["timing_variants"]["decode"] for r in recs if (r.get("timing_variants") or {}).get("decode")]
-        if simulated and not include_simulated_speed:
-            decode = []
-        notes = [r["reason"] for r in recs if r.get("reason")]
-        median_ns = statistics.median(t["median_ns"] for t in timed) if timed else None
-        ci = (timed[0]["ci95_low_ns"] / 1e3, timed[0]["ci95_high_ns"] / 1e3) if len(timed) == 1 else (None, None)
+            timed, decode = [], []
+        dets = [p.deterministic for p in parity if p.deterministic is not None]
+        routing, llm = _sections(parity, "routing"), _sections(parity, "llm")
+        greedy = [g["min"] for g in _sections(parity, "greedy")]
+        notes = [r.reason for r in recs if r.reason]
+        median_ns = statistics.median(t.median_ns for t in timed) if timed else None
+        ci = (timed[0].ci95_low_ns / 1e3, timed[0].ci95_high_ns / 1e3) if len(timed) == 1 else (None, None)
         rows.append(
             Row(
                 *key,
-                verdict=_fold_verdict([r["status"] for r in recs]),
+                verdict=_fold_verdict([r.status for r in recs]),
                 cases=len(recs),
-                rel_l2=_max(p["metrics"]["rel_l2"] for p in parity if p.get("metrics")),
-                worst_row_rel_l2=_max(p["metrics"]["worst_row_rel_l2"] for p in parity if p.get("metrics")),
+                rel_l2=_max(m.rel_l2 for m in metrics),
+                worst_row_rel_l2=_max(m.worst_row_rel_l2 for m in metrics),
                 deterministic=all(dets) if dets else None,
                 routing_agreement=min(r["agreement"] for r in routing) if routing else None,
                 near_ties=sum(r["near_ties"] for r in routing) if routing else None,
@@ -111,17 +115,17 @@ def summarize(records: Iterable[dict[str, Any]], *, include_simulated_speed: boo
                 top1_agreement=min(m["top1_agreement"] for m in llm) if llm else None,
                 kl_mean=_max(m["kl_mean"] for m in llm),
                 greedy_agreement=min(greedy) if greedy else None,
-                compile_s=sum(sum(r["compile"].values()) for r in recs if r.get("compile")) or None,
-                decode_tokens_per_s=_max(d.get("tokens_per_s") for d in decode),
-                prefill_tokens_per_s=_max(t.get("tokens_per_s") for t in timed),
+                compile_s=sum(sum(r.compile.values()) for r in recs if r.compile) or None,
+                decode_tokens_per_s=_max(d.tokens_per_s for d in decode),
+                prefill_tokens_per_s=_max(t.tokens_per_s for t in timed),
                 median_us=median_ns / 1e3 if median_ns is not None else None,
                 ci95_low_us=ci[0],
                 ci95_high_us=ci[1],
-                tflops=_max(t.get("tflops") for t in timed),
-                gbps=_max(t.get("gbps") for t in timed),
-                roofline_pct=_max((t.get("roofline") or {}).get("pct") for t in timed),
-                shape_info=next((r["shape_info"] for r in recs if r.get("shape_info")), ""),
-                note="; ".join(_notes(simulated, any(t["noisy"] for t in timed), notes)),
+                tflops=_max(t.tflops for t in timed),
+                gbps=_max(t.gbps for t in timed),
+                roofline_pct=_max(t.roofline_pct for t in timed),
+                shape_info=next((r.shape_info for r in recs if r.shape_info), ""),
+                note="; ".join(_notes(simulated, any(t.noisy for t in timed), notes)),
             )
         )
     return rows
@@ -197,25 +201,25 @@ def to_csv(rows: list[Row]) -> str:
     return buf.getvalue()
 
 
-def layerwise_section(records: Iterable[dict[str, Any]]) -> str:
-    """Markdown: per LLM case run with --layerwise, the culprit (or none), why, and the per-layer errors."""
+def layerwise_section(records: Iterable[Record]) -> str:
+    """Markdown: per model case run with --layerwise, the culprit (or none), why, and the per-layer errors."""
     lines = []
     for r in records:
-        lw = (r.get("parity") or {}).get("layerwise")
-        if not lw:
+        lw = r.parity.layerwise if r.parity is not None else None
+        if lw is None:
             continue
-        if "unavailable" in lw:
-            lines.append(f"- `{r['case']['key']}`: not localized: {lw['unavailable']}")
+        if lw.unavailable:
+            lines.append(f"- `{r.case.key}`: not localized: {lw.unavailable}")
             continue
-        lines.append(f"- `{r['case']['key']}`: {lw['explanation']}")
-        lines.append("  - propagated (median row rel_l2 per layer): " + ", ".join(f"{e:.3g}" for e in lw["propagated"]))
-        worst: dict[int, dict[str, Any]] = {}
-        for e in lw["teacher_forced"]:
-            if e["layer"] not in worst or e["median_row_rel_l2"] > worst[e["layer"]]["median_row_rel_l2"]:
-                worst[e["layer"]] = e
+        lines.append(f"- `{r.case.key}`: {lw.explanation}")
+        lines.append("  - propagated (median row rel_l2 per layer): " + ", ".join(f"{e:.3g}" for e in lw.propagated))
+        worst: dict[int, OpError] = {}
+        for e in lw.teacher_forced:
+            if e.layer not in worst or e.median_row_rel_l2 > worst[e.layer].median_row_rel_l2:
+                worst[e.layer] = e
         lines.append(
             "  - teacher-forced (worst op per layer): "
-            + ", ".join(f"{i}: {e['kind']} {e['median_row_rel_l2']:.3g}" for i, e in sorted(worst.items()))
+            + ", ".join(f"{i}: {e.kind} {e.median_row_rel_l2:.3g}" for i, e in sorted(worst.items()))
         )
     return "\n## Layer-wise localization\n\n" + "\n".join(lines) + "\n" if lines else ""
 
@@ -321,7 +325,7 @@ def to_latex(rows: list[Row], *, baseline: str | None = None, caption: str = "Pa
     return "\n".join(lines) + "\n"
 
 
-def to_html(records: list[dict[str, Any]], rows: list[Row], *, title: str = "harness report") -> str:
+def to_html(records: list[Record], rows: list[Row], *, title: str = "harness report") -> str:
     """One self-contained page: the table, the layer-wise section, and the plots inlined as PNG (no network)."""
     from harness import plots
 
@@ -337,7 +341,7 @@ def to_html(records: list[dict[str, Any]], rows: list[Row], *, title: str = "har
         figures.append(
             f'<figure><img alt="{name} plot" src="data:image/png;base64,{png}"><figcaption>{name}</figcaption></figure>'
         )
-    env = next((r.get("environment") for r in records if r.get("environment")), {}) or {}
+    env = next((r.environment for r in records if r.environment), {}) or {}
     env_text = ", ".join(f"{k}: {env[k]}" for k in ("host", "cpu", "python", "torch", "git_commit") if env.get(k))
     layerwise = layerwise_section(records)
     return f"""<!DOCTYPE html>
@@ -366,7 +370,7 @@ pre {{ white-space: pre-wrap; font-size: 12px; }}
 
 
 def render(
-    records: Iterable[dict[str, Any]],
+    records: Iterable[Record],
     fmt_name: str,
     *,
     include_simulated_speed: bool = False,

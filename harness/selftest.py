@@ -14,14 +14,18 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from harness.backend import default_registry
 from harness.names import BadInputError
 from harness.plugins import PluginError, entry_points, import_plugin
+from harness.results import Record
 from harness.runner import Runner, RunOptions
 from harness.suites import Suite
 from harness.workload import WorkloadRegistry
+
+if TYPE_CHECKING:
+    from harness.parity_llm import OpError
 
 log = logging.getLogger(__name__)
 
@@ -86,37 +90,37 @@ class Outcome:
         return not self.problem
 
 
-def _metric_names(record: dict[str, Any]) -> set[str]:
-    verdict = (record.get("parity") or {}).get("verdict") or {}
-    return {
-        f["metric"].split(".")[0] if f["metric"].startswith("layerwise") else f["metric"]
-        for f in verdict.get("failures", [])
-    }
+def _metric_names(record: Record) -> set[str]:
+    failures = record.verdict.failures if record.verdict else ()
+    return {f.metric.split(".")[0] if f.metric.startswith("layerwise") else f.metric for f in failures}
 
 
-def judge_check(check: Check, records: list[dict[str, Any]]) -> Outcome:
+def _culprit(record: Record) -> OpError | None:
+    layerwise = record.parity.layerwise if record.parity else None
+    return layerwise.culprit if layerwise else None
+
+
+def judge_check(check: Check, records: list[Record]) -> Outcome:
     if not records:
         return Outcome(check, 0, 0, (), "no cases ran")
     metrics: set[str] = set()
     good = 0
     problems = []
     for r in records:
-        status = r["status"]
         if check.expect == "passes":
-            culprit = ((r.get("parity") or {}).get("layerwise") or {}).get("culprit")
-            if status == "passed" and culprit is None:
+            if r.status == "passed" and _culprit(r) is None:
                 good += 1
             else:
-                problems.append(f"{r['case']['key']} {status}: {r['reason'][:120]}")
+                problems.append(f"{r.case.key} {r.status}: {(r.reason or '')[:120]}")
             continue
-        if status != "failed":
-            problems.append(f"{r['case']['key']} {status}")
+        if r.status != "failed":
+            problems.append(f"{r.case.key} {r.status}")
             continue
         metrics |= _metric_names(r)
         if check.culprit is not None:
-            c = r["parity"]["layerwise"]["culprit"]
-            if c is None or (c["layer"], c["kind"]) != check.culprit:
-                problems.append(f"{r['case']['key']}: localized to {c and (c['layer'], c['kind'])}")
+            c = _culprit(r)
+            if c is None or (c.layer, c.kind) != check.culprit:
+                problems.append(f"{r.case.key}: localized to {c and (c.layer, c.kind)}")
                 continue
         good += 1
     problem = ""
@@ -148,7 +152,7 @@ def run_selftest(
         )
         options = RunOptions(parity_only=True, determinism=False, layerwise=check.layerwise)
         runner = Runner(registry, workloads, options, new_run_id())
-        records: list[dict[str, Any]] = []
+        records: list[Record] = []
         runner.run(runner.plan(suite), records_out, lambda case, record, _r=records: _r.append(record))
         outcome = judge_check(check, records)
         outcomes.append(outcome)

@@ -14,7 +14,8 @@ import textwrap
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+
+from harness.results import CaseRef, Record
 
 BASELINE = "torch-cpu"  # speed ratios are against this backend where it was timed
 MAX_LISTED = 20  # failing / errored cases listed in full; the rest are counted (harness report lists all)
@@ -33,10 +34,10 @@ class RunFacts:
     unavailable: Mapping[str, str] | None = None  # backend -> why it cannot run here
 
 
-def case_label(case: Mapping[str, Any], *, backend: bool = False) -> str:
+def case_label(case: CaseRef, *, backend: bool = False) -> str:
     """`attention.decode tiny/gqa float16 stress seed0` (and `@backend`)."""
-    text = f"{case['workload']} {case['preset']}/{case['shape']} {case['dtype']} {case['inputs']} seed{case['seed']}"
-    return f"{text} @{case['backend']}" if backend else text
+    text = f"{case.workload} {case.preset}/{case.shape} {case.dtype} {case.inputs} seed{case.seed}"
+    return f"{text} @{case.backend}" if backend else text
 
 
 def _fit(text: str, width: int) -> str:
@@ -54,41 +55,39 @@ def _figure(value: float) -> str:
     return f"{value:.2g}" if value < 1e-2 or value >= 1e3 else f"{value:.3g}"
 
 
-def _speed(records: list[dict[str, Any]], baseline: Mapping[str, float]) -> tuple[float, int] | None:
+def _speed(records: list[Record], baseline: Mapping[str, float]) -> tuple[float, int] | None:
     """Geometric mean of baseline-median / own-median over the cases timed on both, and how many there were."""
     logs = []
     for r in records:
-        timing = r.get("timing")
-        base = baseline.get(r["case"]["key"].rsplit("@", 1)[0])
-        if timing and base and timing.get("median_ns"):
-            logs.append(math.log(base / timing["median_ns"]))
+        base = baseline.get(r.case.input_key)
+        if r.timing is not None and base and r.timing.median_ns:
+            logs.append(math.log(base / r.timing.median_ns))
     return (math.exp(sum(logs) / len(logs)), len(logs)) if logs else None
 
 
-def _block(name: str, records: list[dict[str, Any]], baseline: Mapping[str, float], width: int) -> list[str]:
-    counts = Counter(r["status"] for r in records)
+def _block(name: str, records: list[Record], baseline: Mapping[str, float], width: int) -> list[str]:
+    counts = Counter(r.status for r in records)
     head = f"{name}  {counts['passed']} passed, {counts['failed']} failed"
     errors = sum(counts[s] for s in ("error", "crashed", "timeout"))
     head += f", {errors} errors" if errors else ""
     head += f", {counts['skipped']} skipped"
     lines = _wrap(head, width, "")
-    skips = Counter(r["reason"] for r in records if r["status"] == "skipped" and r.get("reason"))
+    skips = Counter(r.reason for r in records if r.status == "skipped" and r.reason)
     if skips:
         reason, n = skips.most_common(1)[0]
         others = f" (and {len(skips) - 1} other reasons)" if len(skips) > 1 else ""
         lines += _wrap(f"skipped {n}: {reason}{others}", width, "  ")
-    judged = [(r, (r.get("parity") or {}).get("verdict", {}).get("worst")) for r in records]
-    judged = [(r, w) for r, w in judged if w]
+    judged = [(r, r.verdict.worst) for r in records if r.verdict is not None and r.verdict.worst is not None]
     if judged:
-        r, w = max(judged, key=lambda rw: rw[1]["ratio"] if rw[1]["ratio"] is not None else math.inf)
-        label = _fit(case_label(r["case"]), width - 10)
-        if w.get("detail"):
-            figure = f"{w['metric']}: {w['detail']}"
+        r, w = max(judged, key=lambda rw: rw[1].ratio)
+        label = _fit(case_label(r.case), width - 10)
+        if w.detail:
+            figure = f"{w.metric}: {w.detail}"
         else:
-            share = f"{w['ratio']:.0%} of it" if math.isfinite(w["ratio"]) else "over"
-            figure = f"{w['metric']} {_figure(w['value'])} (budget {_figure(w['budget'])}, {share})"
+            share = f"{w.ratio:.0%} of it" if math.isfinite(w.ratio) else "over"
+            figure = f"{w.metric} {_figure(w.value)} (budget {_figure(w.budget)}, {share})"
         lines += [f"  worst   {label}", *_wrap(figure, width, "          ")]
-    if any(r.get("simulated") for r in records):
+    if any(r.simulated for r in records):
         lines += ["  speed   simulated: timings say nothing about the real device"]
     elif name == BASELINE and baseline:
         lines += [f"  speed   the baseline of the speed ratios ({len(baseline)} cases timed)"]
@@ -99,23 +98,23 @@ def _block(name: str, records: list[dict[str, Any]], baseline: Mapping[str, floa
             verb = f"{ratio:.2f}x faster" if ratio >= 1 else f"{1 / ratio:.2f}x slower"
             text = f"{verb} than {BASELINE} (geometric mean of {n} cases timed on both)"
             lines += _wrap(text, width, "  ", "speed   ")
-        elif not any(r.get("timing") for r in records):
+        elif not any(r.timing for r in records):
             lines += ["  speed   not timed"]
     return lines
 
 
-def render(records: Iterable[dict[str, Any]], facts: RunFacts, width: int = 80) -> str:
+def render(records: Iterable[Record], facts: RunFacts, width: int = 80) -> str:
     """The summary as text lines of at most `width` characters (long reasons wrap, case names shorten)."""
     width = max(40, width)
     records = list(records)
     unavailable = dict(facts.unavailable or {})
-    by_backend: dict[str, list[dict[str, Any]]] = {}
+    by_backend: dict[str, list[Record]] = {}
     for r in records:
-        by_backend.setdefault(r["case"]["backend"], []).append(r)
+        by_backend.setdefault(r.case.backend, []).append(r)
     baseline = {
-        r["case"]["key"].rsplit("@", 1)[0]: r["timing"]["median_ns"]
+        r.case.input_key: r.timing.median_ns
         for r in by_backend.get(BASELINE, [])
-        if r.get("timing") and r["timing"].get("median_ns")
+        if r.timing is not None and r.timing.median_ns
     }
     ran = [b for b in by_backend if b not in unavailable]
     head = f"suite {facts.suite}: {len(records)} cases on {len(ran)} backends in {facts.seconds:.0f} s"
@@ -133,19 +132,17 @@ def render(records: Iterable[dict[str, Any]], facts: RunFacts, width: int = 80) 
             by_reason.setdefault(reason, []).append(name)
         for reason, names in by_reason.items():
             lines += _wrap(f"{', '.join(names)}: {reason}", width, "  ")
-    bad = [r for r in records if r["status"] in BAD]
+    bad = [r for r in records if r.status in BAD]
     if bad:
         lines += ["", f"failing cases ({len(bad)})"]
         for r in bad[:MAX_LISTED]:
-            lines += ["  " + _fit(f"{r['status'].upper()} {case_label(r['case'], backend=True)}", width - 2)]
-            lines += _wrap(r.get("reason") or "(no reason recorded)", width, "      ")
+            lines += ["  " + _fit(f"{r.status.upper()} {case_label(r.case, backend=True)}", width - 2)]
+            lines += _wrap(r.reason or "(no reason recorded)", width, "      ")
         if len(bad) > MAX_LISTED:
             lines += _wrap(f"... and {len(bad) - MAX_LISTED} more: harness report {facts.out_path}", width, "  ")
-    noisy = [r for r in records if (r.get("timing") or {}).get("noisy")]
+    noisy = [r.timing for r in records if r.timing is not None and r.timing.noisy]
     if noisy:
-        reasons = Counter(
-            "waited for a core" if "waited" in (r["timing"].get("noise") or "") else "wide IQR" for r in noisy
-        )
+        reasons = Counter("waited for a core" if "waited" in t.noise else "wide IQR" for t in noisy)
         why = ", ".join(f"{n} {what}" for what, n in reasons.most_common())
         lines += [
             "",
@@ -161,8 +158,8 @@ def render(records: Iterable[dict[str, Any]], facts: RunFacts, width: int = 80) 
     return "\n".join(lines) + "\n"
 
 
-def final_line(records: list[dict[str, Any]], facts: RunFacts) -> str:
+def final_line(records: list[Record], facts: RunFacts) -> str:
     """`2025 cases (575 passed, 1450 skipped); results: FILE`."""
-    counts = Counter(r["status"] for r in records)
+    counts = Counter(r.status for r in records)
     summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
     return f"{len(records)} cases ({summary}); results: {facts.out_path}\n"

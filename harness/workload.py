@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 
 from harness import ops as contract
 from harness import parity
-from harness.backend import DTYPES
+from harness.dtypes import DTYPES
 from harness.lazy import torch
 from harness.names import DISTRIBUTIONS, OPS, BadInputError
 from harness.plugins import PluginError, entry_points
@@ -118,10 +118,11 @@ class CaseInputs:
     workload: Workload
     shape: Any
     dtype: str
-    inputs: dict[str, torch.Tensor]
+    inputs: dict[str, torch.Tensor]  # host tensors named as in the kernel contract
     problem: str | None = None  # e.g. non-finite inputs: every case of the group becomes an error record
-    layerwise: bool = False  # LLM workloads: also localize the first layer and op over budget
+    layerwise: bool = False  # workloads that can: also localize the first layer and op over budget
     memo: dict[str, Any] = field(default_factory=dict)
+    context: Any = None  # what the workload's op takes besides tensors (a built model), from make_context
 
     def cached(self, key: str, compute: Callable[[], Any]) -> Any:
         if key not in self.memo:
@@ -130,7 +131,7 @@ class CaseInputs:
 
     def reference(self) -> torch.Tensor:
         """The float64 reference of the primary output (what `--against` and saved outputs compare)."""
-        return self.cached("reference", lambda: self.workload.reference(self.inputs, self.shape))
+        return self.cached("reference", lambda: self.workload.reference_output(self.inputs, self.shape, self.context))
 
 
 @dataclass
@@ -267,6 +268,22 @@ class Workload(abc.ABC):
         kwargs = {n: inputs[n] for n in spec.optional_inputs if n in inputs}
         kwargs.update(self.op_kwargs(shape))
         return args, kwargs
+
+    def make_context(self, shape: Any, dtype: torch.dtype, seed: int) -> Any:
+        """What the op takes besides tensors, built once per input group and passed as is (never moved or
+        copied by the runner): a model workload's built model. None (the default): the op takes only tensors."""
+        return None
+
+    def op_arguments(
+        self, inputs: Mapping[str, torch.Tensor], shape: Any, context: Any = None
+    ) -> tuple[list[Any], dict[str, Any]]:
+        """The op call's arguments from its tensors (host or device) and the group's context; a workload with
+        a context overrides this, the default is `split_args`."""
+        return self.split_args(inputs, shape)
+
+    def reference_output(self, inputs: Mapping[str, torch.Tensor], shape: Any, context: Any = None) -> torch.Tensor:
+        """The float64 reference of a group's inputs and context; the default is `reference`."""
+        return self.reference(inputs, shape)
 
     def reference(self, inputs: Mapping[str, torch.Tensor], shape: Any) -> torch.Tensor:
         """The float64 oracle's output for these exact inputs."""

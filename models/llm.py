@@ -130,26 +130,35 @@ class LlmWorkload(Workload):
         self._masters.move_to_end(key)
         return self._masters[key]
 
-    def make_inputs(self, shape: LlmShape, dtype: torch.dtype, seed: int, distribution: str) -> dict[str, Any]:
+    def make_inputs(self, shape: LlmShape, dtype: torch.dtype, seed: int, distribution: str) -> dict[str, torch.Tensor]:
         try:
             import transformers  # noqa: F401
         except ImportError as exc:
             raise WorkloadUnavailableError(
                 f"{self.name} needs transformers (pip install 'harness[llm]'): {exc}"
             ) from None
-        master, shared = self.master(shape, seed)
+        master, _ = self.master(shape, seed)
         gen = torch.Generator().manual_seed(seed + 1)
         ids = torch.randint(0, master.config.vocab_size, (shape.batch, shape.seq), generator=gen)
-        return {"model": LlmModel(master, dtype, self.name, shared), "input_ids": ids}
+        return {"input_ids": ids}
 
-    def split_args(self, inputs: Mapping[str, Any], shape: LlmShape) -> tuple[list[Any], dict[str, Any]]:
-        return [], {"model": inputs["model"], "input_ids": inputs["input_ids"]}
+    def make_context(self, shape: LlmShape, dtype: torch.dtype, seed: int) -> LlmModel:
+        """The model the op runs: the seeded (or checkpoint) float64 master at the case dtype."""
+        master, shared = self.master(shape, seed)
+        return LlmModel(master, dtype, self.name, shared)
+
+    def op_arguments(
+        self, inputs: Mapping[str, torch.Tensor], shape: LlmShape, context: Any = None
+    ) -> tuple[list[Any], dict[str, Any]]:
+        return [], {"model": context, "input_ids": inputs["input_ids"]}
 
     def op_kwargs(self, shape: LlmShape) -> dict[str, Any]:
         return {}
 
-    def reference(self, inputs: Mapping[str, Any], shape: LlmShape) -> torch.Tensor:
-        return ops.causal_lm(inputs["model"], inputs["input_ids"])
+    def reference_output(
+        self, inputs: Mapping[str, torch.Tensor], shape: LlmShape, context: Any = None
+    ) -> torch.Tensor:
+        return ops.causal_lm(context, inputs["input_ids"])
 
     def reduction_length(self, shape: LlmShape) -> int:
         return 64 if shape.size == "tiny" else 256
@@ -195,7 +204,7 @@ class LlmWorkload(Workload):
 
     def timing_variants(self, device_call: Any, group: CaseInputs) -> dict[str, TimingVariant]:
         """Decode: one token per sequence through a KV cache holding the prompt (cropped back each call)."""
-        shape, model = group.shape, group.inputs["model"]
+        shape, model = group.shape, group.context
         try:
             cache = new_cache(device_call(return_model=True))
         except NotImplementedError:  # a backend without a torch model (an exported graph) fills a cache too
@@ -247,7 +256,7 @@ class LlmWorkload(Workload):
         """Teacher-forced decode from the first half of the stream: the backend is fed the reference's greedy
         tokens through its own KV cache, and its logits at each step are judged like prefill's. Raises
         DecodeSelfCheckError when the reference's own cached decode is not its full forward."""
-        shape, model = group.shape, group.inputs["model"]
+        shape, model = group.shape, group.context
         prompt = group.inputs["input_ids"][:, : max(1, shape.seq // 2)]  # [B, P]
         ref = reference_decode(model, prompt, shape.new_tokens)
         if not ref.ok:
@@ -285,7 +294,7 @@ class LlmWorkload(Workload):
         """Propagated: each model on its own inputs, layer outputs compared. Teacher-forced: each of the
         backend's ops fed the reference's own inputs, its output compared with the reference's."""
         ids = group.inputs["input_ids"]
-        model = group.inputs["model"]
+        model = group.context
         key = ("capture", tuple(ids.flatten().tolist()))
         _, ref_ops, ref_layers = model.cached(key, lambda: capture(model.reference(), ids))
         device = next(bound.parameters()).device

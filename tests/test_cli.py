@@ -33,7 +33,8 @@ def test_smoke_suite_passes_on_both_cpu_backends(harness_cli) -> None:
     assert {"moe.route", "moe.experts", "moe.layer"} <= workloads
     assert {r["case"]["dtype"] for r in run.records} == {"float32", "bfloat16", "float16"}
     first = run.records[0]
-    assert first["schema_version"] == 1 and first["run_id"] and first["time_utc"].endswith("Z")
+    assert first["schema_version"] == 2 and first["run_id"] and first["time_utc"].endswith("Z")
+    assert first["backend_options"] == {}  # created without --backend-option
     for key in ("host", "python", "torch", "git_commit", "backend"):
         assert key in first["environment"]
     timed = [r for r in run.records if r["timing"]]

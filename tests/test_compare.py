@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -10,6 +11,8 @@ import numpy as np
 import pytest
 
 from harness.compare import compare_runs, mann_whitney_p
+from harness.parity import Budget, Metrics
+from harness.results import CaseRef, ParityRecord, Record, VerdictRecord
 
 TUNABLE = '''
 import os, time
@@ -74,13 +77,17 @@ def test_planted_slowdown_is_flagged_and_a_rerun_is_not(harness_cli, tmp_path: P
     assert os.environ.get("SLOWDOWN") is None
 
 
-def _record(key: str, status: str, rel_l2: float, budget: float = 0.016) -> dict:
-    return {
-        "case": {"key": key},
-        "status": status,
-        "reason": "" if status == "passed" else "rel_l2 over budget",
-        "parity": {"metrics": {"rel_l2": rel_l2}, "budget": {"rel_l2": budget}},
-    }
+def _record(key: str, status: str, rel_l2: float, budget: float = 0.016) -> Record:
+    metrics = Metrics(1, 0.0, 0.0, rel_l2, 1.0, rel_l2, 0, [0], 0.0, 0, 0, 0, 0, False, False)
+    verdict = VerdictRecord(status == "passed", reason="" if status == "passed" else "rel_l2 over budget")
+    return Record(
+        "r",
+        "t",
+        CaseRef.from_dict({"key": key}),
+        status,
+        verdict.reason,
+        parity=ParityRecord(verdict, metrics, Budget(budget, budget, budget, budget, 0.01)),
+    )
 
 
 def test_parity_regressions() -> None:
@@ -96,7 +103,7 @@ def test_parity_regressions() -> None:
         _record("b", "passed", 5e-3),
         _record("c", "passed", 8e-4),
         _record("d", "passed", 2e-3),
-        {**_record("e", "error", 0), "parity": None},
+        dataclasses.replace(_record("e", "error", 0), parity=None),
     ]
     result = compare_runs(old, new)
     kinds = {c.key: c.kind for c in result.changes}

@@ -128,6 +128,7 @@ def test_summary_fits_80_columns_and_never_cuts_a_reason(harness_cli, monkeypatc
 
 
 def test_summary_reports_contention(harness_cli) -> None:
+    from harness.results import SCHEMA_VERSION, Record
     from harness.summary import RunFacts, render
 
     record = {
@@ -137,5 +138,6 @@ def test_summary_reports_contention(harness_cli) -> None:
         "timing": {"median_ns": 1e6, "noisy": True, "noise": "wall time 2.5x the process's CPU time (> 1.2x): "
                    "it waited for a core"},
     }  # fmt: skip
-    text = render([record], RunFacts("s", "out.jsonl", 1.0, threads=1), 80)
+    record.update(schema_version=SCHEMA_VERSION, run_id="r", time_utc="t")
+    text = render([Record.from_dict(record)], RunFacts("s", "out.jsonl", 1.0, threads=1), 80)
     assert "noisy timings: 1 cases (1 waited for a core)" in " ".join(text.split())

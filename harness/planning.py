@@ -1,0 +1,162 @@
+"""Planning: a suite becomes the list of cases to run, and every selection problem is found before anything runs
+(unknown names, an empty selection, user inputs or a checkpoint that do not fit: UsageError, exit code 2).
+
+The planner also answers, for a planned case, which shape its inputs take (a preset's, a checkpoint's, or the
+user's own tensors'), since it validated those while planning."""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from harness.backend import BackendRegistry, RegistryError
+from harness.dtypes import DTYPES
+from harness.lazy import torch
+from harness.names import BadInputError
+from harness.saved import SavedOutputs, SavedOutputsError
+from harness.suites import Suite
+from harness.workload import USER_SHAPE, Case, Workload, WorkloadError, WorkloadRegistry
+
+USER_INPUTS = "user"  # the `inputs` field of cases run on the user's own tensors
+
+
+class UsageError(BadInputError):
+    """A selection that cannot run: unknown names, empty selection, inputs that do not fit (exit code 2)."""
+
+
+def against_source(target: str | None, backends: BackendRegistry) -> SavedOutputs | None:
+    """--against: the --save-outputs directory to compare with (None for a backend of this run, or no
+    --against). Raises UsageError when the target is neither."""
+    if target is None:
+        return None
+    if Path(target).is_dir():
+        saved = SavedOutputs(Path(target))
+        try:
+            saved.baseline_backend()
+        except SavedOutputsError as exc:
+            raise UsageError(str(exc)) from None
+        return saved
+    try:
+        backends.get(target)
+    except RegistryError:
+        raise UsageError(
+            f"--against {target!r} is neither a directory written by --save-outputs nor a backend "
+            f"(known backends: {', '.join(backends.names())})"
+        ) from None
+    return None
+
+
+class Planner:
+    """Suite -> cases, in input-group order (the backend varies fastest, so a group's inputs are made once)."""
+
+    def __init__(
+        self,
+        backends: BackendRegistry,
+        workloads: WorkloadRegistry,
+        *,
+        model_path: str | None = None,
+        user_inputs: Mapping[str, torch.Tensor] | None = None,
+    ) -> None:
+        self.backends = backends
+        self.workloads = workloads
+        self.model_path = model_path  # --model: a user's checkpoint directory instead of seeded weights
+        self.user_inputs = dict(user_inputs) if user_inputs is not None else None
+        self.shape_filter: tuple[str, ...] = ()
+        self.excluded = 0  # cases the suite's exclude globs left out of the last plan
+        self._checkpoint_shapes: dict[tuple[str, str, str], Any] = {}
+
+    def plan(self, suite: Suite) -> list[Case]:
+        """Cases in input-group order. Raises UsageError on a bad selection."""
+        try:
+            workloads = self.workloads.select(suite.workloads)
+            backends = self.backends.select(suite.backends)
+        except (WorkloadError, RegistryError) as exc:
+            raise UsageError(str(exc)) from None
+        for dtype in suite.dtypes:
+            if dtype not in DTYPES:
+                raise UsageError(f"unknown dtype {dtype!r}: not one of: {', '.join(DTYPES)}")
+        self.shape_filter = suite.shapes
+        if self.model_path is not None:
+            workloads = self._checkpoint_workloads(workloads, suite.presets)
+        cases = []
+        known_shapes: set[str] = set()
+        user = self.user_inputs is not None
+        for w in workloads:
+            for preset in suite.presets:
+                try:
+                    known_shapes.update(w.shapes(preset))
+                except WorkloadError as exc:
+                    raise UsageError(str(exc)) from None
+                shapes = self._selected_shapes(w, preset)
+                if user and shapes:
+                    self.user_shape(w, preset)  # validates now, so bad inputs exit 2 before anything runs
+                    shapes = [USER_SHAPE]
+                dists = [USER_INPUTS] if user else [d for d in suite.inputs if d in w.distributions]
+                seeds = [0] if user else list(suite.seeds)
+                for shape in shapes:
+                    for dtype in suite.dtypes:
+                        for dist in dists:
+                            for seed in seeds:
+                                cases += [Case(w.name, preset, shape, dtype, dist, seed, b, w.op) for b in backends]
+        planned = len(cases)
+        cases = [c for c in cases if not any(fnmatch.fnmatchcase(c.key, p) for p in suite.exclude)]
+        self.excluded = planned - len(cases)
+        unknown = [s for s in suite.shapes if s not in known_shapes]
+        if unknown:
+            raise UsageError(
+                f"unknown shape {unknown[0]!r} for the selected workloads; shapes: {', '.join(sorted(known_shapes))}"
+            )
+        if not cases:
+            raise UsageError("the selection is empty: no workload x preset x shape x dtype x backend combination")
+        return cases
+
+    def _checkpoint_workloads(self, workloads: list[Workload], presets: tuple[str, ...]) -> list[Workload]:
+        """The selected workloads that take the --model checkpoint (validated once, here: exit 2 if bad)."""
+        path = self.model_path
+        assert path is not None
+        taking = []
+        for w in workloads:
+            for preset in presets:
+                for name, shape in w.shapes(preset).items():
+                    try:
+                        checkpoint = w.checkpoint_shape(shape, path)
+                    except WorkloadError as exc:
+                        raise UsageError(str(exc)) from None
+                    if checkpoint is None:
+                        break
+                    self._checkpoint_shapes[(w.name, preset, name)] = checkpoint
+                    if w not in taking:
+                        taking.append(w)
+        if not taking:
+            raise UsageError(
+                f"--model {path}: none of the selected workloads ({', '.join(w.name for w in workloads)}) takes "
+                "this checkpoint's architecture; select a workload of that architecture with -w"
+            )
+        return taking
+
+    def _selected_shapes(self, workload: Workload, preset: str) -> list[str]:
+        """The preset's shape names that pass --shape (all when none was given)."""
+        return [s for s in workload.shapes(preset) if not self.shape_filter or s in self.shape_filter]
+
+    def template(self, workload: Workload, preset: str, shape_name: str) -> Any:
+        """A preset shape whose non-tensor settings (mask, routing rule) apply to tensors from a file."""
+        shapes = workload.shapes(preset)
+        if shape_name in shapes:
+            return shapes[shape_name]
+        selected = self._selected_shapes(workload, preset) or list(shapes)
+        return shapes[selected[0]]
+
+    def user_shape(self, workload: Workload, preset: str) -> Any:
+        """The shape of the user's own tensors (--inputs)."""
+        assert self.user_inputs is not None
+        try:
+            return workload.shape_from_inputs(self.user_inputs, self.template(workload, preset, ""))
+        except WorkloadError as exc:
+            raise UsageError(f"--inputs: {exc}") from None
+
+    def generated_shape(self, workload: Workload, case: Case) -> Any:
+        """The shape of a case whose inputs are generated: the checkpoint's under --model, else the preset's."""
+        checkpoint = self._checkpoint_shapes.get((case.workload, case.preset, case.shape))
+        return checkpoint if checkpoint is not None else workload.shape(case.preset, case.shape)

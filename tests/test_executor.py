@@ -1,0 +1,156 @@
+"""One case's execution: typed records that round-trip (and read version-1 lines), Skip reasons in records,
+inputs moved to the device once per case, and --isolate as an executor of the same interface."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+
+from harness.backend import BackendRegistry
+from harness.backends.torch_cpu import TorchCpu
+from harness.executor import CaseExecutor
+from harness.isolate import IsolatedExecutor, IsolationSpec, _read_spec
+from harness.lazy import torch
+from harness.planning import Planner
+from harness.results import SCHEMA_VERSION, Record, ResultWriter, read_records
+from harness.run_options import RunOptions, Skip
+from harness.runner import Runner
+from harness.suites import Suite
+from harness.timing import TimingConfig
+from harness.workload import WorkloadRegistry
+
+ATTENTION = Suite("t", workloads=("attention.prefill",), dtypes=("float32",), backends=(), inputs=("normal",))
+FAST = TimingConfig(budget_s=0.02, warmup_s=0.0, min_samples=3, max_samples=5, min_sample_s=0.0)
+
+PLUGIN = '''
+from typing import ClassVar
+from harness.backends.torch_cpu import TorchCpu
+
+class WithOptions(TorchCpu):
+    """torch-cpu that takes --backend-option values and shows them in its environment."""
+    name: ClassVar[str] = "with-options"
+
+    def __init__(self, options=None):
+        super().__init__()
+        self.options = dict(options or {})
+
+    def environment(self):
+        return {**super().environment(), "options": self.options}
+'''
+
+
+class CountingTorchCpu(TorchCpu):
+    """torch-cpu that counts the tensors it is handed for its device."""
+
+    name: ClassVar[str] = "counting-torch-cpu"
+    moved: ClassVar[list[tuple[int, ...]]] = []
+
+    def to_device(self, t: torch.Tensor) -> torch.Tensor:
+        CountingTorchCpu.moved.append(tuple(t.shape))
+        return super().to_device(t)
+
+
+def _registry(*classes: type) -> BackendRegistry:
+    registry = BackendRegistry()
+    registry.load_entry_points()
+    for cls in classes:
+        registry.register(cls, "tests")
+    return registry
+
+
+def _suite(*backends: str, **kw: Any) -> Suite:
+    return dataclasses.replace(ATTENTION, backends=backends, **kw)
+
+
+def test_records_round_trip_and_version_1_lines_are_read(tmp_path: Path) -> None:
+    runner = Runner(_registry(), WorkloadRegistry.discover(), RunOptions(timing=FAST), "rt")
+    out = tmp_path / "r.jsonl"
+    with ResultWriter(out) as writer:
+        runner.run(runner.plan(_suite("torch-cpu", shapes=("gqa",))), writer)
+    line = json.loads(out.read_text().splitlines()[0])
+    [record] = read_records(out)
+    assert record.schema_version == SCHEMA_VERSION == 2 and line["backend_options"] == {}
+    assert record.to_dict() == line  # the typed record writes back exactly the line it was read from
+    assert record.status == "passed" and record.parity is not None and record.parity.metrics is not None
+    assert record.parity.budget is not None and record.timing is not None and record.timing.median_ns > 0
+    assert record.case.key == line["case"]["key"] and record.case.input_key == line["case"]["key"].split("@")[0]
+    old = {k: v for k, v in line.items() if k != "backend_options"} | {"schema_version": 1}
+    (tmp_path / "v1.jsonl").write_text(json.dumps(old) + "\n")
+    [read_v1] = read_records(tmp_path / "v1.jsonl")
+    assert read_v1.schema_version == 1 and read_v1.backend_options == {}
+    assert read_v1.parity == record.parity and read_v1.case == record.case
+
+
+def test_skip_reasons_reach_the_record() -> None:
+    planner = Planner(_registry(), WorkloadRegistry.discover())
+    [case] = planner.plan(_suite("torch-cpu", shapes=("gqa",)))
+    executor = CaseExecutor(planner.backends, planner, RunOptions(parity_only=True), "skip")
+    given = executor.execute(case, Skip("no saved inputs for this group"))
+    assert (given.status, given.reason) == ("skipped", "no saved inputs for this group")
+    planner.backends.load_plugin(str(Path(__file__).parent / "plugins" / "unavailable.py"))
+    [case] = planner.plan(_suite("needs-missing-sdk", shapes=("gqa",)))
+    unavailable = executor.execute(case, executor.prepare(case))
+    assert unavailable.status == "skipped"
+    assert unavailable.reason.startswith("backend needs-missing-sdk unavailable: vendor SDK not importable")
+
+
+def test_inputs_move_to_the_device_once_per_case() -> None:
+    registry = _registry(CountingTorchCpu)
+    runner = Runner(registry, WorkloadRegistry.discover(), RunOptions(timing=FAST), "once")
+    cases = runner.plan(_suite("counting-torch-cpu", shapes=("gqa",), inputs=("normal", "stress")))
+    records: list[Record] = []
+    CountingTorchCpu.moved.clear()
+    runner.run(cases, _Sink(), lambda case, record: records.append(record))
+    assert [r.status for r in records] == ["passed", "passed"]
+    assert records[0].timing is not None and records[0].parity.deterministic is True  # judged, timed, re-run
+    inputs = runner.in_process.prepare(cases[0])
+    assert isinstance(inputs, Skip) is False
+    per_case = sorted(tuple(t.shape) for t in inputs.inputs.values())
+    assert sorted(CountingTorchCpu.moved) == sorted(per_case * len(cases))
+
+
+class _Sink:
+    def write(self, record: Record) -> None:
+        pass
+
+
+def test_isolate_runs_cases_through_the_executor_interface(tmp_path: Path) -> None:
+    plugin = tmp_path / "with_options.py"
+    plugin.write_text(PLUGIN)
+    registry = _registry()
+    registry.load_plugin(str(plugin))
+    suite = _suite("with-options", shapes=("gqa",))
+    options = RunOptions(parity_only=True, backend_options={"with-options": {"tf32": "1"}})
+    spec = IsolationSpec(suite, (str(plugin),), None, "iso", 120.0)
+    spec_file = tmp_path / "spec.json"
+    spec.write(options, spec_file)
+    assert _read_spec(spec_file)[1] == options  # the children get the backend options too
+    runner = Runner(registry, WorkloadRegistry.discover(), options, "iso", isolation=(spec_file, 120.0))
+    assert isinstance(runner.executor, IsolatedExecutor)
+    [case] = runner.plan(suite)
+    record = runner.executor.execute(case, runner.executor.prepare(case))
+    assert record.status == "passed", record.reason
+    assert record.backend_options == {"tf32": "1"}
+    assert record.environment["backend"]["options"] == {"tf32": "1"}  # created in the child with them
+
+
+def test_isolate_imports_the_executor_not_the_runner() -> None:
+    source = Path(__file__).resolve().parents[1] / "harness" / "isolate.py"
+    imported = {node.module for node in ast.walk(ast.parse(source.read_text())) if isinstance(node, ast.ImportFrom)}
+    assert "harness.executor" in imported and "harness.runner" not in imported
+
+
+@pytest.mark.parametrize("options", [None, {"k": "v"}])
+def test_registry_create_forwards_options(options: dict[str, str] | None, tmp_path: Path) -> None:
+    plugin = tmp_path / "with_options.py"
+    plugin.write_text(PLUGIN)
+    registry = _registry()
+    registry.load_plugin(str(plugin))
+    backend = registry.create("with-options", options=options)
+    assert backend.options == (options or {})
+    assert isinstance(registry.create("torch-cpu", options=None), TorchCpu)

@@ -10,12 +10,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from harness.names import BadInputError
 
-if TYPE_CHECKING:
-    from harness.backend import Backend, BackendRegistry
+
+class _Registry(Protocol):
+    """What option checking needs of harness.backend.BackendRegistry (named structurally: no import cycle)."""
+
+    def get(self, name: str) -> type: ...
+
+    def names(self) -> list[str]: ...
+
 
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
@@ -73,16 +79,16 @@ def _shown(value: Any) -> str:
     return str(int(value)) if isinstance(value, bool) else str(value)
 
 
-def declared(cls: type[Backend]) -> Mapping[str, BackendOption]:
+def declared(cls: type) -> Mapping[str, BackendOption]:
     return getattr(cls, "options", None) or {}
 
 
-def _accepted(cls: type[Backend]) -> str:
+def _accepted(cls: type) -> str:
     opts = declared(cls)
     return ", ".join(f"{k} ({o.accepts})" for k, o in opts.items()) or "none"
 
 
-def _offered(registry: BackendRegistry, names: list[str]) -> str:
+def _offered(registry: _Registry, names: list[str]) -> str:
     """What the selected backends accept, backends with the same options together."""
     groups: dict[str, list[str]] = {}
     for name in names:
@@ -91,7 +97,7 @@ def _offered(registry: BackendRegistry, names: list[str]) -> str:
     return "; ".join(with_options) if with_options else f"the selected backends ({', '.join(names)}) take no options"
 
 
-def parse_options(cls: type[Backend], raw: Mapping[str, str]) -> dict[str, Any]:
+def parse_options(cls: type, raw: Mapping[str, str]) -> dict[str, Any]:
     """Every option `cls` declares, parsed from `raw` (option -> string) or at its default; bad input raises."""
     opts = declared(cls)
     unknown = sorted(set(raw) - set(opts))
@@ -114,7 +120,7 @@ def parse_options(cls: type[Backend], raw: Mapping[str, str]) -> dict[str, Any]:
 
 
 def resolve(
-    registry: BackendRegistry, selected: Iterable[str], settings: Iterable[OptionSetting]
+    registry: _Registry, selected: Iterable[str], settings: Iterable[OptionSetting]
 ) -> dict[str, dict[str, str]]:
     """Backend name -> option -> raw value for the selected backends; every value is checked by its parser here,
     so a bad one is exit 2 before anything runs. Later settings override earlier ones (aliases come first)."""
@@ -144,7 +150,7 @@ def resolve(
     return result
 
 
-def describe(registry: BackendRegistry) -> list[tuple[str, str, str, str]]:
+def describe(registry: _Registry) -> list[tuple[str, str, str, str]]:
     """Rows (option, backends, default, description) for `harness list`; backends sharing an option share a row."""
     rows: dict[tuple[str, int], tuple[BackendOption, list[str]]] = {}
     for name in registry.names():

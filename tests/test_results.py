@@ -25,19 +25,19 @@ def test_each_record_is_on_disk_as_soon_as_it_is_written(tmp_path: Path) -> None
     path = tmp_path / "sub" / "r.jsonl"
     writer = ResultWriter(path)
     writer.write(record(0))
-    assert [r["case"]["key"] for r in read_records(path)] == ["k0"]  # before close
+    assert [r.case.key for r in read_records(path)] == ["k0"]  # before close
     writer.write(record(1))
     writer.close()
     with ResultWriter(path) as again:  # appends
         again.write(record(2))
-    assert [r["case"]["key"] for r in read_records(path)] == ["k0", "k1", "k2"]
+    assert [r.case.key for r in read_records(path)] == ["k0", "k1", "k2"]
 
 
 def test_truncated_last_line_is_skipped_with_a_warning(tmp_path: Path, caplog) -> None:
     path = tmp_path / "r.jsonl"
     path.write_text(json.dumps(record(0)) + "\n" + json.dumps(record(1))[:25])
     with caplog.at_level(logging.WARNING):
-        assert [r["case"]["key"] for r in read_records(path)] == ["k0"]
+        assert [r.case.key for r in read_records(path)] == ["k0"]
     assert "truncated last record" in caplog.text
 
 
@@ -73,4 +73,4 @@ def test_appending_after_a_killed_writer_drops_the_partial_record(tmp_path: Path
     path.write_text(json.dumps(record(0)) + "\n" + json.dumps(record(1))[:30])
     with ResultWriter(path) as writer:
         writer.write(record(2))
-    assert [r["case"]["key"] for r in read_records(path)] == ["k0", "k2"]
+    assert [r.case.key for r in read_records(path)] == ["k0", "k2"]

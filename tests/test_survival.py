@@ -119,7 +119,7 @@ def test_ctrl_c_swallowed_by_a_library_still_stops_the_sweep(tmp_path: Path) -> 
 
 
 def _verdicts(path: Path) -> dict[str, str]:
-    return {r["case"]["key"]: r["status"] for r in read_records(path)}
+    return {r.case.key: r.status for r in read_records(path)}
 
 
 def test_resume_after_sigkill_gives_the_same_cases_and_verdicts(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from harness.lazy import torch
 from harness.names import DTYPE_NAMES, OPS, BadInputError
+from harness.op_types import Routing, RoutingSpec, SharedExpert
 from harness.plugins import PluginError, entry_points, import_plugin
 from harness.timing import Timer, TimingConfig, WallClockTimer
 
@@ -95,9 +96,10 @@ class Backend(abc.ABC):
     5. `environment()`: library versions, device name, driver / toolkit versions, as a flat JSON-able dict.
     6. The ops (`attention` is required; `rms_norm`, `rope`, `swiglu`, `route`, `moe`: override what you
        implement) with exactly the semantics of harness/ops.py. Ops you do not override are reported as
-       unsupported, so cases using them are skipped with a reason rather than failing. `moe` must honour
-       `routing_override` (parity forces the reference's routing to separate arithmetic from routing flips)
-       and `return_routing` (return the routing it applied, so flips can be counted).
+       unsupported, so cases using them are skipped with a reason rather than failing. `route` and `moe` take
+       a `RoutingSpec` and return a `Routing` (harness.ops); `moe` returns (output, the Routing it applied)
+       and must apply a given `routing` exactly (parity forces the reference's routing to separate arithmetic
+       from routing flips) and return that one.
     7. Optionally `supports(case)` for finer refusals (a shape limit, a dtype a given op lacks): call
        `super().supports(case)` first; return `Support(False, "why")` for a skip. A refusal found only by trying
        (a vendor kernel rejecting the shape) is `raise UnsupportedCaseError("why")` from the op: also a skip.
@@ -226,19 +228,8 @@ class Backend(abc.ABC):
     def swiglu(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError(f"{self.name} does not implement swiglu")
 
-    def route(
-        self,
-        logits: torch.Tensor,
-        *,
-        top_k: int,
-        scheme: str,
-        bias: torch.Tensor | None = None,
-        n_group: int = 1,
-        topk_group: int = 1,
-        scaling: float = 1.0,
-        renormalize: bool,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """[T,E] logits -> (weights [T,k], ids [T,k] int64); see harness.ops.route."""
+    def route(self, logits: torch.Tensor, spec: RoutingSpec, *, bias: torch.Tensor | None = None) -> Routing:
+        """[T,E] logits -> Routing(weights [T,k], ids [T,k] int64); see harness.ops.route."""
         raise NotImplementedError(f"{self.name} does not implement route")
 
     def moe(
@@ -248,21 +239,14 @@ class Backend(abc.ABC):
         w_gate: torch.Tensor,
         w_up: torch.Tensor,
         w_down: torch.Tensor,
+        spec: RoutingSpec,
         *,
-        top_k: int,
-        scheme: str,
         bias: torch.Tensor | None = None,
-        n_group: int = 1,
-        topk_group: int = 1,
-        scaling: float = 1.0,
-        renormalize: bool,
-        shared: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
-        shared_gate: torch.Tensor | None = None,
-        routing_override: tuple[torch.Tensor, torch.Tensor] | None = None,
-        return_routing: bool = False,
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """[T,H] -> [T,H]; see harness.ops.moe. With `return_routing`, also the (weights [T,k], ids [T,k])
-        the layer actually applied, so parity can compare routing decisions token by token."""
+        shared: SharedExpert | None = None,
+        routing: Routing | None = None,
+    ) -> tuple[torch.Tensor, Routing]:
+        """[T,H] -> ([T,H], the Routing applied); see harness.ops.moe. A given `routing` is applied as is and
+        returned; without one, the Routing the layer chose, so parity can compare decisions token by token."""
         raise NotImplementedError(f"{self.name} does not implement moe")
 
     def causal_lm(self, model: Any, input_ids: torch.Tensor, *, cache: Any = None, return_model: bool = False) -> Any:
@@ -276,6 +260,40 @@ class Backend(abc.ABC):
 
 class RegistryError(BadInputError):
     """Bad registry use: an unknown name, a duplicate name, a plugin without backends."""
+
+
+# Keywords of route / moe before RoutingSpec: a plugin written against them is refused with the new signature.
+OLD_ROUTING_KEYWORDS = frozenset(
+    [
+        *("top_k", "scheme", "n_group", "topk_group", "scaling", "renormalize"),  # now RoutingSpec's fields
+        *("shared_gate", "routing_override", "return_routing"),  # now SharedExpert.gate, routing=, always returned
+    ]
+)
+NEW_ROUTING_SIGNATURES = {
+    "route": "route(logits, spec: RoutingSpec, *, bias=None) -> Routing",
+    "moe": "moe(x, router_w, w_gate, w_up, w_down, spec: RoutingSpec, *, bias=None, shared: SharedExpert | None "
+    "= None, routing: Routing | None = None) -> (out, Routing)",
+}
+
+
+def _old_routing_signature(cls: type[Backend]) -> str:
+    """What is wrong when a class implements `route` / `moe` with the keyword signature used before RoutingSpec
+    (top_k=, scheme=, ..., routing_override=, return_routing=); "" when nothing is."""
+    for op, new in NEW_ROUTING_SIGNATURES.items():
+        method = getattr(cls, op)
+        if method is getattr(Backend, op):
+            continue
+        params = inspect.signature(method).parameters
+        old = sorted(OLD_ROUTING_KEYWORDS & set(params))
+        catch_all = any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in params.values())
+        if old or not (catch_all or "spec" in params):
+            found = f"takes {', '.join(old)}" if old else "has no `spec` parameter"
+            return (
+                f"implements {op} with the old signature ({found}): route and moe now take the routing "
+                f"arguments as one harness.ops.RoutingSpec and moe always returns (out, Routing); "
+                f"implement {new}"
+            )
+    return ""
 
 
 @dataclass(frozen=True)
@@ -301,6 +319,9 @@ class BackendRegistry:
             )
         if not cls.name:
             raise RegistryError(f"{origin}: backend class {cls.__name__} has no `name`")
+        outdated = _old_routing_signature(cls)
+        if outdated:
+            raise RegistryError(f"{origin}: backend class {cls.__name__} {outdated}")
         unknown = set(cls.dtypes) - set(DTYPES)
         if unknown:
             raise RegistryError(

@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 
 from harness.backend import Availability
 from harness.lazy import torch
+from harness.op_types import Routing, RoutingSpec, SharedExpert
 from harness.timing import Timer, TimingConfig
 from harness.torch_backend import TorchBackend
 
@@ -159,41 +160,15 @@ class Cuda(TorchBackend):
         w_gate: torch.Tensor,
         w_up: torch.Tensor,
         w_down: torch.Tensor,
+        spec: RoutingSpec,
         *,
-        top_k: int,
-        scheme: str,
         bias: torch.Tensor | None = None,
-        n_group: int = 1,
-        topk_group: int = 1,
-        scaling: float = 1.0,
-        renormalize: bool,
-        shared: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
-        shared_gate: torch.Tensor | None = None,
-        routing_override: tuple[torch.Tensor, torch.Tensor] | None = None,
-        return_routing: bool = False,
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        routing = {
-            "top_k": top_k,
-            "scheme": scheme,
-            "bias": bias,
-            "n_group": n_group,
-            "topk_group": topk_group,
-            "scaling": scaling,
-            "renormalize": renormalize,
-        }
-        result = self._moe(
-            self.route,
-            x,
-            router_w,
-            w_gate,
-            w_up,
-            w_down,
-            routing=routing,
-            shared=shared,
-            shared_gate=shared_gate,
-            routing_override=routing_override,
-            return_routing=return_routing,
-        )
+        shared: SharedExpert | None = None,
+        routing: Routing | None = None,
+    ) -> tuple[torch.Tensor, Routing]:
+        if routing is None:
+            routing = self.route((x @ router_w.T).float(), spec, bias=bias)  # float32 [T, k], int64 [T, k]
+        result = self._moe(x, w_gate, w_up, w_down, routing, shared=shared)
         self._details["moe"] = self._moe.path
         return result
 

@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 from harness import ops as reference
 from harness.backend import Availability, Backend
 from harness.lazy import torch
-from harness.op_types import Routing, RoutingSpec, SharedExpert
+from harness.op_types import Experts, Routing, RoutingSpec, SharedExpert
 
 
 class CpuReference(Backend):
@@ -65,21 +65,11 @@ class CpuReference(Backend):
         chosen = reference.route(logits, spec, bias=bias)
         return Routing(chosen.weights.to(logits.dtype), chosen.ids)
 
-    def moe(
-        self,
-        x: torch.Tensor,
-        router_w: torch.Tensor,
-        w_gate: torch.Tensor,
-        w_up: torch.Tensor,
-        w_down: torch.Tensor,
-        spec: RoutingSpec,
-        *,
-        bias: torch.Tensor | None = None,
-        shared: SharedExpert | None = None,
-        routing: Routing | None = None,
-    ) -> tuple[torch.Tensor, Routing]:
-        out, applied = reference.moe(x, router_w, w_gate, w_up, w_down, spec, bias=bias, shared=shared, routing=routing)
-        return out.to(x.dtype), applied
+    def router_logits(self, x: torch.Tensor, router_w: torch.Tensor) -> torch.Tensor:
+        return x.double() @ router_w.double().T  # [T, E] float64: the reference routes on exact logits
+
+    def experts(self, x: torch.Tensor, experts: Experts, routing: Routing, shared: SharedExpert | None) -> torch.Tensor:
+        return reference.experts(x, experts, routing, shared).to(x.dtype)
 
     def causal_lm(self, model: Any, input_ids: torch.Tensor, *, cache: Any = None, return_model: bool = False) -> Any:
         return model.run(self, input_ids, cache=cache, return_model=return_model)

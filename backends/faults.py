@@ -136,7 +136,8 @@ class BlockwiseOnline(TorchCpu):
 
 
 class _RoutingBug(TorchCpu):
-    """Routes with `_routing` (float32), then computes the experts with torch-cpu's own correct code."""
+    """Routes with `_routing` (float32), then computes the experts with torch-cpu's own correct code (moe
+    routes through `route`, so the bug reaches the layer too)."""
 
     def _routing(self, logits, spec, bias):
         return ops.route_scores(logits, spec, bias=bias)
@@ -144,11 +145,6 @@ class _RoutingBug(TorchCpu):
     def route(self, logits, spec, *, bias=None):
         chosen = self._routing(logits.float(), spec, None if bias is None else bias.float())
         return ops.Routing(chosen.weights.to(logits.dtype), chosen.ids)
-
-    def moe(self, x, router_w, w_gate, w_up, w_down, spec, *, bias=None, routing=None, **kw):
-        if routing is None:
-            routing = self._routing((x @ router_w.T).float(), spec, None if bias is None else bias.float())
-        return super().moe(x, router_w, w_gate, w_up, w_down, spec, bias=bias, routing=routing, **kw)
 
 
 class NotRenormalized(_RoutingBug):
@@ -201,11 +197,10 @@ class GroupsByMax(_RoutingBug):
 class DroppedMoeToken(TorchCpu):
     name: ClassVar[str] = "bug-moe-dropped-token"
 
-    def moe(self, *args, **kw):
-        out, routing = super().moe(*args, **kw)
-        out = out.clone()
+    def experts(self, *args, **kw):
+        out = super().experts(*args, **kw).clone()
         out[-1] = 0  # the bug: the last token's output is lost (an off-by-one in a token loop)
-        return out, routing
+        return out
 
 
 class DenseMoe(TorchCpu):
@@ -214,10 +209,9 @@ class DenseMoe(TorchCpu):
 
     name: ClassVar[str] = "dense-moe"
 
-    def moe(self, x, router_w, w_gate, w_up, w_down, spec, *, bias=None, shared=None, routing=None):
+    def experts(self, x, experts, routing, shared):
+        w_gate, w_up, w_down = experts.tensors()
         T, E = x.shape[0], w_gate.shape[0]
-        if routing is None:
-            routing = ops.route_scores((x @ router_w.T).float(), spec, bias=None if bias is None else bias.float())
         dense = torch.zeros(T, E).scatter_add_(1, routing.ids, routing.weights.float())  # [T, E] combine weights
         out = torch.zeros(T, x.shape[1])
         for e in reversed(range(E)):
@@ -225,7 +219,7 @@ class DenseMoe(TorchCpu):
             out += dense[:, e : e + 1] * y.float()
         if shared is not None:
             out += shared.apply(x).float()
-        return out.to(x.dtype), routing
+        return out.to(x.dtype)
 
 
 # ----- LLM -----

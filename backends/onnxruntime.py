@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 from harness.backend import Availability, Backend
 from harness.lazy import LazyModule, torch
 from harness.names import OPS
-from harness.op_types import Routing, RoutingSpec, SharedExpert, moe_inputs
+from harness.op_types import Routing, RoutingSpec, moe_inputs
 
 log = logging.getLogger(__name__)
 
@@ -264,23 +264,11 @@ class OrtBackend(Backend):
     def route(self, logits: torch.Tensor, spec: RoutingSpec, *, bias: torch.Tensor | None = None) -> Routing:
         return self._invoke(_OrtCall("route", [logits], {"bias": bias}, {"spec": spec}, _routing))
 
-    def moe(
-        self,
-        x: torch.Tensor,
-        router_w: torch.Tensor,
-        w_gate: torch.Tensor,
-        w_up: torch.Tensor,
-        w_down: torch.Tensor,
-        spec: RoutingSpec,
-        *,
-        bias: torch.Tensor | None = None,
-        shared: SharedExpert | None = None,
-        routing: Routing | None = None,
-    ) -> tuple[torch.Tensor, Routing]:
-        """The dense MoE graph; it also outputs the routing it chose, unless one is given (then that one)."""
-        if routing is not None:
-            routing = Routing(routing.weights.float(), routing.ids.long())
-        extra = moe_inputs(bias, shared, routing)
+    def moe(self, x, router_w, w_gate, w_up, w_down, spec, *, bias=None, shared=None, routing=None):
+        """Backend.moe (its types) as the dense MoE graph, which also outputs the routing it chose, unless one is
+        given (then that one is returned)."""
+        fed = None if routing is None else Routing(routing.weights.float(), routing.ids.long())
+        extra = moe_inputs(bias, shared, fed)
 
         def post(outputs: list[torch.Tensor]) -> tuple[torch.Tensor, Routing]:
             return outputs[0], routing if routing is not None else _routing(outputs[1:])

@@ -33,7 +33,7 @@ from harness import ops as contract
 from harness.backend import Support, UnsupportedCaseError
 from harness.backends.onnxruntime import OrtCpu
 from harness.lazy import torch
-from harness.op_types import Routing, RoutingSpec, SharedExpert
+from harness.op_types import Routing
 
 if TYPE_CHECKING:
     from harness.workload import Case
@@ -285,19 +285,8 @@ class OrtCpuMoe(_NativeGraphs):
     native_ops: ClassVar[frozenset[str]] = frozenset({"moe", "attention"})  # attention: ort-cpu's (required)
     fc1_layout = staticmethod(fc1_interleaved)
 
-    def moe(
-        self,
-        x: torch.Tensor,
-        router_w: torch.Tensor,
-        w_gate: torch.Tensor,
-        w_up: torch.Tensor,
-        w_down: torch.Tensor,
-        spec: RoutingSpec,
-        *,
-        bias: torch.Tensor | None = None,
-        shared: SharedExpert | None = None,
-        routing: Routing | None = None,
-    ) -> tuple[torch.Tensor, Routing]:
+    def moe(self, x, router_w, w_gate, w_up, w_down, spec, *, bias=None, shared=None, routing=None):
+        """Backend.moe (its types) on the fused op, which routes inside: the router input is the logits."""
         if x.dtype != torch.float32:
             raise UnsupportedCaseError(f"com.microsoft.MoE runs float32 only on ORT's CPU, not {x.dtype}")
         missing = [

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from harness.lazy import torch
 from harness.names import DTYPE_NAMES, OPS, BadInputError
-from harness.op_types import Routing, RoutingSpec, SharedExpert
+from harness.op_types import Experts, Routing, RoutingSpec, SharedExpert
 from harness.plugins import PluginError, entry_points, import_plugin
 from harness.timing import Timer, TimingConfig, WallClockTimer
 
@@ -131,7 +131,10 @@ class Backend(abc.ABC):
     @classmethod
     def implemented_ops(cls) -> frozenset[str]:
         """The contract ops this class overrides; derived, so it cannot drift from the code."""
-        return frozenset(op for op in OPS if getattr(cls, op, None) is not getattr(Backend, op, None))
+        hooks = {op: (op,) for op in OPS} | {"moe": ("moe", "experts")}  # moe's default runs route + experts
+        return frozenset(
+            op for op in OPS if any(getattr(cls, m, None) is not getattr(Backend, m, None) for m in hooks[op])
+        )
 
     @classmethod
     def capabilities(cls) -> dict[str, Any]:
@@ -246,7 +249,21 @@ class Backend(abc.ABC):
         routing: Routing | None = None,
     ) -> tuple[torch.Tensor, Routing]:
         """[T,H] -> ([T,H], the Routing applied); see harness.ops.moe. A given `routing` is applied as is and
-        returned; without one, the Routing the layer chose, so parity can compare decisions token by token."""
+        returned; without one, the Routing the layer chose, so parity can compare decisions token by token.
+
+        The default routes (unless given a routing) with `route` on `router_logits`, then runs `experts`: a
+        backend overrides those, or `moe` itself when its kernel routes inside (a fused MoE op, an exported graph)."""
+        if routing is None:
+            routing = self.route(self.router_logits(x, router_w), spec, bias=bias)
+        return self.experts(x, Experts(w_gate, w_up, w_down), routing, shared), routing
+
+    def router_logits(self, x: torch.Tensor, router_w: torch.Tensor) -> torch.Tensor:
+        """The [T, E] logits `moe` routes on: float32, as transformers' routers score whatever the case dtype."""
+        return (x @ router_w.T).float()
+
+    def experts(self, x: torch.Tensor, experts: Experts, routing: Routing, shared: SharedExpert | None) -> torch.Tensor:
+        """The MoE layer after routing: the chosen SwiGLU experts combined with `routing`'s weights, plus the
+        shared expert when given (SharedExpert.apply): [T, H] in the dtype of x."""
         raise NotImplementedError(f"{self.name} does not implement moe")
 
     def causal_lm(self, model: Any, input_ids: torch.Tensor, *, cache: Any = None, return_model: bool = False) -> Any:

@@ -106,6 +106,15 @@ class Routing(TensorGroup):
     ids: Tensor  # [T, k] int64
 
 
+@dataclass(frozen=True, eq=False)
+class Experts(TensorGroup):
+    """The routed experts' weights, nn.Linear layout per expert (what Backend.experts computes with)."""
+
+    w_gate: Tensor  # [E, F, H]
+    w_up: Tensor  # [E, F, H]
+    w_down: Tensor  # [E, H, F]
+
+
 def swiglu_mlp(x: Tensor, w_gate: Tensor, w_up: Tensor, w_down: Tensor) -> Tensor:
     """down(silu(gate(x)) * up(x)), weights in nn.Linear layout (w_gate/w_up [F, H], w_down [H, F]): [N, H]."""
     return (F.silu(x @ w_gate.T) * (x @ w_up.T)) @ w_down.T

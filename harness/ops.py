@@ -18,7 +18,7 @@ from harness.lazy import torch
 from harness.names import ROPE_STYLES
 
 # The contract's value types, re-exported: `from harness.ops import RoutingSpec` is the documented spelling.
-from harness.op_types import ContractError, Routing, RoutingSpec, SharedExpert, require
+from harness.op_types import ContractError, Experts, Routing, RoutingSpec, SharedExpert, require
 
 
 def check_attention_inputs(
@@ -337,24 +337,30 @@ def moe(
     """Reference MoE layer in float64: [T, H] -> ([T, H], the Routing applied: `routing` itself when given).
 
     Router logits x @ router_w^T, routed by `route` (unless `routing` is given), each chosen expert a SwiGLU
-    MLP, outputs combined with the routing weights; plus the shared expert when given (SharedExpert.apply).
-    Loops over experts, never over tokens.
+    MLP, outputs combined with the routing weights; plus the shared expert when given (see `experts`).
     """
     check_moe_inputs(x, router_w, w_gate, w_up, w_down, shared, routing)
-    x64 = x.detach().to("cpu", torch.float64)  # [T, H]
     if routing is None:
-        routing = route(x64 @ router_w.detach().to("cpu", torch.float64).T, spec, bias=bias)  # logits [T, E]
-    weights = routing.weights.detach().to("cpu", torch.float64)  # [T, k]
+        logits = x.detach().to("cpu", torch.float64) @ router_w.detach().to("cpu", torch.float64).T  # [T, E]
+        routing = route(logits, spec, bias=bias)
+    return experts(x, Experts(w_gate, w_up, w_down), routing, shared), routing
+
+
+def experts(x: torch.Tensor, weights: Experts, routing: Routing, shared: SharedExpert | None) -> torch.Tensor:
+    """Reference MoE layer after routing, in float64: the chosen experts combined with the routing's weights,
+    plus the shared expert when given: [T, H]. Loops over experts, never over tokens."""
+    x64 = x.detach().to("cpu", torch.float64)  # [T, H]
+    combine = routing.weights.detach().to("cpu", torch.float64)  # [T, k]
     ids = routing.ids.detach().to("cpu", torch.long)  # [T, k]
     out = torch.zeros_like(x64)  # [T, H]
-    wg, wu, wd = (w.detach().to("cpu", torch.float64) for w in (w_gate, w_up, w_down))
+    wg, wu, wd = weights.map(lambda t: t.detach().to("cpu", torch.float64)).tensors()
     for e in torch.unique(ids).tolist():
         tok, slot = (ids == e).nonzero(as_tuple=True)  # tokens routed to e, and which of their k slots
         y = _swiglu_mlp(x64[tok], wg[e], wu[e], wd[e])  # [n_e, H]
-        out.index_add_(0, tok, y * weights[tok, slot, None])
+        out.index_add_(0, tok, y * combine[tok, slot, None])
     if shared is not None:
         out = out + shared.map(lambda t: t.detach().to("cpu", torch.float64)).apply(x64, _swiglu_mlp)  # [T, H]
-    return out, routing
+    return out
 
 
 # ----- whole models -----

@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 from harness import ops as contract
 from harness.backend import Backend
 from harness.lazy import F, torch
-from harness.op_types import Routing, RoutingSpec, SharedExpert
+from harness.op_types import Experts, Routing, RoutingSpec, SharedExpert
 
 
 class TorchBackend(Backend):
@@ -79,24 +79,11 @@ class TorchBackend(Backend):
         chosen = contract.route_scores(logits.float(), spec, bias=None if bias is None else bias.float())
         return Routing(chosen.weights.to(logits.dtype), chosen.ids)
 
-    def moe(
-        self,
-        x: torch.Tensor,
-        router_w: torch.Tensor,
-        w_gate: torch.Tensor,
-        w_up: torch.Tensor,
-        w_down: torch.Tensor,
-        spec: RoutingSpec,
-        *,
-        bias: torch.Tensor | None = None,
-        shared: SharedExpert | None = None,
-        routing: Routing | None = None,
-    ) -> tuple[torch.Tensor, Routing]:
+    def experts(self, x: torch.Tensor, experts: Experts, routing: Routing, shared: SharedExpert | None) -> torch.Tensor:
         """Sort token slots by expert, run each expert on its contiguous segment, combine with index_add_."""
         T, H = x.shape
+        w_gate, w_up, w_down = experts.tensors()
         E = w_gate.shape[0]
-        if routing is None:
-            routing = self.route((x @ router_w.T).float(), spec, bias=bias)  # logits in the case dtype
         weights, ids = routing.weights.float(), routing.ids.long()  # [T, k]
         k = ids.shape[1]
         flat = ids.reshape(-1)  # [T*k] expert of each (token, slot)
@@ -115,7 +102,7 @@ class TorchBackend(Backend):
         combined.index_add_(0, token, expert_out.float() * weights.reshape(-1)[order, None])
         if shared is not None:
             combined += shared.apply(x).float()  # [T, H]
-        return combined.to(x.dtype), routing
+        return combined.to(x.dtype)
 
     def causal_lm(self, model: Any, input_ids: torch.Tensor, *, cache: Any = None, return_model: bool = False) -> Any:
         """The workload model in the case dtype on this device, with this backend's ops bound into it."""

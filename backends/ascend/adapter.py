@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 from harness import ops as contract
 from harness.backend import Availability
 from harness.lazy import F, torch
-from harness.op_types import Routing, RoutingSpec, SharedExpert
+from harness.op_types import Experts, Routing, RoutingSpec, SharedExpert
 from harness.timing import Timer, TimingConfig
 from harness.torch_backend import TorchBackend
 
@@ -256,24 +256,14 @@ class Ascend(TorchBackend):
         )
         return Routing(weights, ids.long())
 
-    def moe(
-        self,
-        x: torch.Tensor,
-        router_w: torch.Tensor,
-        w_gate: torch.Tensor,
-        w_up: torch.Tensor,
-        w_down: torch.Tensor,
-        spec: RoutingSpec,
-        *,
-        bias: torch.Tensor | None = None,
-        shared: SharedExpert | None = None,
-        routing: Routing | None = None,
-    ) -> tuple[torch.Tensor, Routing]:
-        """gating -> npu_moe_init_routing_v2 (counts) -> npu_grouped_matmul(w13) -> npu_swiglu ->
-        npu_grouped_matmul(w2) -> npu_moe_token_unpermute(probs), the vllm-ascend order."""
+    def router_logits(self, x: torch.Tensor, router_w: torch.Tensor) -> torch.Tensor:
+        return x @ router_w.T  # [T, E] in the case dtype: the gating kernels take it as the model has it
+
+    def experts(self, x: torch.Tensor, experts: Experts, routing: Routing, shared: SharedExpert | None) -> torch.Tensor:
+        """npu_moe_init_routing_v2 (counts) -> npu_grouped_matmul(w13) -> npu_swiglu -> npu_grouped_matmul(w2)
+        -> npu_moe_token_unpermute(probs), the vllm-ascend order (after the gating of `route`)."""
+        w_gate, w_up, w_down = experts.tensors()
         T, E = x.shape[0], w_gate.shape[0]
-        if routing is None:
-            routing = self.route(x @ router_w.T, spec, bias=bias)
         weights, ids = routing.weights, routing.ids
         expanded, row_idx, counts, _ = self.tnpu.npu_moe_init_routing_v2(
             x,
@@ -294,7 +284,7 @@ class Ascend(TorchBackend):
         out = self.tnpu.npu_moe_token_unpermute(y, row_idx, probs=weights.to(y.dtype))  # [T, H]
         if shared is not None:
             out = (out.float() + shared.apply(x, self._swiglu_mlp).float()).to(x.dtype)
-        return out, routing
+        return out
 
     def _swiglu_mlp(self, x: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor) -> Any:
         """The shared expert's MLP on npu_swiglu (fused gate / up halves), as the routed experts run: [T, H]."""

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 from harness.backend import Availability
 from harness.lazy import torch
-from harness.op_types import Routing, RoutingSpec, SharedExpert
+from harness.op_types import Experts, Routing, SharedExpert
 from harness.timing import Timer, TimingConfig
 from harness.torch_backend import TorchBackend
 
@@ -153,24 +153,10 @@ class Cuda(TorchBackend):
             }
         return out
 
-    def moe(
-        self,
-        x: torch.Tensor,
-        router_w: torch.Tensor,
-        w_gate: torch.Tensor,
-        w_up: torch.Tensor,
-        w_down: torch.Tensor,
-        spec: RoutingSpec,
-        *,
-        bias: torch.Tensor | None = None,
-        shared: SharedExpert | None = None,
-        routing: Routing | None = None,
-    ) -> tuple[torch.Tensor, Routing]:
-        if routing is None:
-            routing = self.route((x @ router_w.T).float(), spec, bias=bias)  # float32 [T, k], int64 [T, k]
-        result = self._moe(x, w_gate, w_up, w_down, routing, shared=shared)
+    def experts(self, x: torch.Tensor, experts: Experts, routing: Routing, shared: SharedExpert | None) -> torch.Tensor:
+        out = self._moe(x, *experts.tensors(), routing, shared=shared)
         self._details["moe"] = self._moe.path
-        return result
+        return out
 
 
 class CudaCudnn(Cuda):

@@ -81,8 +81,8 @@ class GroupedMoe:
         routing: Routing,
         *,
         shared: SharedExpert | None = None,
-    ) -> tuple[torch.Tensor, Routing]:
-        """The layer under `routing` (chosen by the caller): (out [T, H], that routing)."""
+    ) -> torch.Tensor:
+        """The layer under `routing` (chosen by the caller): [T, H] in the dtype of x."""
         E = w_gate.shape[0]
         layout = self.layout(w_gate, w_up, w_down, shared)
         weights, ids = routing.weights.float(), routing.ids.long()  # [T, k]
@@ -102,7 +102,7 @@ class GroupedMoe:
         if shared is not None:
             out = (out + shared.apply(x, functools.partial(_laid_out_mlp, layout, fused)).float()).to(x.dtype)
         self.path = self._gemm_path + (" + triton swiglu/combine" if fused else "")
-        return out, routing
+        return out
 
     def _grouped(self, a: torch.Tensor, b: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:
         """[M, K] x [E, K, N] with rows of group e in offs[e-1]:offs[e] -> [M, N]."""

@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 from harness import ops as reference
 from harness.backend import Availability, Backend
 from harness.lazy import torch
+from harness.op_types import Experts, Routing, RoutingSpec, SharedExpert
 
 
 class CpuReference(Backend):
@@ -60,76 +61,15 @@ class CpuReference(Backend):
     def swiglu(self, x: torch.Tensor) -> torch.Tensor:
         return reference.swiglu(x).to(x.dtype)
 
-    def route(
-        self,
-        logits: torch.Tensor,
-        *,
-        top_k: int,
-        scheme: str,
-        bias: torch.Tensor | None = None,
-        n_group: int = 1,
-        topk_group: int = 1,
-        scaling: float = 1.0,
-        renormalize: bool,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        weights, ids = reference.route(
-            logits,
-            top_k=top_k,
-            scheme=scheme,
-            bias=bias,
-            n_group=n_group,
-            topk_group=topk_group,
-            scaling=scaling,
-            renormalize=renormalize,
-        )
-        return weights.to(logits.dtype), ids
+    def route(self, logits: torch.Tensor, spec: RoutingSpec, *, bias: torch.Tensor | None = None) -> Routing:
+        chosen = reference.route(logits, spec, bias=bias)
+        return Routing(chosen.weights.to(logits.dtype), chosen.ids)
 
-    def moe(
-        self,
-        x: torch.Tensor,
-        router_w: torch.Tensor,
-        w_gate: torch.Tensor,
-        w_up: torch.Tensor,
-        w_down: torch.Tensor,
-        *,
-        top_k: int,
-        scheme: str,
-        bias: torch.Tensor | None = None,
-        n_group: int = 1,
-        topk_group: int = 1,
-        scaling: float = 1.0,
-        renormalize: bool,
-        shared: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
-        shared_gate: torch.Tensor | None = None,
-        routing_override: tuple[torch.Tensor, torch.Tensor] | None = None,
-        return_routing: bool = False,
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        routing = dict(
-            top_k=top_k,
-            scheme=scheme,
-            bias=bias,
-            n_group=n_group,
-            topk_group=topk_group,
-            scaling=scaling,
-            renormalize=renormalize,
-        )
-        if routing_override is None:
-            logits = x.double() @ router_w.double().T  # [T, E]
-            weights, ids = reference.route(logits, **routing)
-        else:
-            weights, ids = routing_override[0].double(), routing_override[1].long()
-        out = reference.moe(
-            x,
-            router_w,
-            w_gate,
-            w_up,
-            w_down,
-            **routing,
-            shared=shared,
-            shared_gate=shared_gate,
-            routing_override=(weights, ids),
-        ).to(x.dtype)
-        return (out, weights, ids) if return_routing else out
+    def router_logits(self, x: torch.Tensor, router_w: torch.Tensor) -> torch.Tensor:
+        return x.double() @ router_w.double().T  # [T, E] float64: the reference routes on exact logits
+
+    def experts(self, x: torch.Tensor, experts: Experts, routing: Routing, shared: SharedExpert | None) -> torch.Tensor:
+        return reference.experts(x, experts, routing, shared).to(x.dtype)
 
     def causal_lm(self, model: Any, input_ids: torch.Tensor, *, cache: Any = None, return_model: bool = False) -> Any:
         return model.run(self, input_ids, cache=cache, return_model=return_model)

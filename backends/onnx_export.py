@@ -25,6 +25,7 @@ import torch
 
 from harness import ops as contract
 from harness import progress
+from harness.op_types import Routing, RoutingSpec, TensorGroup, moe_inputs, moe_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +216,8 @@ class OpModule(torch.nn.Module):
     def forward(self, *tensors: torch.Tensor) -> Any:
         n = len(tensors) - len(self.tensor_kwargs)
         kwargs = dict(zip(self.tensor_kwargs, tensors[n:], strict=True))
-        return self.impl(*tensors[:n], **kwargs, **self.static)
+        out = self.impl(*tensors[:n], **kwargs, **self.static)
+        return out.tensors() if isinstance(out, TensorGroup) else out  # a Routing leaves the graph as its tensors
 
 
 class ExportableMoe(torch.nn.Module):
@@ -223,36 +225,31 @@ class ExportableMoe(torch.nn.Module):
     rule), then every expert over every token with the combine weights scattered densely (zero where a token
     is not routed). Same function as torch-cpu's grouped path, without its data-dependent expert loop."""
 
-    def __init__(self, routing: dict[str, Any], has: dict[str, bool], return_routing: bool) -> None:
+    def __init__(self, spec: RoutingSpec, optional: tuple[str, ...]) -> None:
         super().__init__()
-        self.routing, self.has, self.return_routing = routing, has, return_routing
+        self.spec, self.optional = spec, optional  # optional: the input names of the tensors after the first five
 
     def forward(self, *tensors: torch.Tensor) -> Any:
-        """tensors: x, router_w, w_gate, w_up, w_down, then the optional ones present (in `has` order)."""
+        """tensors: x, router_w, w_gate, w_up, w_down, then the optional ones named by `optional`. Returns out,
+        plus the routing's weights and ids unless a routing is given."""
         x, router_w, w_gate, w_up, w_down = tensors[:5]
-        it = iter(tensors[5:])
-        bias = next(it) if self.has["bias"] else None
-        shared = (next(it), next(it), next(it)) if self.has["shared"] else None
-        shared_gate = next(it) if self.has["shared_gate"] else None
-        if self.has["override"]:
-            weights, ids = next(it).float(), next(it)
-        else:
-            weights, ids = contract.route_scores(
-                (x @ router_w.T).float(), bias=None if bias is None else bias.float(), **self.routing
-            )
+        kwargs = moe_kwargs(dict(zip(self.optional, tensors[5:], strict=True)))
+        bias, shared, routing = kwargs.get("bias"), kwargs.get("shared"), kwargs.get("routing")
+        chosen = (
+            routing
+            if routing is not None
+            else contract.route_scores((x @ router_w.T).float(), self.spec, bias=None if bias is None else bias.float())
+        )
         E = w_gate.shape[0]
-        dense = torch.zeros(x.shape[0], E, dtype=torch.float32).scatter_add(1, ids, weights)  # [T, E]
+        dense = torch.zeros(x.shape[0], E, dtype=torch.float32).scatter_add(1, chosen.ids, chosen.weights.float())
         xe = x.expand(E, *x.shape)  # [E, T, H]: every expert over every token, one batched GEMM per projection
         hidden = torch.nn.functional.silu(xe @ w_gate.transpose(1, 2)) * (xe @ w_up.transpose(1, 2))  # [E, T, F]
         y = hidden @ w_down.transpose(1, 2)  # [E, T, H]
         out = (dense.T[:, :, None] * y.float()).sum(dim=0)  # [T, H] in float32
         if shared is not None:
-            s = (torch.nn.functional.silu(x @ shared[0].T) * (x @ shared[1].T)) @ shared[2].T
-            if shared_gate is not None:
-                s = s * torch.sigmoid(x @ shared_gate.T)
-            out = out + s.float()
+            out = out + shared.apply(x).float()
         out = out.to(x.dtype)
-        return (out, weights, ids) if self.return_routing else out
+        return out if routing is not None else (out, chosen.weights, chosen.ids)
 
 
 class NotShareableError(Exception):
@@ -324,28 +321,11 @@ def export_ops() -> Any:
 
         name: ClassVar[str] = "ort-export"
 
-        def moe(
-            self,
-            x,
-            router_w,
-            w_gate,
-            w_up,
-            w_down,
-            *,
-            shared=None,
-            shared_gate=None,
-            bias=None,
-            routing_override=None,
-            return_routing=False,
-            **routing,
-        ):
-            has = {
-                "bias": bias is not None,
-                "shared": shared is not None,
-                "shared_gate": shared_gate is not None,
-                "override": False,
-            }
-            extra = [t for t in (bias, *(shared or ()), shared_gate) if t is not None]
-            return ExportableMoe(routing, has, False)(x, router_w, w_gate, w_up, w_down, *extra)
+        def moe(self, x, router_w, w_gate, w_up, w_down, spec, *, bias=None, shared=None, routing=None):
+            named = moe_inputs(bias, shared, routing)
+            result = ExportableMoe(spec, tuple(named))(x, router_w, w_gate, w_up, w_down, *named.values())
+            if routing is not None:
+                return result, routing
+            return result[0], Routing(*result[1:])
 
     return ExportOps()

@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 from harness.backend import Availability, Backend
 from harness.lazy import LazyModule, torch
 from harness.names import OPS
+from harness.op_types import Routing, RoutingSpec, moe_inputs
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,11 @@ class _OrtCall:
 
 def _first(outputs: list[torch.Tensor]) -> torch.Tensor:
     return outputs[0]
+
+
+def _routing(outputs: list[torch.Tensor]) -> Routing:
+    """A graph's (weights, ids) outputs as the contract's Routing."""
+    return Routing(outputs[0], outputs[1])
 
 
 class OrtBackend(Backend):
@@ -157,8 +163,7 @@ class OrtBackend(Backend):
         if op == "causal_lm":
             return self._llm_modules[(static["architecture"], static["dtype"], static["mode"])]
         if op == "moe":
-            has = {k: k in static["has"] and static["has"][k] for k in ("bias", "shared", "shared_gate", "override")}
-            return graphs.ExportableMoe(static["routing"], has, static["return_routing"])
+            return graphs.ExportableMoe(static["spec"], tensor_kwargs)
         return graphs.OpModule(op, static, tensor_kwargs)
 
     def _invoke(self, call: _OrtCall) -> Any:
@@ -256,72 +261,19 @@ class OrtBackend(Backend):
     def swiglu(self, x: torch.Tensor) -> torch.Tensor:
         return self._invoke(_OrtCall("swiglu", [x], {}, {}, _first))
 
-    def route(
-        self,
-        logits: torch.Tensor,
-        *,
-        top_k: int,
-        scheme: str,
-        bias: torch.Tensor | None = None,
-        n_group: int = 1,
-        topk_group: int = 1,
-        scaling: float = 1.0,
-        renormalize: bool,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        static = {
-            "top_k": top_k,
-            "scheme": scheme,
-            "n_group": n_group,
-            "topk_group": topk_group,
-            "scaling": scaling,
-            "renormalize": renormalize,
-        }
-        return self._invoke(_OrtCall("route", [logits], {"bias": bias}, static, tuple))
+    def route(self, logits: torch.Tensor, spec: RoutingSpec, *, bias: torch.Tensor | None = None) -> Routing:
+        return self._invoke(_OrtCall("route", [logits], {"bias": bias}, {"spec": spec}, _routing))
 
-    def moe(
-        self,
-        x: torch.Tensor,
-        router_w: torch.Tensor,
-        w_gate: torch.Tensor,
-        w_up: torch.Tensor,
-        w_down: torch.Tensor,
-        *,
-        top_k: int,
-        scheme: str,
-        bias: torch.Tensor | None = None,
-        n_group: int = 1,
-        topk_group: int = 1,
-        scaling: float = 1.0,
-        renormalize: bool,
-        shared: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
-        shared_gate: torch.Tensor | None = None,
-        routing_override: tuple[torch.Tensor, torch.Tensor] | None = None,
-        return_routing: bool = False,
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        routing = {
-            "top_k": top_k,
-            "scheme": scheme,
-            "n_group": n_group,
-            "topk_group": topk_group,
-            "scaling": scaling,
-            "renormalize": renormalize,
-        }
-        extra: dict[str, torch.Tensor | None] = {"bias": bias}
-        if shared is not None:
-            extra.update(shared_w_gate=shared[0], shared_w_up=shared[1], shared_w_down=shared[2])
-        extra["shared_gate"] = shared_gate
-        if routing_override is not None:
-            extra.update(route_weights=routing_override[0].float(), route_ids=routing_override[1].long())
-        has = {
-            "bias": bias is not None,
-            "shared": shared is not None,
-            "shared_gate": shared_gate is not None,
-            "override": routing_override is not None,
-        }
-        static = {"routing": routing, "has": has, "return_routing": return_routing}
-        return self._invoke(
-            _OrtCall("moe", [x, router_w, w_gate, w_up, w_down], extra, static, tuple if return_routing else _first)
-        )
+    def moe(self, x, router_w, w_gate, w_up, w_down, spec, *, bias=None, shared=None, routing=None):
+        """Backend.moe (its types) as the dense MoE graph, which also outputs the routing it chose, unless one is
+        given (then that one is returned)."""
+        fed = None if routing is None else Routing(routing.weights.float(), routing.ids.long())
+        extra = moe_inputs(bias, shared, fed)
+
+        def post(outputs: list[torch.Tensor]) -> tuple[torch.Tensor, Routing]:
+            return outputs[0], routing if routing is not None else _routing(outputs[1:])
+
+        return self._invoke(_OrtCall("moe", [x, router_w, w_gate, w_up, w_down], extra, {"spec": spec}, post))
 
     def causal_lm(self, model: Any, input_ids: torch.Tensor, *, cache: Any = None, return_model: bool = False) -> Any:
         """Logits of the workload model exported whole (torch-cpu's ops bound in, MoE in the dense form).

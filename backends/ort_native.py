@@ -32,8 +32,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from harness import ops as contract
 from harness.backend import Support, UnsupportedCaseError
 from harness.backends.onnxruntime import OrtCpu
-from harness.backends.torch_cpu import TorchCpu
 from harness.lazy import torch
+from harness.op_types import Routing
 
 if TYPE_CHECKING:
     from harness.workload import Case
@@ -285,36 +285,18 @@ class OrtCpuMoe(_NativeGraphs):
     native_ops: ClassVar[frozenset[str]] = frozenset({"moe", "attention"})  # attention: ort-cpu's (required)
     fc1_layout = staticmethod(fc1_interleaved)
 
-    def moe(
-        self,
-        x: torch.Tensor,
-        router_w: torch.Tensor,
-        w_gate: torch.Tensor,
-        w_up: torch.Tensor,
-        w_down: torch.Tensor,
-        *,
-        top_k: int,
-        scheme: str,
-        bias: torch.Tensor | None = None,
-        n_group: int = 1,
-        topk_group: int = 1,
-        scaling: float = 1.0,
-        renormalize: bool,
-        shared: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
-        shared_gate: torch.Tensor | None = None,
-        routing_override: tuple[torch.Tensor, torch.Tensor] | None = None,
-        return_routing: bool = False,
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def moe(self, x, router_w, w_gate, w_up, w_down, spec, *, bias=None, shared=None, routing=None):
+        """Backend.moe (its types) on the fused op, which routes inside: the router input is the logits."""
         if x.dtype != torch.float32:
             raise UnsupportedCaseError(f"com.microsoft.MoE runs float32 only on ORT's CPU, not {x.dtype}")
         missing = [
             what
             for what, absent in (
-                (f"scheme {scheme} (softmax_topk only)", scheme != "softmax_topk"),
+                (f"scheme {spec.scheme} (softmax_topk only)", spec.scheme != "softmax_topk"),
                 ("a selection bias", bias is not None),
-                ("expert groups", n_group != 1),
-                (f"a routed scale {scaling:g}", scaling != 1.0),
-                ("a shared expert", shared is not None or shared_gate is not None),
+                ("expert groups", spec.n_group != 1),
+                (f"a routed scale {spec.scaling:g}", spec.scaling != 1.0),
+                ("a shared expert", shared is not None),
             )
             if absent
         ]
@@ -322,9 +304,9 @@ class OrtCpuMoe(_NativeGraphs):
             raise UnsupportedCaseError("com.microsoft.MoE has no " + ", ".join(missing))
         E, F, H = w_gate.shape
         logits = (x @ router_w.T).float()  # [T, E]: ORT's router input is the logits (it applies the softmax)
-        if routing_override is not None:
-            logits = _forcing_logits(*routing_override, E, renormalize)
-        key = {"op": "MoE", "k": top_k, "normalize": renormalize, "dims": (E, F, H)}
+        if routing is not None:
+            logits = _forcing_logits(routing.weights, routing.ids, E, spec.renormalize)
+        key = {"op": "MoE", "k": spec.top_k, "normalize": spec.renormalize, "dims": (E, F, H)}
 
         TensorProto, helper = _onnx()
 
@@ -334,12 +316,12 @@ class OrtCpuMoe(_NativeGraphs):
                 ["x", "router", "fc1", "", "fc2"],
                 ["y"],
                 domain=MS_DOMAIN,
-                k=top_k,
+                k=spec.top_k,
                 activation_type="swiglu",
                 swiglu_fusion=1,
                 activation_alpha=1.0,
                 activation_beta=0.0,
-                normalize_routing_weights=int(renormalize),
+                normalize_routing_weights=int(spec.renormalize),
             )
             inputs = [
                 helper.make_tensor_value_info("x", TensorProto.FLOAT, ["T", H]),
@@ -347,18 +329,40 @@ class OrtCpuMoe(_NativeGraphs):
                 helper.make_tensor_value_info("fc1", TensorProto.FLOAT, [E, 2 * F, H]),
                 helper.make_tensor_value_info("fc2", TensorProto.FLOAT, [E, H, F]),
             ]
-            return _model([node], inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["T", H])])
+            outputs = [
+                helper.make_tensor_value_info("y", TensorProto.FLOAT, ["T", H]),
+                helper.make_tensor_value_info("route_weights", TensorProto.FLOAT, ["T", spec.top_k]),
+                helper.make_tensor_value_info("route_ids", TensorProto.INT64, ["T", spec.top_k]),
+            ]
+            return _model([node, *_softmax_topk_nodes(spec.top_k, spec.renormalize)], inputs, outputs)
 
         session = self._native(key, build)
         fc1 = self.fc1_layout(w_gate, w_up)  # [E, 2F, H]
-        out = _run(session, {"x": x, "router": logits, "fc1": fc1, "fc2": w_down})[0]  # [T, H]
-        if not return_routing:
-            return out
-        if routing_override is not None:
-            weights, ids = routing_override[0].float(), routing_override[1].long()
-        else:  # the rule the op applies (softmax, top-k, renormalize), recomputed: the op does not output it
-            weights, ids = TorchCpu().route(logits, top_k=top_k, scheme=scheme, renormalize=renormalize)
-        return out, weights, ids
+        out, weights, ids = _run(session, {"x": x, "router": logits, "fc1": fc1, "fc2": w_down})  # [T, H], [T, k] x2
+        return out, routing if routing is not None else Routing(weights, ids)
+
+
+def _softmax_topk_nodes(k: int, renormalize: bool) -> list[Any]:
+    """Nodes beside the MoE op computing the routing it applies (it does not output it): softmax of `router`,
+    top k (ONNX's TopK breaks ties to the lower index, as the contract does), renormalized when asked."""
+    TensorProto, helper = _onnx()
+
+    def const(name: str, value: int) -> Any:
+        return helper.make_node("Constant", [], [name], value=helper.make_tensor(name, TensorProto.INT64, [1], [value]))
+
+    last = "route_weights_raw" if renormalize else "route_weights"
+    nodes = [
+        const("route_k", k),
+        helper.make_node("Softmax", ["router"], ["route_probs"], axis=-1),
+        helper.make_node("TopK", ["route_probs", "route_k"], [last, "route_ids"], axis=-1, largest=1, sorted=1),
+    ]
+    if renormalize:
+        nodes += [
+            const("route_axis", -1),
+            helper.make_node("ReduceSum", [last, "route_axis"], ["route_sum"], keepdims=1),  # [T, 1]
+            helper.make_node("Div", [last, "route_sum"], ["route_weights"]),
+        ]
+    return nodes
 
 
 def _forcing_logits(weights: torch.Tensor, ids: torch.Tensor, experts: int, renormalize: bool) -> torch.Tensor:

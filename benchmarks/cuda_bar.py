@@ -34,6 +34,7 @@ from harness.backends.cuda.attention import KERNELS
 from harness.backends.cuda.backend import Cuda
 from harness.backends.cuda.timing import CudaTimer
 from harness.models.attention import AttentionShape
+from harness.op_types import Experts
 from harness.timing import TimingConfig, measure
 from harness.torch_backend import TorchBackend
 from harness.workload import WorkloadRegistry
@@ -149,6 +150,12 @@ def decode_rows(backend: Cuda, config: TimingConfig) -> list[dict[str, Any]]:
     return rows
 
 
+def straightforward_moe(backend: Cuda, x: Any, router_w: Any, *weights: Any, spec: Any, **kw: Any) -> Any:
+    """The layer as torch-cpu computes it (route, a loop over experts, index_add_) on the backend's device."""
+    routing = backend.route(backend.router_logits(x, router_w), spec, bias=kw.get("bias"))
+    return TorchBackend.experts(backend, x, Experts(*weights), routing, kw.get("shared")), routing
+
+
 def moe_rows(backend: Cuda, config: TimingConfig) -> list[dict[str, Any]]:
     rows = []
     for name, bar in (("qwen3-moe", 250.0), ("mixtral", 550.0)):
@@ -168,7 +175,7 @@ def moe_rows(backend: Cuda, config: TimingConfig) -> list[dict[str, Any]]:
                 "meets_bar": flops / sec / 1e12 >= bar,
             }
         )
-        straightforward = lambda args=args, kwargs=kwargs: TorchBackend.moe(backend, *args, **kwargs)  # noqa: E731
+        straightforward = lambda args=args, kwargs=kwargs: straightforward_moe(backend, *args, **kwargs)  # noqa: E731
         straightforward()
         sec, method = timed(straightforward, backend, TimingConfig(budget_s=config.budget_s), graphs=False)
         rows.append(

@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
                 dtype = DTYPES[dtype_name]
                 inputs = workload.make_inputs(shape, dtype, 0, "normal")
                 op_args, op_kwargs = workload.split_args(inputs, shape)
-                ours = backend.moe(*op_args, **op_kwargs)
+                ours, _ = backend.moe(*op_args, **op_kwargs)
                 fns: dict[str, Callable[[], object]] = {
                     "torch-cpu": lambda a=op_args, k=op_kwargs: backend.moe(*a, **k)
                 }

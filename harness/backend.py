@@ -21,6 +21,7 @@ from harness.backend_options import BackendOption, parse_options
 from harness.dtypes import DTYPES  # re-exported: plugins import it from here
 from harness.lazy import torch
 from harness.names import OPS, BadInputError
+from harness.op_types import Experts, Routing, RoutingSpec, SharedExpert
 from harness.plugins import PluginError, entry_points, import_plugin
 from harness.timing import Timer, TimingConfig, WallClockTimer
 
@@ -87,9 +88,10 @@ class Backend(abc.ABC):
     5. `environment()`: library versions, device name, driver / toolkit versions, as a flat JSON-able dict.
     6. The ops (`attention` is required; `rms_norm`, `rope`, `swiglu`, `route`, `moe`: override what you
        implement) with exactly the semantics of harness/ops.py. Ops you do not override are reported as
-       unsupported, so cases using them are skipped with a reason rather than failing. `moe` must honour
-       `routing_override` (parity forces the reference's routing to separate arithmetic from routing flips)
-       and `return_routing` (return the routing it applied, so flips can be counted).
+       unsupported, so cases using them are skipped with a reason rather than failing. `route` and `moe` take
+       a `RoutingSpec` and return a `Routing` (harness.ops); `moe` returns (output, the Routing it applied)
+       and must apply a given `routing` exactly (parity forces the reference's routing to separate arithmetic
+       from routing flips) and return that one.
     7. Optionally `supports(case)` for finer refusals (a shape limit, a dtype a given op lacks): call
        `super().supports(case)` first; return `Support(False, "why")` for a skip. A refusal found only by trying
        (a vendor kernel rejecting the shape) is `raise UnsupportedCaseError("why")` from the op: also a skip.
@@ -125,7 +127,10 @@ class Backend(abc.ABC):
     @classmethod
     def implemented_ops(cls) -> frozenset[str]:
         """The contract ops this class overrides; derived, so it cannot drift from the code."""
-        return frozenset(op for op in OPS if getattr(cls, op, None) is not getattr(Backend, op, None))
+        hooks = {op: (op,) for op in OPS} | {"moe": ("moe", "experts")}  # moe's default runs route + experts
+        return frozenset(
+            op for op in OPS if any(getattr(cls, m, None) is not getattr(Backend, m, None) for m in hooks[op])
+        )
 
     @classmethod
     def capabilities(cls) -> dict[str, Any]:
@@ -230,19 +235,8 @@ class Backend(abc.ABC):
     def swiglu(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError(f"{self.name} does not implement swiglu")
 
-    def route(
-        self,
-        logits: torch.Tensor,
-        *,
-        top_k: int,
-        scheme: str,
-        bias: torch.Tensor | None = None,
-        n_group: int = 1,
-        topk_group: int = 1,
-        scaling: float = 1.0,
-        renormalize: bool,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """[T,E] logits -> (weights [T,k], ids [T,k] int64); see harness.ops.route."""
+    def route(self, logits: torch.Tensor, spec: RoutingSpec, *, bias: torch.Tensor | None = None) -> Routing:
+        """[T,E] logits -> Routing(weights [T,k], ids [T,k] int64); see harness.ops.route."""
         raise NotImplementedError(f"{self.name} does not implement route")
 
     def moe(
@@ -252,21 +246,28 @@ class Backend(abc.ABC):
         w_gate: torch.Tensor,
         w_up: torch.Tensor,
         w_down: torch.Tensor,
+        spec: RoutingSpec,
         *,
-        top_k: int,
-        scheme: str,
         bias: torch.Tensor | None = None,
-        n_group: int = 1,
-        topk_group: int = 1,
-        scaling: float = 1.0,
-        renormalize: bool,
-        shared: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
-        shared_gate: torch.Tensor | None = None,
-        routing_override: tuple[torch.Tensor, torch.Tensor] | None = None,
-        return_routing: bool = False,
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """[T,H] -> [T,H]; see harness.ops.moe. With `return_routing`, also the (weights [T,k], ids [T,k])
-        the layer actually applied, so parity can compare routing decisions token by token."""
+        shared: SharedExpert | None = None,
+        routing: Routing | None = None,
+    ) -> tuple[torch.Tensor, Routing]:
+        """[T,H] -> ([T,H], the Routing applied); see harness.ops.moe. A given `routing` is applied as is and
+        returned; without one, the Routing the layer chose, so parity can compare decisions token by token.
+
+        The default routes (unless given a routing) with `route` on `router_logits`, then runs `experts`: a
+        backend overrides those, or `moe` itself when its kernel routes inside (a fused MoE op, an exported graph)."""
+        if routing is None:
+            routing = self.route(self.router_logits(x, router_w), spec, bias=bias)
+        return self.experts(x, Experts(w_gate, w_up, w_down), routing, shared), routing
+
+    def router_logits(self, x: torch.Tensor, router_w: torch.Tensor) -> torch.Tensor:
+        """The [T, E] logits `moe` routes on: float32, as transformers' routers score whatever the case dtype."""
+        return (x @ router_w.T).float()
+
+    def experts(self, x: torch.Tensor, experts: Experts, routing: Routing, shared: SharedExpert | None) -> torch.Tensor:
+        """The MoE layer after routing: the chosen SwiGLU experts combined with `routing`'s weights, plus the
+        shared expert when given (SharedExpert.apply): [T, H] in the dtype of x."""
         raise NotImplementedError(f"{self.name} does not implement moe")
 
     def causal_lm(self, model: Any, input_ids: torch.Tensor, *, cache: Any = None, return_model: bool = False) -> Any:
@@ -280,6 +281,40 @@ class Backend(abc.ABC):
 
 class RegistryError(BadInputError):
     """Bad registry use: an unknown name, a duplicate name, a plugin without backends."""
+
+
+# Keywords of route / moe before RoutingSpec: a plugin written against them is refused with the new signature.
+OLD_ROUTING_KEYWORDS = frozenset(
+    [
+        *("top_k", "scheme", "n_group", "topk_group", "scaling", "renormalize"),  # now RoutingSpec's fields
+        *("shared_gate", "routing_override", "return_routing"),  # now SharedExpert.gate, routing=, always returned
+    ]
+)
+NEW_ROUTING_SIGNATURES = {
+    "route": "route(logits, spec: RoutingSpec, *, bias=None) -> Routing",
+    "moe": "moe(x, router_w, w_gate, w_up, w_down, spec: RoutingSpec, *, bias=None, shared: SharedExpert | None "
+    "= None, routing: Routing | None = None) -> (out, Routing)",
+}
+
+
+def _old_routing_signature(cls: type[Backend]) -> str:
+    """What is wrong when a class implements `route` / `moe` with the keyword signature used before RoutingSpec
+    (top_k=, scheme=, ..., routing_override=, return_routing=); "" when nothing is."""
+    for op, new in NEW_ROUTING_SIGNATURES.items():
+        method = getattr(cls, op)
+        if method is getattr(Backend, op):
+            continue
+        params = inspect.signature(method).parameters
+        old = sorted(OLD_ROUTING_KEYWORDS & set(params))
+        catch_all = any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in params.values())
+        if old or not (catch_all or "spec" in params):
+            found = f"takes {', '.join(old)}" if old else "has no `spec` parameter"
+            return (
+                f"implements {op} with the old signature ({found}): route and moe now take the routing "
+                f"arguments as one harness.ops.RoutingSpec and moe always returns (out, Routing); "
+                f"implement {new}"
+            )
+    return ""
 
 
 @dataclass(frozen=True)
@@ -305,6 +340,9 @@ class BackendRegistry:
             )
         if not cls.name:
             raise RegistryError(f"{origin}: backend class {cls.__name__} has no `name`")
+        outdated = _old_routing_signature(cls)
+        if outdated:
+            raise RegistryError(f"{origin}: backend class {cls.__name__} {outdated}")
         unknown = set(cls.dtypes) - set(DTYPES)
         if unknown:
             raise RegistryError(

@@ -5,25 +5,20 @@ engine compares against. They are written from the math (no fused kernels, no SD
 host CPU, and validate their inputs so a malformed tensor gets a message naming it instead of a broadcast error.
 
 The op and input names are public API: users pass their own tensors by these names (`--inputs x.safetensors`).
+`route` and `moe` take their routing arguments as one RoutingSpec, a forced routing as a Routing and the shared
+expert as a SharedExpert (harness/op_types.py); `moe` returns its output with the Routing it applied.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any
 
 from harness.lazy import torch
-from harness.names import ROPE_STYLES, ROUTING_SCHEMES
+from harness.names import ROPE_STYLES
 
-
-class ContractError(ValueError):
-    """Inputs that violate the kernel contract (wrong rank, inconsistent dims, bad dtype)."""
-
-
-def _require(cond: bool, message: str) -> None:
-    if not cond:
-        raise ContractError(message)
+# The contract's value types, re-exported: `from harness.ops import RoutingSpec` is the documented spelling.
+from harness.op_types import ContractError, Experts, Routing, RoutingSpec, SharedExpert, require
 
 
 def check_attention_inputs(
@@ -37,33 +32,33 @@ def check_attention_inputs(
 ) -> None:
     """Validate the attention signature; messages name the tensor, what was expected and what was given."""
     for name, t in (("q", q), ("k", k), ("v", v)):
-        _require(t.dim() == 4, f"attention input {name}: expected 4 dims [B,H,S,D], got shape {list(t.shape)}")
-        _require(t.is_floating_point(), f"attention input {name}: expected a floating dtype, got {t.dtype}")
+        require(t.dim() == 4, f"attention input {name}: expected 4 dims [B,H,S,D], got shape {list(t.shape)}")
+        require(t.is_floating_point(), f"attention input {name}: expected a floating dtype, got {t.dtype}")
     B, Hq, _, D = q.shape
     _, Hkv, Skv, _ = k.shape
-    _require(
+    require(
         k.shape[0] == B and k.shape[3] == D,
         f"attention input k: expected shape [{B}, Hkv, Skv, {D}] (B and D of q), got {list(k.shape)}",
     )
-    _require(
+    require(
         v.shape[0] == B and v.shape[1] == Hkv and v.shape[2] == Skv,
         f"attention input v: expected shape [{B}, {Hkv}, {Skv}, Dv] (B, Hkv, Skv of k), got {list(v.shape)}",
     )
-    _require(Hkv > 0 and Hq % Hkv == 0, f"attention: Hq={Hq} must be a multiple of Hkv={Hkv} (GQA/MQA)")
+    require(Hkv > 0 and Hq % Hkv == 0, f"attention: Hq={Hq} must be a multiple of Hkv={Hkv} (GQA/MQA)")
     if window is not None:
-        _require(causal, "attention: window requires causal=True (sliding windows look back from the diagonal)")
-        _require(window >= 1, f"attention: window must be >= 1, got {window}")
+        require(causal, "attention: window requires causal=True (sliding windows look back from the diagonal)")
+        require(window >= 1, f"attention: window must be >= 1, got {window}")
     if kv_lens is not None:
-        _require(
+        require(
             kv_lens.dim() == 1 and kv_lens.shape[0] == B,
             f"attention input kv_lens: expected shape [{B}], got {list(kv_lens.shape)}",
         )
-        _require(
+        require(
             not kv_lens.is_floating_point() and not kv_lens.is_complex(),
             f"attention input kv_lens: expected an integer dtype, got {kv_lens.dtype}",
         )
         lo, hi = int(kv_lens.min()), int(kv_lens.max())
-        _require(lo >= 0 and hi <= Skv, f"attention input kv_lens: values must lie in [0, {Skv}], got [{lo}, {hi}]")
+        require(lo >= 0 and hi <= Skv, f"attention input kv_lens: values must lie in [0, {Skv}], got [{lo}, {hi}]")
 
 
 def visible_keys(
@@ -159,7 +154,7 @@ def _key_band(first: int, end: int, sq: int, skv: int, lens: list[int], window: 
 
 def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """Reference RMSNorm (Llama convention): x / sqrt(mean(x^2) + eps) * w, over the last dim, in float64."""
-    _require(
+    require(
         w.dim() == 1 and w.shape[0] == x.shape[-1], f"rms_norm input w: expected [{x.shape[-1]}], got {list(w.shape)}"
     )
     x64 = x.detach().to("cpu", torch.float64)
@@ -184,7 +179,7 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, style: str = "ha
     cos / sin have the full head dim D and are laid out to match the style (half: cat(c, c); interleave: each
     frequency repeated twice), the convention of transformers and of torch_npu's npu_rotary_mul.
     """
-    _require(x.shape[-1] % 2 == 0, f"rope input x: the last dim must be even, got {x.shape[-1]}")
+    require(x.shape[-1] % 2 == 0, f"rope input x: the last dim must be even, got {x.shape[-1]}")
     for name, t in (("cos", cos), ("sin", sin)):
         try:
             torch.broadcast_shapes(t.shape, x.shape)
@@ -200,7 +195,7 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, style: str = "ha
 
 def swiglu(x: torch.Tensor) -> torch.Tensor:
     """Reference SwiGLU on a fused [..., 2F] input: silu(first half) * second half (npu_swiglu's convention)."""
-    _require(x.shape[-1] % 2 == 0, f"swiglu input x: the last dim must be even, got {x.shape[-1]}")
+    require(x.shape[-1] % 2 == 0, f"swiglu input x: the last dim must be even, got {x.shape[-1]}")
     x64 = x.detach().to("cpu", torch.float64)
     gate, up = x64.chunk(2, dim=-1)
     return gate * torch.sigmoid(gate) * up
@@ -209,41 +204,18 @@ def swiglu(x: torch.Tensor) -> torch.Tensor:
 # ----- Mixture of Experts -----
 
 
-@dataclass(frozen=True)
-class Routing:
-    """A routing decision: per token, k expert ids (best first) and their combine weights."""
-
-    weights: torch.Tensor  # [T, k]
-    ids: torch.Tensor  # [T, k] int64
-
-
-def check_route_args(
-    logits: torch.Tensor, *, top_k: int, scheme: str, bias: torch.Tensor | None, n_group: int, topk_group: int
-) -> None:
-    _require(logits.dim() == 2, f"route input logits: expected 2 dims [T, E], got shape {list(logits.shape)}")
+def check_route_args(logits: torch.Tensor, spec: RoutingSpec, bias: torch.Tensor | None) -> None:
+    """What a spec alone cannot check: the logits' rank, the spec against the expert count, the bias."""
+    require(logits.dim() == 2, f"route input logits: expected 2 dims [T, E], got shape {list(logits.shape)}")
     E = logits.shape[1]
-    _require(scheme in ROUTING_SCHEMES, f"route: scheme {scheme!r} is not one of: {', '.join(ROUTING_SCHEMES)}")
-    _require(1 <= top_k <= E, f"route: top_k must lie in [1, {E}], got {top_k}")
-    _require(n_group >= 1 and E % n_group == 0, f"route: n_group={n_group} must divide the {E} experts")
-    _require(1 <= topk_group <= n_group, f"route: topk_group must lie in [1, n_group={n_group}], got {topk_group}")
-    _require(
-        top_k <= topk_group * (E // n_group),
-        f"route: top_k={top_k} exceeds the {topk_group * (E // n_group)} experts of the kept groups",
-    )
-    if n_group > 1:
-        _require(E // n_group >= 2, "route: groups are ranked by their top-2 scores, so need >= 2 experts each")
+    spec.check(E)
     if bias is not None:
-        _require(bias.shape == (E,), f"route input bias: expected shape [{E}], got {list(bias.shape)}")
-        _require(scheme == "sigmoid_group_topk", "route: a correction bias is only defined for sigmoid_group_topk")
+        require(bias.shape == (E,), f"route input bias: expected shape [{E}], got {list(bias.shape)}")
+        require(spec.scheme == "sigmoid_group_topk", "route: a correction bias is only defined for sigmoid_group_topk")
 
 
 def selection_scores(
-    logits: torch.Tensor,
-    *,
-    scheme: str,
-    bias: torch.Tensor | None = None,
-    n_group: int = 1,
-    topk_group: int = 1,
+    logits: torch.Tensor, spec: RoutingSpec, *, bias: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """(scores, choice, group_scores) in the dtype and on the device of `logits`.
 
@@ -253,39 +225,29 @@ def selection_scores(
     and by torch backends (float32 on their device).
     """
     T, E = logits.shape
-    if scheme == "softmax_topk":
+    if spec.scheme == "softmax_topk":
         scores = torch.softmax(logits, dim=-1)
         return scores, scores, None
     scores = torch.sigmoid(logits)
     choice = scores + bias.to(logits) if bias is not None else scores
-    if n_group == 1:
+    if spec.n_group == 1:
         return scores, choice, None
-    grouped = choice.view(T, n_group, E // n_group)  # [T, G, E/G]
+    grouped = choice.view(T, spec.n_group, E // spec.n_group)  # [T, G, E/G]
     group_scores = grouped.topk(2, dim=-1).values.sum(dim=-1)  # [T, G]
-    keep = stable_topk_ids(group_scores, topk_group)  # [T, topk_group]
+    keep = stable_topk_ids(group_scores, spec.topk_group)  # [T, topk_group]
     group_mask = torch.zeros_like(group_scores, dtype=torch.bool).scatter_(1, keep, True)  # [T, G]
-    expert_mask = group_mask.repeat_interleave(E // n_group, dim=1)  # [T, E]
+    expert_mask = group_mask.repeat_interleave(E // spec.n_group, dim=1)  # [T, E]
     return scores, choice.masked_fill(~expert_mask, -math.inf), group_scores
 
 
-def route_scores(
-    logits: torch.Tensor,
-    *,
-    top_k: int,
-    scheme: str,
-    bias: torch.Tensor | None = None,
-    n_group: int = 1,
-    topk_group: int = 1,
-    scaling: float = 1.0,
-    renormalize: bool,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The routing rule in the dtype and on the device of `logits`: (weights [T,k], ids [T,k] int64)."""
-    scores, choice, _ = selection_scores(logits, scheme=scheme, bias=bias, n_group=n_group, topk_group=topk_group)
-    ids = stable_topk_ids(choice, top_k)  # [T, k]
+def route_scores(logits: torch.Tensor, spec: RoutingSpec, *, bias: torch.Tensor | None = None) -> Routing:
+    """The routing rule in the dtype and on the device of `logits`: weights [T,k], ids [T,k] int64."""
+    scores, choice, _ = selection_scores(logits, spec, bias=bias)
+    ids = stable_topk_ids(choice, spec.top_k)  # [T, k]
     weights = scores.gather(1, ids)  # [T, k]
-    if renormalize:
+    if spec.renormalize:
         weights = weights / weights.sum(dim=-1, keepdim=True)
-    return weights * scaling, ids
+    return Routing(weights * spec.scaling, ids)
 
 
 def stable_topk_ids(values: torch.Tensor, k: int) -> torch.Tensor:
@@ -299,41 +261,27 @@ def stable_topk_ids(values: torch.Tensor, k: int) -> torch.Tensor:
     return torch.sort(values, dim=-1, descending=True, stable=True).indices[..., :k]
 
 
-def route(
-    logits: torch.Tensor,
-    *,
-    top_k: int,
-    scheme: str,
-    bias: torch.Tensor | None = None,
-    n_group: int = 1,
-    topk_group: int = 1,
-    scaling: float = 1.0,
-    renormalize: bool,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Reference router: (weights [T,k] float64, ids [T,k] int64), ids best first.
+def route(logits: torch.Tensor, spec: RoutingSpec, *, bias: torch.Tensor | None = None) -> Routing:
+    """Reference router: weights [T,k] float64, ids [T,k] int64, ids best first.
 
     Schemes: `softmax_topk` (Mixtral, Qwen2/Qwen3-MoE) and `sigmoid_group_topk` (DeepSeek-V3; see
     selection_scores). The weights are the UNBIASED scores of the chosen experts, divided by their sum when
     `renormalize`, then times `scaling` (routed_scaling_factor). Ties: an exact tie goes to the lower expert
     index (and, between groups, to the lower group index).
     """
-    check_route_args(logits, top_k=top_k, scheme=scheme, bias=bias, n_group=n_group, topk_group=topk_group)
-    return route_scores(
-        logits.detach().to("cpu", torch.float64),
-        top_k=top_k,
-        scheme=scheme,
-        bias=None if bias is None else bias.detach().to("cpu", torch.float64),
-        n_group=n_group,
-        topk_group=topk_group,
-        scaling=scaling,
-        renormalize=renormalize,
-    )
+    check_route_args(logits, spec, bias)
+    b64 = None if bias is None else bias.detach().to("cpu", torch.float64)
+    return route_scores(logits.detach().to("cpu", torch.float64), spec, bias=b64)
 
 
 def _swiglu_mlp(x: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor) -> torch.Tensor:
-    """down(silu(gate(x)) * up(x)) with weights in nn.Linear layout: w_gate/w_up [F, H], w_down [H, F]."""
+    """down(silu(gate(x)) * up(x)) written from the math, weights in nn.Linear layout: w_gate/w_up [F, H]."""
     gate = x @ w_gate.T  # [N, F]
     return (gate * torch.sigmoid(gate) * (x @ w_up.T)) @ w_down.T  # [N, H]
+
+
+def _check_shape(name: str, t: torch.Tensor, expected: tuple[int, ...]) -> None:
+    require(tuple(t.shape) == expected, f"moe input {name}: expected shape {list(expected)}, got {list(t.shape)}")
 
 
 def check_moe_inputs(
@@ -342,54 +290,36 @@ def check_moe_inputs(
     w_gate: torch.Tensor,
     w_up: torch.Tensor,
     w_down: torch.Tensor,
-    shared: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None,
-    shared_gate: torch.Tensor | None,
-    routing_override: tuple[torch.Tensor, torch.Tensor] | None,
+    shared: SharedExpert | None = None,
+    routing: Routing | None = None,
 ) -> None:
-    _require(x.dim() == 2, f"moe input x: expected 2 dims [T, H], got shape {list(x.shape)}")
+    """Shapes of the layer's tensors, named as users pass them (shared_w_gate, route_ids, ...)."""
+    require(x.dim() == 2, f"moe input x: expected 2 dims [T, H], got shape {list(x.shape)}")
     T, H = x.shape
     E = router_w.shape[0] if router_w.dim() == 2 else -1
-    _require(
+    require(
         router_w.dim() == 2 and router_w.shape[1] == H,
         f"moe input router_w: expected shape [E, {H}], got {list(router_w.shape)}",
     )
     F = w_gate.shape[1] if w_gate.dim() == 3 else -1
-    for name, t, expected in (
-        ("w_gate", w_gate, (E, F, H)),
-        ("w_up", w_up, (E, F, H)),
-        ("w_down", w_down, (E, H, F)),
-    ):
-        _require(tuple(t.shape) == expected, f"moe input {name}: expected shape {list(expected)}, got {list(t.shape)}")
+    for name, t, expected in (("w_gate", w_gate, (E, F, H)), ("w_up", w_up, (E, F, H)), ("w_down", w_down, (E, H, F))):
+        _check_shape(name, t, expected)
     if shared is not None:
-        sg, su, sd = shared
-        Fs = sg.shape[0] if sg.dim() == 2 else -1
-        for name, t, expected in (
-            ("shared_w_gate", sg, (Fs, H)),
-            ("shared_w_up", su, (Fs, H)),
-            ("shared_w_down", sd, (H, Fs)),
-        ):
-            _require(
-                tuple(t.shape) == expected, f"moe input {name}: expected shape {list(expected)}, got {list(t.shape)}"
-            )
-    if shared_gate is not None:
-        _require(shared is not None, "moe: shared_gate needs a shared expert")
-        _require(
-            tuple(shared_gate.shape) == (1, H),
-            f"moe input shared_gate: expected shape [1, {H}], got {list(shared_gate.shape)}",
-        )
-    if routing_override is not None:
-        w, ids = routing_override
-        _require(
+        Fs = shared.w_gate.shape[0] if shared.w_gate.dim() == 2 else -1
+        for name, expected in (("w_gate", (Fs, H)), ("w_up", (Fs, H)), ("w_down", (H, Fs)), ("gate", (1, H))):
+            t = getattr(shared, name)
+            if t is not None:
+                _check_shape("shared_gate" if name == "gate" else f"shared_{name}", t, expected)
+    if routing is not None:
+        w, ids = routing.weights, routing.ids
+        require(
             w.dim() == 2 and w.shape[0] == T, f"moe input route_weights: expected shape [{T}, k], got {list(w.shape)}"
         )
-        _require(
-            tuple(ids.shape) == tuple(w.shape),
-            f"moe input route_ids: expected shape {list(w.shape)}, got {list(ids.shape)}",
-        )
-        _require(not ids.is_floating_point(), f"moe input route_ids: expected an integer dtype, got {ids.dtype}")
+        _check_shape("route_ids", ids, tuple(w.shape))
+        require(not ids.is_floating_point(), f"moe input route_ids: expected an integer dtype, got {ids.dtype}")
         if ids.numel():
             lo, hi = int(ids.min()), int(ids.max())
-            _require(lo >= 0 and hi < E, f"moe input route_ids: values must lie in [0, {E - 1}], got [{lo}, {hi}]")
+            require(lo >= 0 and hi < E, f"moe input route_ids: values must lie in [0, {E - 1}], got [{lo}, {hi}]")
 
 
 def moe(
@@ -398,53 +328,38 @@ def moe(
     w_gate: torch.Tensor,
     w_up: torch.Tensor,
     w_down: torch.Tensor,
+    spec: RoutingSpec,
     *,
-    top_k: int,
-    scheme: str,
     bias: torch.Tensor | None = None,
-    n_group: int = 1,
-    topk_group: int = 1,
-    scaling: float = 1.0,
-    renormalize: bool,
-    shared: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
-    shared_gate: torch.Tensor | None = None,
-    routing_override: tuple[torch.Tensor, torch.Tensor] | None = None,
-) -> torch.Tensor:
-    """Reference MoE layer in float64: [T, H] -> [T, H].
+    shared: SharedExpert | None = None,
+    routing: Routing | None = None,
+) -> tuple[torch.Tensor, Routing]:
+    """Reference MoE layer in float64: [T, H] -> ([T, H], the Routing applied: `routing` itself when given).
 
-    Router logits x @ router_w^T, routed by `route` (or `routing_override=(weights, ids)`), each chosen expert a
-    SwiGLU MLP, outputs combined with the routing weights; plus the shared expert when given, scaled by
-    sigmoid(x @ shared_gate^T) when `shared_gate` [1, H] is given (Qwen2-MoE) and added as is otherwise
-    (DeepSeek-V3). Loops over experts, never over tokens.
+    Router logits x @ router_w^T, routed by `route` (unless `routing` is given), each chosen expert a SwiGLU
+    MLP, outputs combined with the routing weights; plus the shared expert when given (see `experts`).
     """
-    check_moe_inputs(x, router_w, w_gate, w_up, w_down, shared, shared_gate, routing_override)
+    check_moe_inputs(x, router_w, w_gate, w_up, w_down, shared, routing)
+    if routing is None:
+        logits = x.detach().to("cpu", torch.float64) @ router_w.detach().to("cpu", torch.float64).T  # [T, E]
+        routing = route(logits, spec, bias=bias)
+    return experts(x, Experts(w_gate, w_up, w_down), routing, shared), routing
+
+
+def experts(x: torch.Tensor, weights: Experts, routing: Routing, shared: SharedExpert | None) -> torch.Tensor:
+    """Reference MoE layer after routing, in float64: the chosen experts combined with the routing's weights,
+    plus the shared expert when given: [T, H]. Loops over experts, never over tokens."""
     x64 = x.detach().to("cpu", torch.float64)  # [T, H]
-    if routing_override is None:
-        logits = x64 @ router_w.detach().to("cpu", torch.float64).T  # [T, E]
-        weights, ids = route(
-            logits,
-            top_k=top_k,
-            scheme=scheme,
-            bias=bias,
-            n_group=n_group,
-            topk_group=topk_group,
-            scaling=scaling,
-            renormalize=renormalize,
-        )
-    else:
-        weights = routing_override[0].detach().to("cpu", torch.float64)
-        ids = routing_override[1].detach().to("cpu", torch.long)
+    combine = routing.weights.detach().to("cpu", torch.float64)  # [T, k]
+    ids = routing.ids.detach().to("cpu", torch.long)  # [T, k]
     out = torch.zeros_like(x64)  # [T, H]
-    wg, wu, wd = (w.detach().to("cpu", torch.float64) for w in (w_gate, w_up, w_down))
+    wg, wu, wd = weights.map(lambda t: t.detach().to("cpu", torch.float64)).tensors()
     for e in torch.unique(ids).tolist():
         tok, slot = (ids == e).nonzero(as_tuple=True)  # tokens routed to e, and which of their k slots
         y = _swiglu_mlp(x64[tok], wg[e], wu[e], wd[e])  # [n_e, H]
-        out.index_add_(0, tok, y * weights[tok, slot, None])
+        out.index_add_(0, tok, y * combine[tok, slot, None])
     if shared is not None:
-        s = _swiglu_mlp(x64, *(w.detach().to("cpu", torch.float64) for w in shared))  # [T, H]
-        if shared_gate is not None:
-            s = s * torch.sigmoid(x64 @ shared_gate.detach().to("cpu", torch.float64).T)  # [T, 1] gate
-        out = out + s
+        out = out + shared.map(lambda t: t.detach().to("cpu", torch.float64)).apply(x64, _swiglu_mlp)  # [T, H]
     return out
 
 

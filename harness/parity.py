@@ -15,6 +15,7 @@ from typing import Any
 from harness import ops
 from harness.lazy import torch
 from harness.names import DEFAULT_AGAINST_RATIO
+from harness.op_types import Routing, RoutingSpec, TensorGroup
 
 # Unit roundoff of each dtype: the relative error of one rounding.
 UNIT_ROUNDOFF = {"float64": 2.0**-53, "float32": 2.0**-24, "bfloat16": 2.0**-8, "float16": 2.0**-11}
@@ -281,6 +282,8 @@ def all_bitwise_equal(a: Any, b: Any) -> bool:
         return isinstance(b, torch.Tensor) and bitwise_equal(a, b)
     if isinstance(a, (tuple, list)):
         return len(a) == len(b) and all(all_bitwise_equal(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, TensorGroup):  # a Routing
+        return type(a) is type(b) and all_bitwise_equal(a.tensors(), b.tensors())
     return a == b
 
 
@@ -311,12 +314,9 @@ class RoutingReport:
 def routing_near_ties(
     logits: torch.Tensor,
     dtype: str,
+    spec: RoutingSpec,
     *,
-    top_k: int,
-    scheme: str,
     bias: torch.Tensor | None = None,
-    n_group: int = 1,
-    topk_group: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per token: (near-tie bool [T], tolerance in logits [T]) from the reference's float64 logits.
 
@@ -325,13 +325,11 @@ def routing_near_ties(
     """
     l64 = logits.detach().to("cpu", torch.float64)  # [T, E]
     tol = NEAR_TIE_FACTOR * UNIT_ROUNDOFF[dtype] * l64.abs().amax(dim=-1).clamp(min=1.0)  # [T]
-    if scheme == "softmax_topk":
+    if spec.scheme == "softmax_topk":
         choice, group_scores, choice_tol = l64, None, tol
     else:
         b64 = None if bias is None else bias.detach().to("cpu", torch.float64)
-        _, choice, group_scores = ops.selection_scores(
-            l64, scheme=scheme, bias=b64, n_group=n_group, topk_group=topk_group
-        )
+        _, choice, group_scores = ops.selection_scores(l64, spec, bias=b64)
         choice_tol = SIGMOID_MAX_SLOPE * tol
 
     def boundary_gap(values: torch.Tensor, k: int) -> torch.Tensor:
@@ -341,9 +339,9 @@ def routing_near_ties(
         gap = ranked[:, k - 1] - ranked[:, k]
         return torch.where(torch.isfinite(ranked[:, k]), gap, torch.full_like(gap, math.inf))
 
-    near = boundary_gap(choice, top_k) < choice_tol
+    near = boundary_gap(choice, spec.top_k) < choice_tol
     if group_scores is not None:
-        near |= boundary_gap(group_scores, topk_group) < 2 * choice_tol  # a group score sums two choices
+        near |= boundary_gap(group_scores, spec.topk_group) < 2 * choice_tol  # a group score sums two choices
     return near, tol
 
 
@@ -354,22 +352,22 @@ def _by_expert(weights: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, 
 
 
 def compare_routing(
-    out: tuple[torch.Tensor, torch.Tensor],
-    ref: tuple[torch.Tensor, torch.Tensor],
+    out: Routing,
+    ref: Routing,
     near_ties: torch.Tensor,
     tolerance: torch.Tensor,
     budget: Budget,
 ) -> tuple[RoutingReport, torch.Tensor, Metrics | None, tuple[Failure, ...]]:
     """Routing agreement and near-ties: (report, agreement mask [T], metrics of the agreeing tokens' combine
     weights or None when no token agrees, failures: unexplained disagreements or a malformed routing)."""
-    tokens = ref[1].shape[0]
-    if tuple(out[0].shape) != tuple(ref[1].shape) or tuple(out[1].shape) != tuple(ref[1].shape):
-        detail = f"weights {list(out[0].shape)} and ids {list(out[1].shape)}; expected {list(ref[1].shape)}"
+    tokens = ref.ids.shape[0]
+    if tuple(out.weights.shape) != tuple(ref.ids.shape) or tuple(out.ids.shape) != tuple(ref.ids.shape):
+        detail = f"weights {list(out.weights.shape)} and ids {list(out.ids.shape)}; expected {list(ref.ids.shape)}"
         report = RoutingReport(tokens, 0.0, tokens, int(near_ties.sum()), 0, tokens, [], math.nan, 0.0)
         failure = Failure("routing_shape", 0.0, 0.0, detail=detail)
         return report, torch.zeros(tokens, dtype=torch.bool), None, (failure,)
-    out_w, out_ids = _by_expert(*out)
-    ref_w, ref_ids = _by_expert(*ref)
+    out_w, out_ids = _by_expert(out.weights, out.ids)
+    ref_w, ref_ids = _by_expert(ref.weights, ref.ids)
     agree = (out_ids == ref_ids).all(dim=-1)  # [T]
     disagree = ~agree
     unexplained = disagree & ~near_ties

@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 from harness import ops as contract
 from harness.backend import Backend
 from harness.lazy import F, torch
+from harness.op_types import Experts, Routing, RoutingSpec, SharedExpert
 
 
 class TorchBackend(Backend):
@@ -73,68 +74,17 @@ class TorchBackend(Backend):
         gate, up = x.chunk(2, dim=-1)
         return F.silu(gate) * up
 
-    def route(
-        self,
-        logits: torch.Tensor,
-        *,
-        top_k: int,
-        scheme: str,
-        bias: torch.Tensor | None = None,
-        n_group: int = 1,
-        topk_group: int = 1,
-        scaling: float = 1.0,
-        renormalize: bool,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def route(self, logits: torch.Tensor, spec: RoutingSpec, *, bias: torch.Tensor | None = None) -> Routing:
         # Scores in float32 whatever the case dtype, as transformers' routers do; weights back in the case dtype.
-        weights, ids = contract.route_scores(
-            logits.float(),
-            top_k=top_k,
-            scheme=scheme,
-            bias=None if bias is None else bias.float(),
-            n_group=n_group,
-            topk_group=topk_group,
-            scaling=scaling,
-            renormalize=renormalize,
-        )
-        return weights.to(logits.dtype), ids
+        chosen = contract.route_scores(logits.float(), spec, bias=None if bias is None else bias.float())
+        return Routing(chosen.weights.to(logits.dtype), chosen.ids)
 
-    def moe(
-        self,
-        x: torch.Tensor,
-        router_w: torch.Tensor,
-        w_gate: torch.Tensor,
-        w_up: torch.Tensor,
-        w_down: torch.Tensor,
-        *,
-        top_k: int,
-        scheme: str,
-        bias: torch.Tensor | None = None,
-        n_group: int = 1,
-        topk_group: int = 1,
-        scaling: float = 1.0,
-        renormalize: bool,
-        shared: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
-        shared_gate: torch.Tensor | None = None,
-        routing_override: tuple[torch.Tensor, torch.Tensor] | None = None,
-        return_routing: bool = False,
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def experts(self, x: torch.Tensor, experts: Experts, routing: Routing, shared: SharedExpert | None) -> torch.Tensor:
         """Sort token slots by expert, run each expert on its contiguous segment, combine with index_add_."""
         T, H = x.shape
+        w_gate, w_up, w_down = experts.tensors()
         E = w_gate.shape[0]
-        if routing_override is None:
-            logits = x @ router_w.T  # [T, E] in the case dtype
-            weights, ids = self.route(
-                logits.float(),
-                top_k=top_k,
-                scheme=scheme,
-                bias=bias,
-                n_group=n_group,
-                topk_group=topk_group,
-                scaling=scaling,
-                renormalize=renormalize,
-            )  # float32 [T, k], int64 [T, k]
-        else:
-            weights, ids = routing_override[0].float(), routing_override[1].long()
+        weights, ids = routing.weights.float(), routing.ids.long()  # [T, k]
         k = ids.shape[1]
         flat = ids.reshape(-1)  # [T*k] expert of each (token, slot)
         order = torch.argsort(flat, stable=True)  # slots grouped by expert
@@ -151,13 +101,8 @@ class TorchBackend(Backend):
         combined = torch.zeros(T, H, dtype=torch.float32, device=x.device)  # accumulate in float32
         combined.index_add_(0, token, expert_out.float() * weights.reshape(-1)[order, None])
         if shared is not None:
-            s_gate, s_up, s_down = shared
-            shared_out = (F.silu(x @ s_gate.T) * (x @ s_up.T)) @ s_down.T  # [T, H]
-            if shared_gate is not None:
-                shared_out = shared_out * torch.sigmoid(x @ shared_gate.T)  # [T, 1] gate
-            combined += shared_out.float()
-        out = combined.to(x.dtype)
-        return (out, weights, ids) if return_routing else out
+            combined += shared.apply(x).float()  # [T, H]
+        return combined.to(x.dtype)
 
     def causal_lm(self, model: Any, input_ids: torch.Tensor, *, cache: Any = None, return_model: bool = False) -> Any:
         """The workload model in the case dtype on this device, with this backend's ops bound into it."""

@@ -20,6 +20,7 @@ from harness import parity
 from harness.dtypes import DTYPES
 from harness.lazy import torch
 from harness.names import DISTRIBUTIONS, OPS, BadInputError
+from harness.op_types import TensorGroup
 from harness.plugins import PluginError, entry_points
 
 log = logging.getLogger(__name__)
@@ -101,6 +102,8 @@ def map_tensors(value: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
     """Apply fn to every tensor in a (nested) tuple / list / dict; other values (a model) pass through."""
     if isinstance(value, torch.Tensor):
         return fn(value)
+    if isinstance(value, TensorGroup):  # a Routing, a SharedExpert
+        return value.map(fn)
     if isinstance(value, (tuple, list)):
         return type(value)(map_tensors(v, fn) for v in value)
     if isinstance(value, dict):

@@ -1,4 +1,4 @@
-"""transformers' own MoE blocks <-> the kernel contract's input names, for the four routing schemes.
+"""transformers' own MoE blocks <-> the kernel contract's input names, for four model families.
 
 Used to check the reference against transformers (tests), to benchmark torch-cpu beside transformers on the same
 weights, and by LLM workloads that route a model's MoE layers through a backend's `moe` op. transformers is
@@ -13,12 +13,13 @@ import torch
 
 from harness.models.shapes import MoeDims
 
-SCHEMES = ("mixtral", "qwen3-moe", "qwen2-moe", "deepseek-v3")
+FAMILIES = ("mixtral", "qwen3-moe", "qwen2-moe", "deepseek-v3")  # each block class, named by its model family
 
 
-def build_block(scheme: str, dims: MoeDims, *, implementation: str = "eager") -> torch.nn.Module:
-    """An uninitialized transformers MoE block for `scheme` with `dims`; `implementation` is transformers'
-    experts implementation (eager loops over experts and runs in float64; grouped_mm is its fast default)."""
+def build_block(family: str, dims: MoeDims, *, implementation: str = "eager") -> torch.nn.Module:
+    """An uninitialized transformers MoE block of the model `family` (one of FAMILIES) with `dims`;
+    `implementation` is transformers' experts implementation (eager loops over experts and runs in float64;
+    grouped_mm is its fast default)."""
     from transformers import DeepseekV3Config, MixtralConfig, Qwen2MoeConfig, Qwen3MoeConfig
     from transformers.models.deepseek_v3.modeling_deepseek_v3 import DeepseekV3MoE
     from transformers.models.mixtral.modeling_mixtral import MixtralSparseMoeBlock
@@ -26,14 +27,14 @@ def build_block(scheme: str, dims: MoeDims, *, implementation: str = "eager") ->
     from transformers.models.qwen3_moe.modeling_qwen3_moe import Qwen3MoeSparseMoeBlock
 
     common: dict[str, Any] = {"hidden_size": dims.h, "num_experts_per_tok": dims.top_k}
-    if scheme == "mixtral":
+    if family == "mixtral":
         config, cls = MixtralConfig(intermediate_size=dims.f, num_local_experts=dims.e, **common), MixtralSparseMoeBlock
-    elif scheme == "qwen3-moe":
+    elif family == "qwen3-moe":
         config = Qwen3MoeConfig(
             moe_intermediate_size=dims.f, num_experts=dims.e, norm_topk_prob=dims.renormalize, **common
         )
         cls = Qwen3MoeSparseMoeBlock
-    elif scheme == "qwen2-moe":
+    elif family == "qwen2-moe":
         config = Qwen2MoeConfig(
             moe_intermediate_size=dims.f,
             num_experts=dims.e,
@@ -42,7 +43,7 @@ def build_block(scheme: str, dims: MoeDims, *, implementation: str = "eager") ->
             **common,
         )
         cls = Qwen2MoeSparseMoeBlock
-    elif scheme == "deepseek-v3":
+    elif family == "deepseek-v3":
         if dims.shared_f % dims.f:
             raise ValueError(f"DeepSeek-V3 shared experts come in units of F={dims.f}; got shared_f={dims.shared_f}")
         config = DeepseekV3Config(
@@ -57,7 +58,7 @@ def build_block(scheme: str, dims: MoeDims, *, implementation: str = "eager") ->
         )
         cls = DeepseekV3MoE
     else:
-        raise ValueError(f"scheme {scheme!r} is not one of: {', '.join(SCHEMES)}")
+        raise ValueError(f"model family {family!r} is not one of: {', '.join(FAMILIES)}")
     config._experts_implementation = implementation
     return cls(config)
 

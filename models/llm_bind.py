@@ -23,6 +23,7 @@ from harness import ops as oracle
 from harness.lazy import nn, torch
 from harness.models.llm_config import moe_dims
 from harness.models.shapes import MoeDims
+from harness.op_types import moe_kwargs
 from harness.workload import WorkloadError
 
 CACHE_KEYWORDS = ("cache", "past_key_values")  # transformers >= 5.24, and before
@@ -147,23 +148,8 @@ def _moe_forward(module: nn.Module, ops: Any, dims: MoeDims, hidden_states: torc
 
     shape = hidden_states.shape
     w = contract_inputs(module)
-    shared = (w["shared_w_gate"], w["shared_w_up"], w["shared_w_down"]) if "shared_w_gate" in w else None
-    out = ops.moe(
-        hidden_states.reshape(-1, shape[-1]),
-        w["router_w"],
-        w["w_gate"],
-        w["w_up"],
-        w["w_down"],
-        top_k=dims.top_k,
-        scheme=dims.scheme,
-        bias=w.get("bias"),
-        n_group=dims.n_group,
-        topk_group=dims.topk_group,
-        scaling=dims.scaling,
-        renormalize=dims.renormalize,
-        shared=shared,
-        shared_gate=w.get("shared_gate"),
-    )
+    tensors = [w[n] for n in ("router_w", "w_gate", "w_up", "w_down")]
+    out, _ = ops.moe(hidden_states.reshape(-1, shape[-1]), *tensors, dims.spec, **moe_kwargs(w))
     return out.reshape(shape)
 
 

@@ -17,6 +17,8 @@ from harness import ops as contract
 from harness import parity
 from harness.lazy import torch
 from harness.models.shapes import MOE_MODELS, MoeDims
+from harness.names import OPS
+from harness.op_types import Routing, moe_kwargs
 from harness.workload import Call, CaseInputs, Evaluation, Workload, WorkloadError, evaluate_tensor, random_tensor
 
 ROUTER_SCALE = 1.0  # router logits ~ N(0, 1) on normal inputs
@@ -37,17 +39,6 @@ class MoeShape:
         text += " bias" if d.bias else ""
         text += f" shared{d.shared_f}" + ("(gated)" if d.shared_gate else "") if d.shared_f else ""
         return text
-
-    def routing_kwargs(self) -> dict[str, Any]:
-        d = self.dims
-        return {
-            "top_k": d.top_k,
-            "scheme": d.scheme,
-            "n_group": d.n_group,
-            "topk_group": d.topk_group,
-            "scaling": d.scaling,
-            "renormalize": d.renormalize,
-        }
 
     def active_experts(self) -> float:
         """Expected number of experts receiving at least one token under uniform routing."""
@@ -82,15 +73,14 @@ def _weights(shape: MoeShape, dtype: torch.dtype, seed: int, distribution: str) 
     return tensors
 
 
-def _selection_kwargs(shape: MoeShape) -> dict[str, Any]:
-    """The routing arguments that decide WHICH experts are chosen (not their weights)."""
-    d = shape.dims
-    return {"top_k": d.top_k, "scheme": d.scheme, "n_group": d.n_group, "topk_group": d.topk_group}
-
-
 def _router_logits(inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
     """Float64 router logits of the exact (rounded) inputs: [T, E]."""
     return inputs["x"].double() @ inputs["router_w"].double().T
+
+
+def _is_layer_result(result: Any) -> bool:
+    """Whether a backend's moe returned what the contract says: (out, the Routing it applied)."""
+    return isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], Routing)
 
 
 class _MoeWorkload(Workload):
@@ -99,7 +89,7 @@ class _MoeWorkload(Workload):
     float32_inputs: ClassVar[tuple[str, ...]] = ("bias", "route_weights")
 
     def op_kwargs(self, shape: MoeShape) -> dict[str, Any]:
-        return shape.routing_kwargs()
+        return {"spec": shape.dims.spec}
 
     def reduction_length(self, shape: MoeShape) -> int:
         return max(shape.dims.h, shape.dims.f, shape.dims.shared_f)
@@ -107,21 +97,25 @@ class _MoeWorkload(Workload):
     def split_args(
         self, inputs: Mapping[str, torch.Tensor], shape: MoeShape
     ) -> tuple[list[torch.Tensor], dict[str, Any]]:
-        """The contract packs the shared expert and a forced routing into tuples; inputs name them flat."""
+        """The contract takes the shared expert and a given routing as one value each; inputs name them flat."""
         args, kwargs = super().split_args(inputs, shape)
-        if "shared_w_gate" in kwargs:
-            kwargs["shared"] = (kwargs.pop("shared_w_gate"), kwargs.pop("shared_w_up"), kwargs.pop("shared_w_down"))
-        if "route_weights" in kwargs:
-            kwargs["routing_override"] = (kwargs.pop("route_weights"), kwargs.pop("route_ids"))
-        return args, kwargs
+        flat = {n: kwargs.pop(n) for n in OPS[self.op].optional_inputs if n in kwargs}
+        return args, {**kwargs, **moe_kwargs(flat)}
 
-    def reference_routing(self, group: CaseInputs) -> tuple[torch.Tensor, torch.Tensor]:
+    def reference(self, inputs: Mapping[str, torch.Tensor], shape: MoeShape) -> torch.Tensor:
+        args, kwargs = self.split_args(inputs, shape)
+        return contract.moe(*args, **kwargs)[0]
+
+    def evaluate(self, call: Call, group: CaseInputs, budget: parity.Budget) -> Evaluation:
+        """The layer's output against the reference (moe returns it with its routing)."""
+        result = call()
+        out = result[0] if _is_layer_result(result) else result  # anything else fails as a malformed output
+        return evaluate_tensor(out, group.reference(), group.dtype, budget)
+
+    def reference_routing(self, group: CaseInputs) -> Routing:
         """The reference's free routing of this group's inputs (float64 weights, ids), computed once."""
-        bias = group.inputs.get("bias")
-        return group.cached(
-            "routing",
-            lambda: contract.route(_router_logits(group.inputs), bias=bias, **group.shape.routing_kwargs()),
-        )
+        bias, spec = group.inputs.get("bias"), group.shape.dims.spec
+        return group.cached("routing", lambda: contract.route(_router_logits(group.inputs), spec, bias=bias))
 
     def _expert_flops(self, shape: MoeShape) -> float:
         d = shape.dims
@@ -155,12 +149,10 @@ class _MoeWorkload(Workload):
             shared_gate="shared_gate" in tensors,
         )
         shape = MoeShape(t=x.shape[0], dims=dims)
-        args, kwargs = self.split_args(tensors, shape)
         try:
-            contract.check_moe_inputs(
-                *args, kwargs.get("shared"), kwargs.get("shared_gate"), kwargs.get("routing_override")
-            )
-            contract.check_route_args(torch.empty(0, dims.e), bias=tensors.get("bias"), **_selection_kwargs(shape))
+            args, kwargs = self.split_args(tensors, shape)
+            contract.check_moe_inputs(*args, kwargs.get("shared"), kwargs.get("routing"))
+            contract.check_route_args(torch.empty(0, dims.e), dims.spec, tensors.get("bias"))
         except contract.ContractError as exc:
             raise WorkloadError(f"{self.name}: {exc}") from None
         return shape
@@ -174,43 +166,45 @@ class MoeLayer(_MoeWorkload):
     def make_inputs(self, shape: MoeShape, dtype: torch.dtype, seed: int, distribution: str) -> dict[str, torch.Tensor]:
         return _weights(shape, dtype, seed, distribution)
 
-    def forced_routing(self, group: CaseInputs) -> tuple[torch.Tensor, torch.Tensor]:
+    def forced_routing(self, group: CaseInputs) -> Routing:
         """The reference's routing as handed to the backend: float32 weights, int64 ids."""
-        weights, ids = self.reference_routing(group)
-        return weights.float(), ids
+        chosen = self.reference_routing(group)
+        return Routing(chosen.weights.float(), chosen.ids)
 
     def reference(self, inputs: Mapping[str, torch.Tensor], shape: MoeShape) -> torch.Tensor:
         """The primary reference: the layer under the reference's routing (weights rounded to float32, as the
         backend receives them), so it measures arithmetic alone."""
         args, kwargs = self.split_args(inputs, shape)
-        weights, ids = contract.route(_router_logits(inputs), bias=inputs.get("bias"), **shape.routing_kwargs())
-        return contract.moe(*args, **kwargs, routing_override=(weights.float(), ids))
+        chosen = contract.route(_router_logits(inputs), shape.dims.spec, bias=inputs.get("bias"))
+        return contract.moe(*args, **{**kwargs, "routing": Routing(chosen.weights.float(), chosen.ids)})[0]
 
     def evaluate(self, call: Call, group: CaseInputs, budget: parity.Budget) -> Evaluation:
-        result = call(return_routing=True)
-        if not (isinstance(result, tuple) and len(result) == 3):
-            detail = f"moe(return_routing=True) must return (out, weights, ids), got {type(result).__name__}"
+        result = call()
+        if not _is_layer_result(result):
+            detail = f"moe must return (out, harness.ops.Routing), got {type(result).__name__}"
             return Evaluation(None, None, failures=(parity.Failure("output", 0, 0, detail=detail),))
-        out, weights, ids = result
+        out, routing = result
         shape, dtype = group.shape, group.dtype
         free_ref = group.cached("free_reference", lambda: super(MoeLayer, self).reference(group.inputs, shape))
         ref_routing = self.reference_routing(group)
         near, tol = group.cached(
             "near_ties",
             lambda: parity.routing_near_ties(
-                _router_logits(group.inputs), dtype, bias=group.inputs.get("bias"), **_selection_kwargs(shape)
+                _router_logits(group.inputs), dtype, shape.dims.spec, bias=group.inputs.get("bias")
             ),
         )
         routing_budget = parity.budget_for(dtype, shape.dims.e)
         report, agree, weight_metrics, failures = parity.compare_routing(
-            (weights, ids), ref_routing, near, tol, routing_budget
+            routing, ref_routing, near, tol, routing_budget
         )
         checks: tuple[parity.Check, ...] = ()
         if weight_metrics is not None:
             weights_verdict = parity.judge(weight_metrics, routing_budget, prefix="routing_weights.")
             failures += weights_verdict.failures
             checks += parity.tensor_checks(weight_metrics, routing_budget, prefix="routing_weights.")
-        forced = evaluate_tensor(call(routing_override=self.forced_routing(group)), group.reference(), dtype, budget)
+        forced_result = call(routing=self.forced_routing(group))
+        forced_out = forced_result[0] if _is_layer_result(forced_result) else forced_result  # malformed: fails below
+        forced = evaluate_tensor(forced_out, group.reference(), dtype, budget)
         details: dict[str, Any] = {"routing": report.to_record()}
         e2e = evaluate_tensor(out, free_ref, dtype, budget, prefix="e2e.")
         failures += e2e.failures
@@ -238,9 +232,9 @@ class MoeExperts(_MoeWorkload):
 
     def make_inputs(self, shape: MoeShape, dtype: torch.dtype, seed: int, distribution: str) -> dict[str, torch.Tensor]:
         tensors = _weights(shape, dtype, seed, distribution)
-        weights, ids = contract.route(_router_logits(tensors), bias=tensors.get("bias"), **shape.routing_kwargs())
-        tensors["route_weights"] = weights.float()
-        tensors["route_ids"] = ids
+        chosen = contract.route(_router_logits(tensors), shape.dims.spec, bias=tensors.get("bias"))
+        tensors["route_weights"] = chosen.weights.float()
+        tensors["route_ids"] = chosen.ids
         return tensors
 
     def flops(self, shape: MoeShape) -> float:
@@ -273,21 +267,19 @@ class MoeRoute(_MoeWorkload):
 
     def reference(self, inputs: Mapping[str, torch.Tensor], shape: MoeShape) -> torch.Tensor:
         """The primary reference: the combine weights ordered by expert id (routings compare as sets)."""
-        weights, ids = contract.route(inputs["logits"], bias=inputs.get("bias"), **shape.routing_kwargs())
-        return weights.gather(1, ids.argsort(dim=-1))
+        chosen = contract.route(inputs["logits"], shape.dims.spec, bias=inputs.get("bias"))
+        return chosen.weights.gather(1, chosen.ids.argsort(dim=-1))
 
     def evaluate(self, call: Call, group: CaseInputs, budget: parity.Budget) -> Evaluation:
         result = call()
-        if not (isinstance(result, tuple) and len(result) == 2):
-            detail = f"route must return (weights, ids), got {type(result).__name__}"
+        if not isinstance(result, Routing):
+            detail = f"route must return a harness.ops.Routing(weights, ids), got {type(result).__name__}"
             return Evaluation(None, None, failures=(parity.Failure("output", 0, 0, detail=detail),))
-        weights, ids = result
-        logits, bias, shape = group.inputs["logits"], group.inputs.get("bias"), group.shape
-        ref_routing = group.cached("routing", lambda: contract.route(logits, bias=bias, **shape.routing_kwargs()))
-        near, tol = group.cached(
-            "near_ties", lambda: parity.routing_near_ties(logits, group.dtype, bias=bias, **_selection_kwargs(shape))
-        )
-        report, _, weight_metrics, failures = parity.compare_routing((weights, ids), ref_routing, near, tol, budget)
+        weights, ids = result.weights, result.ids
+        logits, bias, spec = group.inputs["logits"], group.inputs.get("bias"), group.shape.dims.spec
+        ref_routing = group.cached("routing", lambda: contract.route(logits, spec, bias=bias))
+        near, tol = group.cached("near_ties", lambda: parity.routing_near_ties(logits, group.dtype, spec, bias=bias))
+        report, _, weight_metrics, failures = parity.compare_routing(result, ref_routing, near, tol, budget)
         if weight_metrics is None:
             failures += (parity.Failure("routing_weights", 0, 0, detail="no token's routing agrees"),)
         output = weights.gather(1, ids.argsort(dim=-1)) if weights.shape == ids.shape else None
@@ -312,7 +304,7 @@ class MoeRoute(_MoeWorkload):
             raise WorkloadError(f"{self.name}: input logits: expected 2 dims [T, E], got shape {list(logits.shape)}")
         shape = MoeShape(t=logits.shape[0], dims=replace(template.dims, e=logits.shape[1], bias="bias" in tensors))
         try:
-            contract.check_route_args(logits, bias=tensors.get("bias"), **_selection_kwargs(shape))
+            contract.check_route_args(logits, shape.dims.spec, tensors.get("bias"))
         except contract.ContractError as exc:
             raise WorkloadError(f"{self.name}: {exc}") from None
         return shape

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from harness.op_types import RoutingSpec
+
 
 @dataclass(frozen=True)
 class AttentionDims:
@@ -29,7 +31,7 @@ ATTENTION_MODELS: dict[str, AttentionDims] = {
 
 @dataclass(frozen=True)
 class MoeDims:
-    """A MoE layer's geometry and routing rule (the `route` / `moe` keyword arguments of the contract)."""
+    """A MoE layer's geometry and routing rule (`spec`: the RoutingSpec that `route` / `moe` take)."""
 
     h: int  # hidden size
     f: int  # expert intermediate size
@@ -43,6 +45,17 @@ class MoeDims:
     bias: bool = False  # a selection-only correction bias (DeepSeek-V3's e_score_correction_bias)
     shared_f: int = 0  # shared expert intermediate size; 0 = none
     shared_gate: bool = False  # sigmoid gate on the shared expert (Qwen2-MoE)
+
+    @property
+    def spec(self) -> RoutingSpec:
+        return RoutingSpec(
+            top_k=self.top_k,
+            scheme=self.scheme,
+            n_group=self.n_group,
+            topk_group=self.topk_group,
+            scaling=self.scaling,
+            renormalize=self.renormalize,
+        )
 
 
 MOE_MODELS: dict[str, MoeDims] = {

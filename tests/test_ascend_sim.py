@@ -158,9 +158,8 @@ def test_gating_top_k_groups_bias_and_scaling_match_the_reference_router() -> No
     y, idx, _ = sim.npu_moe_gating_top_k(
         x, 4, bias=bias, k_group=2, group_count=4, group_select_mode=1, norm_type=1, routed_scaling_factor=2.5
     )
-    w, ids = ops.route(
-        x, top_k=4, scheme="sigmoid_group_topk", bias=bias, n_group=4, topk_group=2, scaling=2.5, renormalize=True
-    )
+    spec = ops.RoutingSpec(top_k=4, scheme="sigmoid_group_topk", n_group=4, topk_group=2, scaling=2.5, renormalize=True)
+    w, ids = ops.route(x, spec, bias=bias).tensors()
     assert torch.equal(idx.long().sort(-1).values, ids.sort(-1).values)
     assert close(y.gather(1, idx.long().argsort(-1)), w.gather(1, ids.argsort(-1)), 1e-5)
     by_max = sim.npu_moe_gating_top_k(x, 4, bias=bias, k_group=2, group_count=4, group_select_mode=0, norm_type=1)[1]

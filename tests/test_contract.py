@@ -54,8 +54,8 @@ def backend_or_skip(name: str, op: str, dtype: str) -> Backend:
     return backend
 
 
-def run_op(backend: Backend, op: str, *args: torch.Tensor, **kwargs):
-    dev = [backend.to_device(a) for a in args]
+def run_op(backend: Backend, op: str, *args, **kwargs):
+    dev = map_tensors(list(args), backend.to_device)
     kw = map_tensors(kwargs, backend.to_device)
     try:
         out = getattr(backend, op)(*dev, **kw)
@@ -162,15 +162,14 @@ def test_plumbing(name: str) -> None:
 MOE_DIMS = {name: dims for name, dims in __import__("harness.models.moe", fromlist=["TINY"]).TINY.items()}
 
 
-def _moe_inputs(name: str, dtype: str) -> tuple[dict, dict, dict]:
+def _moe_inputs(name: str, dtype: str) -> tuple[dict, dict, ops.RoutingSpec]:
+    """The layer's tensors and its contract keywords (spec, bias, shared), packed as the workload packs them."""
     from harness.models.moe import MoeShape, _weights
+    from harness.op_types import moe_kwargs
 
     shape = MoeShape(t=24, dims=MOE_DIMS[name])
     t = _weights(shape, DTYPES[dtype], seed=2, distribution="normal")
-    kwargs = dict(shape.routing_kwargs(), bias=t.pop("bias", None), shared_gate=t.pop("shared_gate", None))
-    if "shared_w_gate" in t:
-        kwargs["shared"] = (t.pop("shared_w_gate"), t.pop("shared_w_up"), t.pop("shared_w_down"))
-    return t, kwargs, shape.routing_kwargs()
+    return t, {"spec": shape.dims.spec, **moe_kwargs(t)}, shape.dims.spec
 
 
 @pytest.mark.parametrize("dtype", CONTRACT_DTYPES)
@@ -178,33 +177,28 @@ def _moe_inputs(name: str, dtype: str) -> tuple[dict, dict, dict]:
 @pytest.mark.parametrize("name", BACKENDS)
 def test_moe(name: str, scheme: str, dtype: str) -> None:
     backend = backend_or_skip(name, "moe", dtype)
-    t, kwargs, routing = _moe_inputs(scheme, dtype)
+    t, kwargs, spec = _moe_inputs(scheme, dtype)
     args = (t["x"], t["router_w"], t["w_gate"], t["w_up"], t["w_down"])
     reduction = max(MOE_DIMS[scheme].h, MOE_DIMS[scheme].f)
     # Free routing, returning the routing applied: the same expert sets as the reference up to near-ties.
-    out, weights, ids = run_op(backend, "moe", *args, **kwargs, return_routing=True)
+    out, routing = run_op(backend, "moe", *args, **kwargs)
+    assert isinstance(routing, ops.Routing) and routing.ids.dtype == torch.int64
     logits = t["x"].double() @ t["router_w"].double().T
-    ref_routing = ops.route(logits, bias=kwargs["bias"], **routing)
-    near, tol = parity.routing_near_ties(
-        logits,
-        dtype,
-        bias=kwargs["bias"],
-        top_k=routing["top_k"],
-        scheme=routing["scheme"],
-        n_group=routing["n_group"],
-        topk_group=routing["topk_group"],
-    )
-    _, agree, _, failures = parity.compare_routing((weights, ids), ref_routing, near, tol, parity.budget_for(dtype, 8))
+    ref_routing = ops.route(logits, spec, bias=kwargs.get("bias"))
+    near, tol = parity.routing_near_ties(logits, dtype, spec, bias=kwargs.get("bias"))
+    _, agree, _, failures = parity.compare_routing(routing, ref_routing, near, tol, parity.budget_for(dtype, 8))
     assert not failures, failures[0].describe()
-    ref = ops.moe(*args, **kwargs)
+    ref, _ = ops.moe(*args, **kwargs)
     assert out.dtype == DTYPES[dtype] and out.shape == ref.shape
     assert_parity(out[agree], ref[agree], dtype, reduction)
-    # routing_override is honoured exactly: the layer computes with the routing it is given.
-    forced = (ref_routing[0].float(), ref_routing[1])
-    out = run_op(backend, "moe", *args, **kwargs, routing_override=forced)
-    assert_parity(out, ops.moe(*args, **kwargs, routing_override=forced), dtype, reduction)
-    shuffled = (forced[0], (forced[1] + 1) % MOE_DIMS[scheme].e)
-    wrong = run_op(backend, "moe", *args, **kwargs, routing_override=shuffled)
+    # A given routing is honoured exactly, and returned: the layer computes with the routing it is given.
+    forced = ops.Routing(ref_routing.weights.float(), ref_routing.ids)
+    out, applied = run_op(backend, "moe", *args, **kwargs, routing=forced)
+    assert torch.equal(applied.ids, forced.ids) and torch.equal(applied.weights.float(), forced.weights)
+    assert_parity(out, ops.moe(*args, **kwargs, routing=forced)[0], dtype, reduction)
+    shuffled = ops.Routing(forced.weights, (forced.ids + 1) % MOE_DIMS[scheme].e)
+    wrong, applied = run_op(backend, "moe", *args, **kwargs, routing=shuffled)
+    assert torch.equal(applied.ids, shuffled.ids)
     assert not torch.allclose(wrong.double(), out.double(), rtol=0.05, atol=0.05)
 
 
@@ -216,15 +210,12 @@ def test_route(name: str, scheme: str, dtype: str) -> None:
     dims = MOE_DIMS[scheme]
     logits = torch.randn(40, dims.e, generator=torch.Generator().manual_seed(5)).to(DTYPES[dtype])
     bias = 0.1 * torch.randn(dims.e) if dims.bias else None
-    from harness.models.moe import MoeShape
-
-    routing = MoeShape(t=40, dims=dims).routing_kwargs()
-    weights, ids = run_op(backend, "route", logits, bias=bias, **routing)
-    assert ids.dtype == torch.int64 and ids.shape == (40, dims.top_k) and weights.shape == ids.shape
-    ref = ops.route(logits, bias=bias, **routing)
-    sel = {k: routing[k] for k in ("top_k", "scheme", "n_group", "topk_group")}
-    near, tol = parity.routing_near_ties(logits, dtype, bias=bias, **sel)
+    got = run_op(backend, "route", logits, dims.spec, bias=bias)
+    assert isinstance(got, ops.Routing)
+    assert got.ids.dtype == torch.int64 and got.ids.shape == (40, dims.top_k) and got.weights.shape == got.ids.shape
+    ref = ops.route(logits, dims.spec, bias=bias)
+    near, tol = parity.routing_near_ties(logits, dtype, dims.spec, bias=bias)
     budget = parity.budget_for(dtype, dims.e)
-    _, _, metrics, failures = parity.compare_routing((weights, ids), ref, near, tol, budget)
+    _, _, metrics, failures = parity.compare_routing(got, ref, near, tol, budget)
     assert not failures, failures[0].describe()
     assert metrics is not None and parity.judge(metrics, budget).passed

@@ -120,13 +120,13 @@ def _moe_inputs(dtype: torch.dtype, scheme: str) -> tuple[list[torch.Tensor], di
         r(E, F, H, scale=H**-0.5),
         r(E, H, F, scale=F**-0.5),
     ]
-    kw: dict = {"top_k": 2, "scheme": scheme, "renormalize": True}
+    shared = [r(40, H, scale=H**-0.5), r(40, H, scale=H**-0.5), r(H, 40, scale=40**-0.5)]
     if scheme == "sigmoid_group_topk":
-        kw.update(n_group=4, topk_group=2, scaling=2.5, bias=torch.randn(E, generator=g) * 0.1)
-        kw["shared"] = (r(40, H, scale=H**-0.5), r(40, H, scale=H**-0.5), r(H, 40, scale=40**-0.5))
+        spec = ops.RoutingSpec(top_k=2, scheme=scheme, n_group=4, topk_group=2, scaling=2.5, renormalize=True)
+        kw: dict = {"spec": spec, "bias": torch.randn(E, generator=g) * 0.1, "shared": ops.SharedExpert(*shared)}
     else:
-        kw["shared"] = (r(40, H, scale=H**-0.5), r(40, H, scale=H**-0.5), r(H, 40, scale=40**-0.5))
-        kw["shared_gate"] = r(1, H, scale=H**-0.5)
+        spec = ops.RoutingSpec(top_k=2, scheme=scheme, renormalize=True)
+        kw = {"spec": spec, "shared": ops.SharedExpert(*shared, gate=r(1, H, scale=H**-0.5))}
     return args, kw
 
 
@@ -135,32 +135,33 @@ def _moe_inputs(dtype: torch.dtype, scheme: str) -> tuple[list[torch.Tensor], di
 def test_grouped_moe_matches_the_reference_under_its_own_routing(scheme: str, dtype: torch.dtype) -> None:
     args, kw = _moe_inputs(dtype, scheme)
     moe = GroupedMoe()
-    out, weights, ids = moe(TorchCpu().route, *args, routing=_routing(kw), **_layer(kw), return_routing=True)
-    ref = ops.moe(*args, **kw, routing_override=(weights, ids))
+    given = TorchCpu().route((args[0] @ args[1].T).float(), kw["spec"], bias=kw.get("bias"))
+    out = moe(args[0], *args[2:], given, shared=kw["shared"])
+    ref, routing = ops.moe(*args, **kw, routing=given)
     budget = parity.budget_for("float32" if dtype == torch.float32 else "bfloat16", 64)
     assert parity.judge(parity.compare(out, ref, budget), budget).passed
     assert moe.path.startswith(("grouped_mm", "expert_loop"))
     # The reference's own routing agrees with the routing the layer applied (float32: exactly).
     if dtype == torch.float32:
-        _, ref_ids = ops.route(args[0].double() @ args[1].double().T, **_routing(kw))
-        assert torch.equal(ids.sort(-1).values, ref_ids.sort(-1).values)
+        ref_ids = ops.route(args[0].double() @ args[1].double().T, kw["spec"], bias=kw.get("bias")).ids
+        assert torch.equal(routing.ids.sort(-1).values, ref_ids.sort(-1).values)
 
 
 def test_grouped_moe_honours_a_forced_routing_and_lays_weights_out_once() -> None:
     args, kw = _moe_inputs(torch.float32, "softmax_topk")
     T = args[0].shape[0]
     ids = torch.stack([torch.arange(T) % 8, (torch.arange(T) + 3) % 8], dim=1)  # [T, 2], every expert used
-    weights = torch.rand(T, 2)
+    forced = ops.Routing(torch.rand(T, 2), ids)
     moe = GroupedMoe()
-    out = moe(TorchCpu().route, *args, routing=_routing(kw), **_layer(kw), routing_override=(weights, ids))
-    ref = ops.moe(*args, **kw, routing_override=(weights, ids))
+    out = moe(args[0], *args[2:], forced, shared=kw["shared"])
+    ref, _ = ops.moe(*args, **kw, routing=forced)
     assert _rel(out, ref) < 1e-5
     first = moe.layout(args[2], args[3], args[4], kw["shared"])
     assert moe.layout(args[2], args[3], args[4], kw["shared"]) is first  # cached, not rebuilt per call
     args[3].mul_(2.0)  # an in-place change to the up projection invalidates it
     assert moe.layout(args[2], args[3], args[4], kw["shared"]) is not first
-    out2 = moe(TorchCpu().route, *args, routing=_routing(kw), **_layer(kw), routing_override=(weights, ids))
-    assert _rel(out2, ops.moe(*args, **kw, routing_override=(weights, ids))) < 1e-5
+    out2 = moe(args[0], *args[2:], forced, shared=kw["shared"])
+    assert _rel(out2, ops.moe(*args, **kw, routing=forced)[0]) < 1e-5
 
 
 def test_fused_fallbacks_compute_swiglu_and_the_weighted_combine() -> None:
@@ -175,15 +176,6 @@ def test_fused_fallbacks_compute_swiglu_and_the_weighted_combine() -> None:
     w = torch.rand(T, k, generator=g)
     expected = torch.stack([sum(w[t, j] * y[slot_of[t * k + j]] for j in range(k)) for t in range(T)])
     assert torch.allclose(combine_rows(y, slot_of, w, torch.float32, False), expected, atol=1e-6)
-
-
-def _routing(kw: dict) -> dict:
-    keys = ("top_k", "scheme", "bias", "n_group", "topk_group", "scaling", "renormalize")
-    return {k: kw[k] for k in keys if k in kw}
-
-
-def _layer(kw: dict) -> dict:
-    return {k: kw[k] for k in ("shared", "shared_gate") if k in kw}
 
 
 def test_cuda_backends_are_listed_unavailable_with_a_reason_on_a_cpu_machine(registry) -> None:

@@ -109,3 +109,39 @@ def test_workload_selection_by_glob() -> None:
     assert [w.name for w in registry.select(["moe.*"])] == ["moe.experts", "moe.layer", "moe.route"]
     with pytest.raises(WorkloadError, match=r"no workload matches 'vision\.\*'"):
         registry.select(["vision.*"])
+
+
+def test_a_backend_with_the_old_routing_signature_is_refused_saying_what_changed(harness_cli) -> None:
+    run = harness_cli("run", "--plugin", plugin("old_routing"), "-b", "torch-cpu", "-w", "moe.route")
+    assert run.exit_code == 2 and "Traceback" not in run.output
+    line = run.output.strip()
+    assert "\n" not in line and "OldStyleRouter implements route with the old signature (takes " in line
+    assert "one harness.ops.RoutingSpec" in line and "route(logits, spec: RoutingSpec, *, bias=None) -> Routing" in line
+
+    class OldMoe(TorchCpu):  # moe with the flag that changed its return type
+        name: ClassVar[str] = "old-moe"
+
+        def moe(self, x, router_w, w_gate, w_up, w_down, *, routing_override=None, return_routing=False, **kw):
+            raise AssertionError("never called")
+
+    class Wrapper(TorchCpu):  # passes everything through: nothing to refuse
+        name: ClassVar[str] = "wrapper"
+
+        def moe(self, *args, **kwargs):
+            return super().moe(*args, **kwargs)
+
+    registry = BackendRegistry()
+    with pytest.raises(RegistryError, match=r"implements moe with the old signature \(takes return_routing, routing_"):
+        registry.register(OldMoe, "test")
+    registry.register(Wrapper, "test")
+
+
+def test_a_backend_written_from_the_readme_routing_example_passes(harness_cli) -> None:
+    run = harness_cli(
+        "run", "--plugin", plugin("new_routing"), "-b", "readme-router", "-w", "moe.*", "--preset", "tiny",
+        "--dtype", "float32", "--parity-only",
+    )  # fmt: skip
+    assert run.exit_code == 0, run.output
+    assert len(run.records) == 24 and {r["status"] for r in run.records} == {"passed"}
+    layer = [r for r in run.records if r["case"]["workload"] == "moe.layer"]
+    assert layer and all(r["parity"]["routing"]["agreement"] == 1.0 for r in layer)

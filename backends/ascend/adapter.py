@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 from harness import ops as contract
 from harness.backend import Availability
 from harness.lazy import F, torch
+from harness.op_types import Experts, Routing, RoutingSpec, SharedExpert
 from harness.timing import Timer, TimingConfig
 from harness.torch_backend import TorchBackend
 
@@ -223,78 +224,40 @@ class Ascend(TorchBackend):
         return self.tnpu.npu_swiglu(x, dim=-1)
 
     # ----- MoE -----
-    def route(
-        self,
-        logits: torch.Tensor,
-        *,
-        top_k: int,
-        scheme: str,
-        bias: torch.Tensor | None = None,
-        n_group: int = 1,
-        topk_group: int = 1,
-        scaling: float = 1.0,
-        renormalize: bool,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def route(self, logits: torch.Tensor, spec: RoutingSpec, *, bias: torch.Tensor | None = None) -> Routing:
         """npu_moe_gating_top_k_softmax (softmax; renormalized here when asked, the op does not) or
         npu_moe_gating_top_k with norm_type 1 and group mode 1 (DeepSeek: sigmoid, bias, top-2 sum groups)."""
-        if scheme == "softmax_topk":
-            weights, ids, _ = self.tnpu.npu_moe_gating_top_k_softmax(logits, None, k=top_k)
+        if spec.scheme == "softmax_topk":
+            weights, ids, _ = self.tnpu.npu_moe_gating_top_k_softmax(logits, None, k=spec.top_k)
             weights = weights.float()
-            if renormalize:
+            if spec.renormalize:
                 weights = weights / weights.sum(dim=-1, keepdim=True)
-            return (weights * scaling).to(logits.dtype), ids.long()
-        if not renormalize:
+            return Routing((weights * spec.scaling).to(logits.dtype), ids.long())
+        if not spec.renormalize:
             raise NotImplementedError(
                 "npu_moe_gating_top_k renormalizes sigmoid scores: renormalize=False is not mappable"
             )
         weights, ids, _ = self.tnpu.npu_moe_gating_top_k(
             logits,
-            top_k,
+            spec.top_k,
             bias=bias,
-            k_group=topk_group,
-            group_count=n_group,
+            k_group=spec.topk_group,
+            group_count=spec.n_group,
             group_select_mode=1,
             norm_type=1,
-            routed_scaling_factor=scaling,
+            routed_scaling_factor=spec.scaling,
         )
-        return weights, ids.long()
+        return Routing(weights, ids.long())
 
-    def moe(
-        self,
-        x: torch.Tensor,
-        router_w: torch.Tensor,
-        w_gate: torch.Tensor,
-        w_up: torch.Tensor,
-        w_down: torch.Tensor,
-        *,
-        top_k: int,
-        scheme: str,
-        bias: torch.Tensor | None = None,
-        n_group: int = 1,
-        topk_group: int = 1,
-        scaling: float = 1.0,
-        renormalize: bool,
-        shared: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
-        shared_gate: torch.Tensor | None = None,
-        routing_override: tuple[torch.Tensor, torch.Tensor] | None = None,
-        return_routing: bool = False,
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """gating -> npu_moe_init_routing_v2 (counts) -> npu_grouped_matmul(w13) -> npu_swiglu ->
-        npu_grouped_matmul(w2) -> npu_moe_token_unpermute(probs), the vllm-ascend order."""
+    def router_logits(self, x: torch.Tensor, router_w: torch.Tensor) -> torch.Tensor:
+        return x @ router_w.T  # [T, E] in the case dtype: the gating kernels take it as the model has it
+
+    def experts(self, x: torch.Tensor, experts: Experts, routing: Routing, shared: SharedExpert | None) -> torch.Tensor:
+        """npu_moe_init_routing_v2 (counts) -> npu_grouped_matmul(w13) -> npu_swiglu -> npu_grouped_matmul(w2)
+        -> npu_moe_token_unpermute(probs), the vllm-ascend order (after the gating of `route`)."""
+        w_gate, w_up, w_down = experts.tensors()
         T, E = x.shape[0], w_gate.shape[0]
-        if routing_override is None:
-            weights, ids = self.route(
-                x @ router_w.T,
-                top_k=top_k,
-                scheme=scheme,
-                bias=bias,
-                n_group=n_group,
-                topk_group=topk_group,
-                scaling=scaling,
-                renormalize=renormalize,
-            )
-        else:
-            weights, ids = routing_override
+        weights, ids = routing.weights, routing.ids
         expanded, row_idx, counts, _ = self.tnpu.npu_moe_init_routing_v2(
             x,
             ids.to(torch.int32),
@@ -313,12 +276,12 @@ class Ascend(TorchBackend):
         )[0]  # [T*k, H]
         out = self.tnpu.npu_moe_token_unpermute(y, row_idx, probs=weights.to(y.dtype))  # [T, H]
         if shared is not None:
-            s_gate, s_up, s_down = shared
-            s = F.linear(self.tnpu.npu_swiglu(torch.cat([x @ s_gate.T, x @ s_up.T], dim=-1)), s_down)
-            if shared_gate is not None:
-                s = s * torch.sigmoid(x @ shared_gate.T)
-            out = (out.float() + s.float()).to(x.dtype)
-        return (out, weights, ids.long()) if return_routing else out
+            out = (out.float() + shared.apply(x, self._swiglu_mlp).float()).to(x.dtype)
+        return out
+
+    def _swiglu_mlp(self, x: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor) -> Any:
+        """The shared expert's MLP on npu_swiglu (fused gate / up halves), as the routed experts run: [T, H]."""
+        return F.linear(self.tnpu.npu_swiglu(torch.cat([x @ w_gate.T, x @ w_up.T], dim=-1)), w_down)
 
 
 class AscendSim(Ascend):

@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 from harness.backend import Availability, MathMode
 from harness.backend_options import BackendOption
 from harness.lazy import torch
+from harness.op_types import Experts, Routing, SharedExpert
 from harness.timing import Timer, TimingConfig
 from harness.torch_backend import TorchBackend
 
@@ -187,50 +188,10 @@ class Cuda(TorchBackend):
             }
         return out
 
-    def moe(
-        self,
-        x: torch.Tensor,
-        router_w: torch.Tensor,
-        w_gate: torch.Tensor,
-        w_up: torch.Tensor,
-        w_down: torch.Tensor,
-        *,
-        top_k: int,
-        scheme: str,
-        bias: torch.Tensor | None = None,
-        n_group: int = 1,
-        topk_group: int = 1,
-        scaling: float = 1.0,
-        renormalize: bool,
-        shared: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
-        shared_gate: torch.Tensor | None = None,
-        routing_override: tuple[torch.Tensor, torch.Tensor] | None = None,
-        return_routing: bool = False,
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        routing = {
-            "top_k": top_k,
-            "scheme": scheme,
-            "bias": bias,
-            "n_group": n_group,
-            "topk_group": topk_group,
-            "scaling": scaling,
-            "renormalize": renormalize,
-        }
-        result = self._moe(
-            self.route,
-            x,
-            router_w,
-            w_gate,
-            w_up,
-            w_down,
-            routing=routing,
-            shared=shared,
-            shared_gate=shared_gate,
-            routing_override=routing_override,
-            return_routing=return_routing,
-        )
+    def experts(self, x: torch.Tensor, experts: Experts, routing: Routing, shared: SharedExpert | None) -> torch.Tensor:
+        out = self._moe(x, *experts.tensors(), routing, shared=shared)
         self._details["moe"] = self._moe.path
-        return result
+        return out
 
 
 class CudaCudnn(Cuda):

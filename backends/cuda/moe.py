@@ -15,19 +15,17 @@ Where `_grouped_mm` refuses a dtype or device, the same layout runs a loop over 
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
 from harness.backends.cuda.fused import combine_rows, swiglu_rows, triton_usable
 from harness.backends.cuda.memo import TensorMemo
+from harness.op_types import Routing, SharedExpert
 
 log = logging.getLogger(__name__)
-
-RouteFn = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass(frozen=True)
@@ -41,6 +39,12 @@ class ExpertLayout:
     shared2: torch.Tensor | None  # [Fs, H]
 
 
+def _laid_out_mlp(layout: ExpertLayout, fused: bool, x: torch.Tensor, *_weights: torch.Tensor) -> torch.Tensor:
+    """The shared expert's SwiGLU MLP on its laid-out weights (gate and up in one GEMM): [T, H]."""
+    assert layout.shared13 is not None and layout.shared2 is not None  # laid out with the shared expert
+    return swiglu_rows(x @ layout.shared13, layout.shared2.shape[0], fused) @ layout.shared2  # [T, 2Fs] -> [T, H]
+
+
 class GroupedMoe:
     """Contract `moe` through grouped GEMMs; `path` names what the last call ran."""
 
@@ -52,11 +56,7 @@ class GroupedMoe:
         self.use_triton = True  # fused swiglu / combine where triton and CUDA are there
 
     def layout(
-        self,
-        w_gate: torch.Tensor,
-        w_up: torch.Tensor,
-        w_down: torch.Tensor,
-        shared: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None,
+        self, w_gate: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor, shared: SharedExpert | None
     ) -> ExpertLayout:
         """The grouped layout of these weights, built on first sight and kept while `w_gate` lives."""
         stamp = (id(w_up), w_up._version, id(w_down), w_down._version, id(shared))
@@ -66,33 +66,26 @@ class GroupedMoe:
         w13 = torch.cat([w_gate, w_up], dim=1).transpose(1, 2)  # [E, 2F, H] stored -> [E, H, 2F] view
         shared13 = shared2 = None
         if shared is not None:
-            shared13 = torch.cat([shared[0], shared[1]], dim=0).T  # [2Fs, H] stored -> [H, 2Fs] view
-            shared2 = shared[2].T  # [H, Fs] stored -> [Fs, H] view
+            shared13 = torch.cat([shared.w_gate, shared.w_up], dim=0).T  # [2Fs, H] stored -> [H, 2Fs] view
+            shared2 = shared.w_down.T  # [H, Fs] stored -> [Fs, H] view
         layout = ExpertLayout(w13, w_down.transpose(1, 2), w_gate.shape[1], shared13, shared2)
         self._layouts.put(w_gate, (stamp, layout))
         return layout
 
     def __call__(
         self,
-        route: RouteFn,
         x: torch.Tensor,
-        router_w: torch.Tensor,
         w_gate: torch.Tensor,
         w_up: torch.Tensor,
         w_down: torch.Tensor,
+        routing: Routing,
         *,
-        routing: dict[str, Any],
-        shared: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
-        shared_gate: torch.Tensor | None = None,
-        routing_override: tuple[torch.Tensor, torch.Tensor] | None = None,
-        return_routing: bool = False,
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        shared: SharedExpert | None = None,
+    ) -> torch.Tensor:
+        """The layer under `routing` (chosen by the caller): [T, H] in the dtype of x."""
         E = w_gate.shape[0]
         layout = self.layout(w_gate, w_up, w_down, shared)
-        if routing_override is None:
-            weights, ids = route((x @ router_w.T).float(), **routing)  # float32 [T, k], int64 [T, k]
-        else:
-            weights, ids = routing_override[0].float(), routing_override[1].long()
+        weights, ids = routing.weights.float(), routing.ids.long()  # [T, k]
         k = ids.shape[1]
         fused = self.use_triton and triton_usable(x)
         flat = ids.reshape(-1)  # [T*k] expert of slot t*k + j
@@ -105,18 +98,11 @@ class GroupedMoe:
         y = self._grouped(a, layout.w2, offs)  # [T*k, H], expert order
         slot_of = torch.empty_like(order)
         slot_of[order] = torch.arange(order.numel(), device=order.device)  # inverse permutation
-        has_shared = layout.shared13 is not None and layout.shared2 is not None
-        routed = combine_rows(y, slot_of, weights, torch.float32 if has_shared else x.dtype, fused)  # [T, H]
-        if has_shared:
-            hs = x @ layout.shared13  # [T, 2Fs]
-            shared_out = swiglu_rows(hs, layout.shared2.shape[0], fused) @ layout.shared2  # [T, H]
-            if shared_gate is not None:
-                shared_out = shared_out * torch.sigmoid(x @ shared_gate.T)  # [T, 1] gate
-            out = (routed + shared_out.float()).to(x.dtype)
-        else:
-            out = routed
+        out = combine_rows(y, slot_of, weights, torch.float32 if shared is not None else x.dtype, fused)
+        if shared is not None:
+            out = (out + shared.apply(x, functools.partial(_laid_out_mlp, layout, fused)).float()).to(x.dtype)
         self.path = self._gemm_path + (" + triton swiglu/combine" if fused else "")
-        return (out, weights, ids) if return_routing else out
+        return out
 
     def _grouped(self, a: torch.Tensor, b: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:
         """[M, K] x [E, K, N] with rows of group e in offs[e-1]:offs[e] -> [M, N]."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import platform
 from typing import Any, ClassVar
 
-from harness import ops as reference
+from harness import ops
 from harness.backend import Availability, Backend
 from harness.lazy import torch
 from harness.op_types import Experts, Routing, RoutingSpec, SharedExpert
@@ -49,27 +49,27 @@ class CpuReference(Backend):
         scale: float | None = None,
         kv_lens: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        out = reference.attention(q, k, v, causal=causal, window=window, scale=scale, kv_lens=kv_lens)
+        out = ops.attention(q, k, v, causal=causal, window=window, scale=scale, kv_lens=kv_lens)
         return out.to(q.dtype)
 
     def rms_norm(self, x: torch.Tensor, w: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-        return reference.rms_norm(x, w, eps).to(x.dtype)
+        return ops.rms_norm(x, w, eps).to(x.dtype)
 
     def rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, style: str = "half") -> torch.Tensor:
-        return reference.rope(x, cos, sin, style).to(x.dtype)
+        return ops.rope(x, cos, sin, style).to(x.dtype)
 
     def swiglu(self, x: torch.Tensor) -> torch.Tensor:
-        return reference.swiglu(x).to(x.dtype)
+        return ops.swiglu(x).to(x.dtype)
 
     def route(self, logits: torch.Tensor, spec: RoutingSpec, *, bias: torch.Tensor | None = None) -> Routing:
-        chosen = reference.route(logits, spec, bias=bias)
+        chosen = ops.route(logits, spec, bias=bias)
         return Routing(chosen.weights.to(logits.dtype), chosen.ids)
 
     def router_logits(self, x: torch.Tensor, router_w: torch.Tensor) -> torch.Tensor:
         return x.double() @ router_w.double().T  # [T, E] float64: the reference routes on exact logits
 
     def experts(self, x: torch.Tensor, experts: Experts, routing: Routing, shared: SharedExpert | None) -> torch.Tensor:
-        return reference.experts(x, experts, routing, shared).to(x.dtype)
+        return ops.experts(x, experts, routing, shared).to(x.dtype)
 
     def causal_lm(self, model: Any, input_ids: torch.Tensor, *, cache: Any = None, return_model: bool = False) -> Any:
         return model.run(self, input_ids, cache=cache, return_model=return_model)

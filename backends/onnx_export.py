@@ -23,8 +23,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from harness import ops as contract
-from harness import progress
+from harness import ops, progress
 from harness.op_types import Routing, RoutingSpec, TensorGroup, moe_inputs, moe_kwargs
 
 log = logging.getLogger(__name__)
@@ -238,7 +237,7 @@ class ExportableMoe(torch.nn.Module):
         chosen = (
             routing
             if routing is not None
-            else contract.route_scores((x @ router_w.T).float(), self.spec, bias=None if bias is None else bias.float())
+            else ops.route_scores((x @ router_w.T).float(), self.spec, bias=None if bias is None else bias.float())
         )
         E = w_gate.shape[0]
         dense = torch.zeros(x.shape[0], E, dtype=torch.float32).scatter_add(1, chosen.ids, chosen.weights.float())

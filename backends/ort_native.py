@@ -29,7 +29,7 @@ import math
 import time
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from harness import ops as contract
+from harness import ops
 from harness.backend import Support, UnsupportedCaseError
 from harness.backends.onnxruntime import OrtCpu
 from harness.lazy import torch
@@ -156,9 +156,7 @@ class OrtCpuAttention(_NativeGraphs):
         feeds = {"q": q, "k": k, "v": v}
         visible = None
         if masked:
-            visible = contract.visible_keys(
-                Sq, Skv, batch=B, causal=causal, window=window, kv_lens=kv_lens
-            )  # [B,Sq,Skv]
+            visible = ops.visible_keys(Sq, Skv, batch=B, causal=causal, window=window, kv_lens=kv_lens)  # [B,Sq,Skv]
             feeds["mask"] = visible[:, None]  # [B, 1, Sq, Skv]: True = attend, as ONNX's boolean mask means
         out = _run(session, feeds)[0]  # [B, Hq, Sq, Dv]
         if visible is not None:

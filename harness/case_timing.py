@@ -81,7 +81,7 @@ class CaseTimer:
     def _rotating(self, backend: Backend, group: CaseInputs, timed: Callable[[], Any]) -> tuple[Callable[[], Any], int]:
         """The timed call cycling over copies of the inputs when the backend asks for them (inputs that fit in
         its cache), and how many sets there are."""
-        tensors = [t for t in group.inputs.values() if isinstance(t, torch.Tensor)]
+        tensors = [t for t in group.tensors.values() if isinstance(t, torch.Tensor)]
         nbytes = sum(t.numel() * t.element_size() for t in tensors)
         sets = max(1, int(backend.timing_input_sets(nbytes, self.config)))
         if sets == 1 or group.context is not None:  # the workload's context (a built model) is never copied
@@ -95,6 +95,6 @@ class CaseTimer:
 
 def _bound_copy(backend: Backend, group: CaseInputs) -> Callable[[], Any]:
     """The op bound to fresh copies of the inputs (`to_device` may hand back the very tensor on the host)."""
-    dev_inputs = {n: backend.to_device(t.clone()) for n, t in group.inputs.items()}
+    dev_inputs = {n: backend.to_device(t.clone()) for n, t in group.tensors.items()}
     args, kwargs = group.workload.op_arguments(dev_inputs, group.shape, group.context)
     return backend.bind(group.workload.op, args, kwargs)

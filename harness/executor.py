@@ -62,7 +62,7 @@ class DeviceCall:
 
     def __init__(self, backend: Backend, group: CaseInputs) -> None:
         self.backend = backend
-        dev_inputs = {n: backend.to_device(t) for n, t in group.inputs.items()}
+        dev_inputs = {n: backend.to_device(t) for n, t in group.tensors.items()}
         self.args, self.kwargs = group.workload.op_arguments(dev_inputs, group.shape, group.context)
         self._op = getattr(backend, group.workload.op)
         name = group.workload.op
@@ -191,7 +191,7 @@ class CaseExecutor:
         fields["parity"] = self._with_determinism(judged, backend, on_device)
         fields.update(status="passed" if judged.passed else "failed", reason=judged.parity.verdict.reason)
         if self.saved_out is not None and judged.output is not None:
-            self.saved_out.save(case, group.inputs, judged.output)
+            self.saved_out.save(case, group.tensors, judged.output)
         if (
             not self.options.parity_only
             and case.inputs != "stress"

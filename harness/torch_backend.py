@@ -9,7 +9,7 @@ from __future__ import annotations
 import platform
 from typing import Any, ClassVar
 
-from harness import ops as contract
+from harness import ops
 from harness.backend import Backend
 from harness.lazy import F, torch
 from harness.op_types import Experts, Routing, RoutingSpec, SharedExpert
@@ -53,9 +53,9 @@ class TorchBackend(Backend):
         plain_causal = bool(causal and window is None and kv_lens is None and Sq == Skv)  # bool(): export-friendly
         mask = None
         if (causal and not plain_causal) or kv_lens is not None:
-            mask = contract.visible_keys(
-                Sq, Skv, batch=B, causal=causal, window=window, kv_lens=kv_lens, device=q.device
-            )[:, None]  # [B, 1, Sq, Skv]
+            mask = ops.visible_keys(Sq, Skv, batch=B, causal=causal, window=window, kv_lens=kv_lens, device=q.device)[
+                :, None
+            ]  # [B, 1, Sq, Skv]
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=plain_causal, scale=scale, enable_gqa=Hq != Hkv
         )  # [B, Hq, Sq, Dv]
@@ -68,7 +68,7 @@ class TorchBackend(Backend):
         return F.rms_norm(x, (x.shape[-1],), w, eps)
 
     def rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, style: str = "half") -> torch.Tensor:
-        return x * cos + contract.rotate(x, style) * sin
+        return x * cos + ops.rotate(x, style) * sin
 
     def swiglu(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = x.chunk(2, dim=-1)
@@ -76,7 +76,7 @@ class TorchBackend(Backend):
 
     def route(self, logits: torch.Tensor, spec: RoutingSpec, *, bias: torch.Tensor | None = None) -> Routing:
         # Scores in float32 whatever the case dtype, as transformers' routers do; weights back in the case dtype.
-        chosen = contract.route_scores(logits.float(), spec, bias=None if bias is None else bias.float())
+        chosen = ops.route_scores(logits.float(), spec, bias=None if bias is None else bias.float())
         return Routing(chosen.weights.to(logits.dtype), chosen.ids)
 
     def experts(self, x: torch.Tensor, experts: Experts, routing: Routing, shared: SharedExpert | None) -> torch.Tensor:

@@ -15,8 +15,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from harness import ops as contract
-from harness import parity
+from harness import ops, parity
 from harness.dtypes import DTYPES
 from harness.lazy import torch
 from harness.names import DISTRIBUTIONS, OPS, BadInputError
@@ -121,7 +120,7 @@ class CaseInputs:
     workload: Workload
     shape: Any
     dtype: str
-    inputs: dict[str, torch.Tensor]  # host tensors named as in the kernel contract
+    tensors: dict[str, torch.Tensor]  # host tensors named as in the kernel contract (Case.inputs: their distribution)
     problem: str | None = None  # e.g. non-finite inputs: every case of the group becomes an error record
     layerwise: bool = False  # workloads that can: also localize the first layer and op over budget
     memo: dict[str, Any] = field(default_factory=dict)
@@ -134,7 +133,7 @@ class CaseInputs:
 
     def reference(self) -> torch.Tensor:
         """The float64 reference of the primary output (what `--against` and saved outputs compare)."""
-        return self.cached("reference", lambda: self.workload.reference_output(self.inputs, self.shape, self.context))
+        return self.cached("reference", lambda: self.workload.reference_output(self.tensors, self.shape, self.context))
 
 
 @dataclass
@@ -291,7 +290,7 @@ class Workload(abc.ABC):
     def reference(self, inputs: Mapping[str, torch.Tensor], shape: Any) -> torch.Tensor:
         """The float64 oracle's output for these exact inputs."""
         args, kwargs = self.split_args(inputs, shape)
-        return getattr(contract, self.op)(*args, **kwargs)
+        return getattr(ops, self.op)(*args, **kwargs)
 
     def evaluate(self, call: Call, group: CaseInputs, budget: parity.Budget) -> Evaluation:
         """Call the backend and judge its output. The default: one output tensor against the reference;

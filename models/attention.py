@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
-from harness import ops as contract
+from harness import ops
 from harness.lazy import torch
 from harness.models.shapes import ATTENTION_MODELS, AttentionDims
 from harness.workload import Workload, WorkloadError, random_tensor
@@ -51,7 +51,7 @@ class AttentionShape:
 def visible_pairs(shape: AttentionShape) -> int:
     """(query, key) pairs the mask lets through, summed over the batch: the work a good kernel does."""
     lens = torch.tensor(shape.kv_lens) if shape.kv_lens is not None else None
-    vis = contract.visible_keys(
+    vis = ops.visible_keys(
         shape.sq, shape.skv, batch=shape.b, causal=shape.causal, window=shape.window, kv_lens=lens
     )  # [B, Sq, Skv]
     return int(vis.sum())
@@ -99,8 +99,8 @@ class AttentionWorkload(Workload):
         q, k, v = tensors["q"], tensors["k"], tensors["v"]
         kv_lens = tensors.get("kv_lens")
         try:
-            contract.check_attention_inputs(q, k, v, causal=template.causal, window=template.window, kv_lens=kv_lens)
-        except contract.ContractError as exc:
+            ops.check_attention_inputs(q, k, v, causal=template.causal, window=template.window, kv_lens=kv_lens)
+        except ops.ContractError as exc:
             raise WorkloadError(f"{self.name}: {exc}") from None
         B, Hq, Sq, D = q.shape
         Hkv, Skv, Dv = k.shape[1], k.shape[2], v.shape[3]

@@ -209,7 +209,7 @@ class LlmWorkload(Workload):
             cache = new_cache(device_call(return_model=True))
         except NotImplementedError:  # a backend without a torch model (an exported graph) fills a cache too
             cache = new_cache(model.master)
-        prompt = group.inputs["input_ids"]
+        prompt = group.tensors["input_ids"]
         logits = device_call(input_ids=prompt, cache=cache)
         step = logits[:, -1].argmax(dim=-1)[:, None]
         length = prompt.shape[1]
@@ -226,7 +226,7 @@ class LlmWorkload(Workload):
 
     # -- judgement --
     def evaluate(self, call: Call, group: CaseInputs, budget: parity.Budget) -> Evaluation:
-        inputs, dtype = group.inputs, group.dtype
+        inputs, dtype = group.tensors, group.dtype
         out = evaluate_tensor(call(), group.reference(), dtype, budget)
         if out.metrics is None:
             return out
@@ -257,7 +257,7 @@ class LlmWorkload(Workload):
         tokens through its own KV cache, and its logits at each step are judged like prefill's. Raises
         DecodeSelfCheckError when the reference's own cached decode is not its full forward."""
         shape, model = group.shape, group.context
-        prompt = group.inputs["input_ids"][:, : max(1, shape.seq // 2)]  # [B, P]
+        prompt = group.tensors["input_ids"][:, : max(1, shape.seq // 2)]  # [B, P]
         ref = reference_decode(model, prompt, shape.new_tokens)
         if not ref.ok:
             raise DecodeSelfCheckError(ref.problem())
@@ -293,7 +293,7 @@ class LlmWorkload(Workload):
     def localize(self, bound: nn.Module, group: CaseInputs) -> parity_llm.Localization:
         """Propagated: each model on its own inputs, layer outputs compared. Teacher-forced: each of the
         backend's ops fed the reference's own inputs, its output compared with the reference's."""
-        ids = group.inputs["input_ids"]
+        ids = group.tensors["input_ids"]
         model = group.context
         key = ("capture", tuple(ids.flatten().tolist()))
         _, ref_ops, ref_layers = model.cached(key, lambda: capture(model.reference(), ids))

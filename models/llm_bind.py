@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from harness import ops as oracle
+from harness import ops
 from harness.lazy import nn, torch
 from harness.models.llm_config import moe_dims
 from harness.models.shapes import MoeDims
@@ -64,24 +64,24 @@ def _is_rms_norm(module: nn.Module) -> bool:
     return type(module).__name__.endswith("RMSNorm") and hasattr(module, "weight")
 
 
-def _rms_norm_forward(module: nn.Module, ops: Any, x: torch.Tensor) -> torch.Tensor:
+def _rms_norm_forward(module: nn.Module, kernels: Any, x: torch.Tensor) -> torch.Tensor:
     eps = getattr(module, "variance_epsilon", getattr(module, "eps", 1e-6))
-    return ops.rms_norm(x, module.weight, eps)
+    return kernels.rms_norm(x, module.weight, eps)
 
 
-def _rope_half(ops: Any, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+def _rope_half(kernels: Any, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """transformers' rotate_half rope through the backend: x [B, H, S, D], cos / sin [B, S, D]."""
-    return ops.rope(x, cos[:, None], sin[:, None], "half")
+    return kernels.rope(x, cos[:, None], sin[:, None], "half")
 
 
-def _attention(ops: Any, module: nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+def _attention(kernels: Any, module: nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     window = getattr(module, "sliding_window", None)
-    return ops.attention(q, k, v, causal=True, window=window, scale=module.scaling)  # [B, Hq, S, Dv]
+    return kernels.attention(q, k, v, causal=True, window=window, scale=module.scaling)  # [B, Hq, S, Dv]
 
 
 def _llama_attention_forward(
     module: nn.Module,
-    ops: Any,
+    kernels: Any,
     hidden_states: torch.Tensor,
     position_embeddings: tuple[torch.Tensor, torch.Tensor],
     attention_mask: torch.Tensor | None = None,
@@ -96,18 +96,18 @@ def _llama_attention_forward(
         q, k = module.q_norm(q), module.k_norm(k)
     v = module.v_proj(hidden_states).view(shape).transpose(1, 2)  # [B, Hkv, S, D]
     cos, sin = position_embeddings
-    q = _rope_half(ops, q.transpose(1, 2), cos, sin)  # [B, Hq, S, D]
-    k = _rope_half(ops, k.transpose(1, 2), cos, sin)  # [B, Hkv, S, D]
+    q = _rope_half(kernels, q.transpose(1, 2), cos, sin)  # [B, Hq, S, D]
+    k = _rope_half(kernels, k.transpose(1, 2), cos, sin)  # [B, Hkv, S, D]
     cache = kv_cache(kwargs)
     if cache is not None:
         k, v = cache.update(k, v, module.layer_idx)
-    out = _attention(ops, module, q, k, v).transpose(1, 2).reshape(B, S, -1)  # [B, S, Hq*D]
+    out = _attention(kernels, module, q, k, v).transpose(1, 2).reshape(B, S, -1)  # [B, S, Hq*D]
     return module.o_proj(out), None
 
 
 def _mla_attention_forward(
     module: nn.Module,
-    ops: Any,
+    kernels: Any,
     hidden_states: torch.Tensor,
     position_embeddings: tuple[torch.Tensor, torch.Tensor],
     attention_mask: torch.Tensor | None = None,
@@ -132,41 +132,41 @@ def _mla_attention_forward(
         # de-interleaved vector is the same map.
         q_rot = torch.cat([q_rot[..., 0::2], q_rot[..., 1::2]], dim=-1)
         k_rot = torch.cat([k_rot[..., 0::2], k_rot[..., 1::2]], dim=-1)
-    q_rot, k_rot = _rope_half(ops, q_rot, cos, sin), _rope_half(ops, k_rot, cos, sin)
+    q_rot, k_rot = _rope_half(kernels, q_rot, cos, sin), _rope_half(kernels, k_rot, cos, sin)
     cache = kv_cache(kwargs)
     if cache is not None:
         kv_nope, k_rot = cache.update(kv_nope, k_rot, module.layer_idx)
     query = torch.cat((q_pass, q_rot), dim=-1)  # [B, H, S, Dqk]
     key, value = module.expand_kv(kv_nope, k_rot)  # [B, H, Skv, Dqk], [B, H, Skv, Dv]
-    out = _attention(ops, module, query, key, value).transpose(1, 2).reshape(B, S, -1)
+    out = _attention(kernels, module, query, key, value).transpose(1, 2).reshape(B, S, -1)
     return module.o_proj(out), None
 
 
-def _moe_forward(module: nn.Module, ops: Any, dims: MoeDims, hidden_states: torch.Tensor) -> torch.Tensor:
+def _moe_forward(module: nn.Module, kernels: Any, dims: MoeDims, hidden_states: torch.Tensor) -> torch.Tensor:
     """A transformers MoE block through the backend's `moe` op (weights are views: no copies per call)."""
     from harness.models.hf_moe import contract_inputs
 
     shape = hidden_states.shape
     w = contract_inputs(module)
     tensors = [w[n] for n in ("router_w", "w_gate", "w_up", "w_down")]
-    out, _ = ops.moe(hidden_states.reshape(-1, shape[-1]), *tensors, dims.spec, **moe_kwargs(w))
+    out, _ = kernels.moe(hidden_states.reshape(-1, shape[-1]), *tensors, dims.spec, **moe_kwargs(w))
     return out.reshape(shape)
 
 
-def bind(model: nn.Module, ops: Any) -> nn.Module:
+def bind(model: nn.Module, kernels: Any) -> nn.Module:
     """Route the model's attention, rope, RMSNorm and MoE blocks through `ops` (a backend, or harness.ops)."""
     dims = None
     for module in model.modules():
         kind = type(module).__name__
         if _is_rms_norm(module):
-            module.forward = functools.partial(_rms_norm_forward, module, ops)
+            module.forward = functools.partial(_rms_norm_forward, module, kernels)
         elif kind.endswith("Attention") and hasattr(module, "kv_a_proj_with_mqa"):
-            module.forward = functools.partial(_mla_attention_forward, module, ops)
+            module.forward = functools.partial(_mla_attention_forward, module, kernels)
         elif kind.endswith("Attention") and hasattr(module, "q_proj"):
-            module.forward = functools.partial(_llama_attention_forward, module, ops)
+            module.forward = functools.partial(_llama_attention_forward, module, kernels)
         elif hasattr(module, "experts") and hasattr(module, "gate"):
             dims = dims or moe_dims(model.config)
-            module.forward = functools.partial(_moe_forward, module, ops, dims)
+            module.forward = functools.partial(_moe_forward, module, kernels, dims)
     return model
 
 
@@ -189,7 +189,7 @@ class LlmModel:
 
     def reference(self) -> nn.Module:
         """The master bound to the float64 oracle (harness.ops): the reference."""
-        return self.cached("reference", lambda: _bound_copy(self.master, oracle, torch.float64, "cpu"))
+        return self.cached("reference", lambda: _bound_copy(self.master, ops, torch.float64, "cpu"))
 
     def cached(self, key: Any, compute: Callable[[], Any]) -> Any:
         """A result of the reference (which no case dtype changes), computed once per master."""
@@ -215,12 +215,12 @@ class LlmModel:
         )
 
 
-def _bound_copy(master: nn.Module, ops: Any, dtype: torch.dtype, device: str) -> nn.Module:
+def _bound_copy(master: nn.Module, kernels: Any, dtype: torch.dtype, device: str) -> nn.Module:
     copied = copy.deepcopy(master).to(device=device, dtype=dtype)
-    prepare = getattr(ops, "prepare_llm", None)
+    prepare = getattr(kernels, "prepare_llm", None)
     if prepare is not None:
         prepare(copied)  # a port's weight conversion (or a planted fault) before its ops are bound
-    return bind(copied, ops)
+    return bind(copied, kernels)
 
 
 def forward(

@@ -13,8 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
-from harness import ops as contract
-from harness import parity
+from harness import ops, parity
 from harness.lazy import torch
 from harness.models.shapes import MOE_MODELS, MoeDims
 from harness.names import OPS
@@ -104,7 +103,7 @@ class _MoeWorkload(Workload):
 
     def reference(self, inputs: Mapping[str, torch.Tensor], shape: MoeShape) -> torch.Tensor:
         args, kwargs = self.split_args(inputs, shape)
-        return contract.moe(*args, **kwargs)[0]
+        return ops.moe(*args, **kwargs)[0]
 
     def evaluate(self, call: Call, group: CaseInputs, budget: parity.Budget) -> Evaluation:
         """The layer's output against the reference (moe returns it with its routing)."""
@@ -114,8 +113,8 @@ class _MoeWorkload(Workload):
 
     def reference_routing(self, group: CaseInputs) -> Routing:
         """The reference's free routing of this group's inputs (float64 weights, ids), computed once."""
-        bias, spec = group.inputs.get("bias"), group.shape.dims.spec
-        return group.cached("routing", lambda: contract.route(_router_logits(group.inputs), spec, bias=bias))
+        bias, spec = group.tensors.get("bias"), group.shape.dims.spec
+        return group.cached("routing", lambda: ops.route(_router_logits(group.tensors), spec, bias=bias))
 
     def _expert_flops(self, shape: MoeShape) -> float:
         d = shape.dims
@@ -151,9 +150,9 @@ class _MoeWorkload(Workload):
         shape = MoeShape(t=x.shape[0], dims=dims)
         try:
             args, kwargs = self.split_args(tensors, shape)
-            contract.check_moe_inputs(*args, kwargs.get("shared"), kwargs.get("routing"))
-            contract.check_route_args(torch.empty(0, dims.e), dims.spec, tensors.get("bias"))
-        except contract.ContractError as exc:
+            ops.check_moe_inputs(*args, kwargs.get("shared"), kwargs.get("routing"))
+            ops.check_route_args(torch.empty(0, dims.e), dims.spec, tensors.get("bias"))
+        except ops.ContractError as exc:
             raise WorkloadError(f"{self.name}: {exc}") from None
         return shape
 
@@ -175,8 +174,8 @@ class MoeLayer(_MoeWorkload):
         """The primary reference: the layer under the reference's routing (weights rounded to float32, as the
         backend receives them), so it measures arithmetic alone."""
         args, kwargs = self.split_args(inputs, shape)
-        chosen = contract.route(_router_logits(inputs), shape.dims.spec, bias=inputs.get("bias"))
-        return contract.moe(*args, **{**kwargs, "routing": Routing(chosen.weights.float(), chosen.ids)})[0]
+        chosen = ops.route(_router_logits(inputs), shape.dims.spec, bias=inputs.get("bias"))
+        return ops.moe(*args, **{**kwargs, "routing": Routing(chosen.weights.float(), chosen.ids)})[0]
 
     def evaluate(self, call: Call, group: CaseInputs, budget: parity.Budget) -> Evaluation:
         result = call()
@@ -185,12 +184,12 @@ class MoeLayer(_MoeWorkload):
             return Evaluation(None, None, failures=(parity.Failure("output", 0, 0, detail=detail),))
         out, routing = result
         shape, dtype = group.shape, group.dtype
-        free_ref = group.cached("free_reference", lambda: super(MoeLayer, self).reference(group.inputs, shape))
+        free_ref = group.cached("free_reference", lambda: super(MoeLayer, self).reference(group.tensors, shape))
         ref_routing = self.reference_routing(group)
         near, tol = group.cached(
             "near_ties",
             lambda: parity.routing_near_ties(
-                _router_logits(group.inputs), dtype, shape.dims.spec, bias=group.inputs.get("bias")
+                _router_logits(group.tensors), dtype, shape.dims.spec, bias=group.tensors.get("bias")
             ),
         )
         routing_budget = parity.budget_for(dtype, shape.dims.e)
@@ -232,7 +231,7 @@ class MoeExperts(_MoeWorkload):
 
     def make_inputs(self, shape: MoeShape, dtype: torch.dtype, seed: int, distribution: str) -> dict[str, torch.Tensor]:
         tensors = _weights(shape, dtype, seed, distribution)
-        chosen = contract.route(_router_logits(tensors), shape.dims.spec, bias=tensors.get("bias"))
+        chosen = ops.route(_router_logits(tensors), shape.dims.spec, bias=tensors.get("bias"))
         tensors["route_weights"] = chosen.weights.float()
         tensors["route_ids"] = chosen.ids
         return tensors
@@ -267,7 +266,7 @@ class MoeRoute(_MoeWorkload):
 
     def reference(self, inputs: Mapping[str, torch.Tensor], shape: MoeShape) -> torch.Tensor:
         """The primary reference: the combine weights ordered by expert id (routings compare as sets)."""
-        chosen = contract.route(inputs["logits"], shape.dims.spec, bias=inputs.get("bias"))
+        chosen = ops.route(inputs["logits"], shape.dims.spec, bias=inputs.get("bias"))
         return chosen.weights.gather(1, chosen.ids.argsort(dim=-1))
 
     def evaluate(self, call: Call, group: CaseInputs, budget: parity.Budget) -> Evaluation:
@@ -276,8 +275,8 @@ class MoeRoute(_MoeWorkload):
             detail = f"route must return a harness.ops.Routing(weights, ids), got {type(result).__name__}"
             return Evaluation(None, None, failures=(parity.Failure("output", 0, 0, detail=detail),))
         weights, ids = result.weights, result.ids
-        logits, bias, spec = group.inputs["logits"], group.inputs.get("bias"), group.shape.dims.spec
-        ref_routing = group.cached("routing", lambda: contract.route(logits, spec, bias=bias))
+        logits, bias, spec = group.tensors["logits"], group.tensors.get("bias"), group.shape.dims.spec
+        ref_routing = group.cached("routing", lambda: ops.route(logits, spec, bias=bias))
         near, tol = group.cached("near_ties", lambda: parity.routing_near_ties(logits, group.dtype, spec, bias=bias))
         report, _, weight_metrics, failures = parity.compare_routing(result, ref_routing, near, tol, budget)
         if weight_metrics is None:
@@ -304,8 +303,8 @@ class MoeRoute(_MoeWorkload):
             raise WorkloadError(f"{self.name}: input logits: expected 2 dims [T, E], got shape {list(logits.shape)}")
         shape = MoeShape(t=logits.shape[0], dims=replace(template.dims, e=logits.shape[1], bias="bias" in tensors))
         try:
-            contract.check_route_args(logits, shape.dims.spec, tensors.get("bias"))
-        except contract.ContractError as exc:
+            ops.check_route_args(logits, shape.dims.spec, tensors.get("bias"))
+        except ops.ContractError as exc:
             raise WorkloadError(f"{self.name}: {exc}") from None
         return shape
 

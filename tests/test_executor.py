@@ -94,7 +94,7 @@ def test_inputs_move_to_the_device_once_per_case() -> None:
     assert records[0].timing is not None and records[0].parity.deterministic is True  # judged, timed, re-run
     inputs = runner.in_process.prepare(cases[0])
     assert isinstance(inputs, Skip) is False
-    per_case = sorted(tuple(t.shape) for t in inputs.inputs.values())
+    per_case = sorted(tuple(t.shape) for t in inputs.tensors.values())
     assert sorted(CountingTorchCpu.moved) == sorted(per_case * len(cases))
 
 

@@ -12,7 +12,7 @@ import math
 from types import ModuleType
 from typing import Any, ClassVar
 
-from harness import ops as contract
+from harness import ops
 from harness.backend import Availability
 from harness.lazy import F, torch
 from harness.op_types import Experts, Routing, RoutingSpec, SharedExpert
@@ -138,9 +138,7 @@ class Ascend(TorchBackend):
             out = self._fusion_attention(q, k, v, causal=causal, window=window, scale=scale_value, kv_lens=kv_lens)
         else:
             out = self._fused_infer(q, k, v, causal=causal, window=window, scale=scale_value, kv_lens=kv_lens)
-        visible = contract.visible_keys(
-            Sq, Skv, batch=B, causal=causal, window=window, kv_lens=kv_lens, device=q.device
-        )
+        visible = ops.visible_keys(Sq, Skv, batch=B, causal=causal, window=window, kv_lens=kv_lens, device=q.device)
         # Fully masked rows: the NPU's value is unconfirmed; the contract says zeros.
         return out.masked_fill(~visible.any(dim=-1)[:, None, :, None], 0.0)
 
@@ -194,9 +192,7 @@ class Ascend(TorchBackend):
         """npu_fusion_attention (fp32, and D != Dv), BNSD, with an explicit B1SS mask in Ascend's convention."""
         B, Hq, Sq, _ = q.shape
         Skv = k.shape[2]
-        visible = contract.visible_keys(
-            Sq, Skv, batch=B, causal=causal, window=window, kv_lens=kv_lens, device=q.device
-        )
+        visible = ops.visible_keys(Sq, Skv, batch=B, causal=causal, window=window, kv_lens=kv_lens, device=q.device)
         mask = ~visible[:, None]  # [B, 1, Sq, Skv]; Ascend masks say True = masked OUT, the inverse of the contract
         out = self.tnpu.npu_fusion_attention(
             q,

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from harness import ops as contract
+from harness import ops
 from harness.backend import UnsupportedCaseError
 from harness.backends.cuda.memo import TensorMemo
 
@@ -237,7 +237,7 @@ class SdpaAttention:
         key = (b if lens else 1, sq, skv, causal, window, lens, str(device))
         if key not in self._masks:
             kv_lens = torch.tensor(lens) if lens is not None else None
-            vis = contract.visible_keys(sq, skv, batch=key[0], causal=causal, window=window, kv_lens=kv_lens)
+            vis = ops.visible_keys(sq, skv, batch=key[0], causal=causal, window=window, kv_lens=kv_lens)
             empty = ~vis.any(dim=-1, keepdim=True)  # [B, Sq, 1]
             self._masks[key] = (
                 vis[:, None].to(device),  # [B, 1, Sq, Skv]

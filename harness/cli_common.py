@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from harness.names import BadInputError
+from harness.names import BadInputError, split_values
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -17,11 +17,6 @@ if TYPE_CHECKING:
     from harness.backend import BackendRegistry
 
 EXIT_USAGE = 2
-
-
-def split_values(values: tuple[str, ...]) -> list[str]:
-    """Options accept repeats and comma lists alike: -b a,b -b c."""
-    return [item.strip() for v in values for item in v.split(",") if item.strip()]
 
 
 @contextmanager

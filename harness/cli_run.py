@@ -1,17 +1,17 @@
-"""`harness run`: the options, turned into a RunRequest for harness.launch (which plans, runs and summarizes)."""
+"""`harness run`: its options; harness.run_flags turns them into a RunRequest for harness.launch (which plans,
+runs and summarizes)."""
 
 from __future__ import annotations
 
 import sys
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import click
 
-from harness.cli_common import bad_input_exits, plugin_option, split_values
+from harness.cli_common import bad_input_exits, plugin_option
 from harness.names import DEFAULT_AGAINST_RATIO, DISTRIBUTIONS, DTYPE_NAMES
-from harness.suites import BUILTIN_SUITES, SuiteError, parse_threads, resolve_suite, resolve_threads
+from harness.suites import BUILTIN_SUITES
 
 
 @click.command("run")
@@ -150,86 +150,16 @@ from harness.suites import BUILTIN_SUITES, SuiteError, parse_threads, resolve_su
     "--no-table", is_flag=True, help="Print only the final line, not the summary (harness report prints every case)."
 )
 @plugin_option
-def run_cmd(
-    suite: str,
-    workloads: tuple[str, ...],
-    backends: tuple[str, ...],
-    dtypes: tuple[str, ...],
-    presets: tuple[str, ...],
-    shapes: tuple[str, ...],
-    seeds: str | None,
-    distributions: tuple[str, ...],
-    out: Path | None,
-    parity_only: bool,
-    determinism: bool | None,
-    threads: str | None,
-    time_oracles: bool,
-    time_budget: float | None,
-    backend_options: tuple[str, ...],
-    graphs: bool | None,
-    cold_cache: bool,
-    allow_tf32: bool,
-    inputs_file: str | None,
-    save_outputs: Path | None,
-    against: str | None,
-    against_ratio: float,
-    budgets: tuple[str, ...],
-    layerwise: bool,
-    model_path: str | None,
-    isolate: bool,
-    case_timeout: float,
-    resume: Path | None,
-    rerun_errors: bool,
-    no_table: bool,
-    plugins: tuple[str, ...],
-) -> None:
+def run_cmd(**flags: Any) -> None:
     """Run a suite (flags override its selection), stream records to JSONL, print a summary per backend."""
     from rich.console import Console
 
-    from harness.launch import RunInterruptedError, RunRequest, launch
-    from harness.runner import RunOptions
+    from harness.launch import RunInterruptedError, launch
+    from harness.run_flags import RunFlags
 
     console = Console(stderr=True)
     with bad_input_exits():
-        lists = {
-            "workloads": workloads,
-            "backends": backends,
-            "dtypes": dtypes,
-            "presets": presets,
-            "shapes": shapes,
-            "inputs": distributions,
-        }
-        chosen = _suite(suite, lists, seeds, threads)
-        timing = chosen.timing if time_budget is None else replace(chosen.timing, budget_s=time_budget)
-        aliases = {"graphs": graphs, "cold_cache": cold_cache or None, "tf32": allow_tf32 or None}
-        flags = {key: value for key, value in aliases.items() if value is not None}
-        backend_settings = _backend_options(chosen, plugins, backend_options, flags, against)
-        options = RunOptions(
-            parity_only=parity_only,
-            timing=timing,
-            determinism=not parity_only if determinism is None else determinism,
-            threads=resolve_threads(chosen.threads),
-            time_oracles=time_oracles,
-            save_outputs=save_outputs,
-            against=against,
-            against_ratio=against_ratio,
-            budget_overrides=_budget_overrides(budgets),
-            layerwise=layerwise,
-            model_path=model_path,
-            backend_options=backend_settings,
-        )
-        request = RunRequest(
-            chosen,
-            options,
-            plugins=tuple(split_values(plugins)),
-            inputs_file=inputs_file,
-            out=out,
-            resume=resume,
-            rerun_errors=rerun_errors,
-            isolate=isolate,
-            case_timeout=case_timeout,
-            summary=not no_table,
-        )
+        request = RunFlags(**flags).request()
         try:
             outcome = launch(request, console)
         except RunInterruptedError as exc:
@@ -237,63 +167,3 @@ def run_cmd(
             sys.exit(130)
     click.echo(outcome.summary, nl=False)
     sys.exit(outcome.exit_code)
-
-
-def _suite(name: str, lists: dict[str, tuple[str, ...]], seeds: str | None, threads: str | None) -> Any:
-    """The named suite with the command line's overrides (`lists`: suite field -> the option's values); bad
-    values raise SuiteError (exit 2)."""
-    chosen = resolve_suite(name)
-    overrides: dict[str, Any] = {field: tuple(split_values(values)) for field, values in lists.items() if values}
-    if seeds is not None:
-        try:
-            overrides["seeds"] = tuple(int(s) for s in seeds.split(",") if s.strip())
-        except ValueError:
-            raise SuiteError(f"--seeds {seeds!r}: expected a comma list of integers, e.g. 0,1,2") from None
-    for dist in overrides.get("inputs", ()):
-        if dist not in DISTRIBUTIONS:
-            raise SuiteError(f"unknown input distribution {dist!r}: not one of: {', '.join(DISTRIBUTIONS)}")
-    if threads is not None:
-        try:
-            overrides["threads"] = parse_threads(threads)
-        except SuiteError as exc:
-            raise SuiteError(f"--threads: {exc}") from None
-    return replace(chosen, **overrides)
-
-
-def _backend_options(
-    chosen: Any, plugins: tuple[str, ...], items: tuple[str, ...], flags: dict[str, bool], against: str | None
-) -> dict[str, dict[str, str]]:
-    """Backend name -> option -> raw value for the selected backends (and an --against backend): the suite's
-    settings and the alias flags where a backend declares them, then --backend-option, each checked here."""
-    from harness.backend_options import OptionSetting, resolve
-    from harness.cli_common import load_registry
-
-    registry = load_registry(plugins)
-    selected = registry.select(chosen.backends)
-    if against is not None and against in registry.names() and against not in selected:
-        selected.append(against)
-    settings = [
-        replace(OptionSetting.parse(item, source="suite backend_options"), alias=True)
-        for item in chosen.backend_options
-    ]
-    settings += [OptionSetting(key, str(int(value)), alias=True) for key, value in flags.items()]
-    settings += [OptionSetting.parse(item) for item in items]  # not split on commas: a value may hold one
-    return resolve(registry, selected, settings)
-
-
-def _budget_overrides(items: tuple[str, ...]) -> dict[str, float]:
-    from dataclasses import fields
-
-    from harness.parity import Budget
-
-    names = {f.name for f in fields(Budget)}
-    overrides = {}
-    for item in split_values(items):
-        key, sep, value = item.partition("=")
-        if not sep or key not in names:
-            raise SuiteError(f"--budget {item!r}: expected FIELD=VALUE with FIELD one of: {', '.join(sorted(names))}")
-        try:
-            overrides[key] = float(value)
-        except ValueError:
-            raise SuiteError(f"--budget {item!r}: {value!r} is not a number") from None
-    return overrides

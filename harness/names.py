@@ -70,3 +70,8 @@ ROPE_STYLES = ("half", "interleave")
 class BadInputError(ValueError):
     """Input the user gave that cannot be used (an unknown name, a malformed file): the CLI exits 2 with the
     message, no traceback. Every such error of the harness derives from this one class."""
+
+
+def split_values(values: tuple[str, ...]) -> list[str]:
+    """Options accept repeats and comma lists alike: -b a,b -b c."""
+    return [item.strip() for v in values for item in v.split(",") if item.strip()]

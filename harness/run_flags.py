@@ -1,0 +1,152 @@
+"""What `harness run` was given on its command line, turned into a RunRequest: the suite with the flags'
+overrides, the timing, the backend options (aliases included) and the budget overrides, each value checked here
+so a bad one is one line and exit 2 (SuiteError, BackendOptionError) before anything runs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from harness.launch import RunRequest
+from harness.names import DEFAULT_AGAINST_RATIO, DISTRIBUTIONS, split_values
+from harness.run_options import RunOptions
+from harness.suites import Suite, SuiteError, parse_threads, resolve_suite, resolve_threads
+
+# Suite list fields and the flags that override them (`--distribution` overrides the suite's `inputs`).
+SUITE_LISTS = {
+    "workloads": "workloads",
+    "backends": "backends",
+    "dtypes": "dtypes",
+    "presets": "presets",
+    "shapes": "shapes",
+    "distributions": "inputs",
+}
+
+
+@dataclass(frozen=True)
+class RunFlags:
+    """The options of `harness run`, as click passes them (names are the command's parameter names)."""
+
+    suite: str = "smoke"
+    workloads: tuple[str, ...] = ()
+    backends: tuple[str, ...] = ()
+    dtypes: tuple[str, ...] = ()
+    presets: tuple[str, ...] = ()
+    shapes: tuple[str, ...] = ()
+    seeds: str | None = None
+    distributions: tuple[str, ...] = ()
+    out: Path | None = None
+    parity_only: bool = False
+    determinism: bool | None = None
+    threads: str | None = None
+    time_oracles: bool = False
+    time_budget: float | None = None
+    backend_options: tuple[str, ...] = ()
+    graphs: bool | None = None
+    cold_cache: bool = False
+    allow_tf32: bool = False
+    inputs_file: str | None = None
+    save_outputs: Path | None = None
+    against: str | None = None
+    against_ratio: float = DEFAULT_AGAINST_RATIO
+    budgets: tuple[str, ...] = ()
+    layerwise: bool = False
+    model_path: str | None = None
+    isolate: bool = False
+    case_timeout: float = 600.0
+    resume: Path | None = None
+    rerun_errors: bool = False
+    no_table: bool = False
+    plugins: tuple[str, ...] = ()
+
+    def request(self) -> RunRequest:
+        chosen = self.chosen_suite()
+        timing = chosen.timing if self.time_budget is None else replace(chosen.timing, budget_s=self.time_budget)
+        options = RunOptions(
+            parity_only=self.parity_only,
+            timing=timing,
+            determinism=not self.parity_only if self.determinism is None else self.determinism,
+            threads=resolve_threads(chosen.threads),
+            time_oracles=self.time_oracles,
+            save_outputs=self.save_outputs,
+            against=self.against,
+            against_ratio=self.against_ratio,
+            budget_overrides=self.budget_overrides(),
+            layerwise=self.layerwise,
+            model_path=self.model_path,
+            backend_options=self.resolved_backend_options(chosen),
+        )
+        return RunRequest(
+            chosen,
+            options,
+            plugins=tuple(split_values(self.plugins)),
+            inputs_file=self.inputs_file,
+            out=self.out,
+            resume=self.resume,
+            rerun_errors=self.rerun_errors,
+            isolate=self.isolate,
+            case_timeout=self.case_timeout,
+            summary=not self.no_table,
+        )
+
+    def chosen_suite(self) -> Suite:
+        """The named suite with the command line's overrides; bad values raise SuiteError (exit 2)."""
+        chosen = resolve_suite(self.suite)
+        overrides: dict[str, Any] = {
+            field: tuple(split_values(getattr(self, flag)))
+            for flag, field in SUITE_LISTS.items()
+            if getattr(self, flag)
+        }
+        if self.seeds is not None:
+            try:
+                overrides["seeds"] = tuple(int(s) for s in self.seeds.split(",") if s.strip())
+            except ValueError:
+                raise SuiteError(f"--seeds {self.seeds!r}: expected a comma list of integers, e.g. 0,1,2") from None
+        for dist in overrides.get("inputs", ()):
+            if dist not in DISTRIBUTIONS:
+                raise SuiteError(f"unknown input distribution {dist!r}: not one of: {', '.join(DISTRIBUTIONS)}")
+        if self.threads is not None:
+            try:
+                overrides["threads"] = parse_threads(self.threads)
+            except SuiteError as exc:
+                raise SuiteError(f"--threads: {exc}") from None
+        return replace(chosen, **overrides)
+
+    def resolved_backend_options(self, chosen: Suite) -> dict[str, dict[str, str]]:
+        """Backend name -> option -> raw value for the selected backends (and an --against backend): the suite's
+        settings and the alias flags where a backend declares them, then --backend-option, each checked here."""
+        from harness.backend import default_registry
+        from harness.backend_options import OptionSetting, resolve
+
+        registry = default_registry(split_values(self.plugins))
+        selected = registry.select(chosen.backends)
+        if self.against is not None and self.against in registry.names() and self.against not in selected:
+            selected.append(self.against)
+        aliases = {"graphs": self.graphs, "cold_cache": self.cold_cache or None, "tf32": self.allow_tf32 or None}
+        settings = [
+            replace(OptionSetting.parse(item, source="suite backend_options"), alias=True)
+            for item in chosen.backend_options
+        ]
+        settings += [
+            OptionSetting(key, str(int(value)), alias=True) for key, value in aliases.items() if value is not None
+        ]
+        settings += [OptionSetting.parse(item) for item in self.backend_options]  # not split: a value may hold a comma
+        return resolve(registry, selected, settings)
+
+    def budget_overrides(self) -> dict[str, float]:
+        """--budget FIELD=VALUE items as Budget field -> value."""
+        from harness.parity import Budget
+
+        names = {f.name for f in fields(Budget)}
+        overrides = {}
+        for item in split_values(self.budgets):
+            key, sep, value = item.partition("=")
+            if not sep or key not in names:
+                allowed = ", ".join(sorted(names))
+                raise SuiteError(f"--budget {item!r}: expected FIELD=VALUE with FIELD one of: {allowed}")
+            try:
+                overrides[key] = float(value)
+            except ValueError:
+                raise SuiteError(f"--budget {item!r}: {value!r} is not a number") from None
+        return overrides

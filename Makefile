@@ -22,6 +22,10 @@ $(STAMP): pyproject.toml faults/pyproject.toml $(LOCK) Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check "$$(grep '^pip==' $(LOCK))"
 	$(BIN)/python -m pip install --quiet $(TORCH_SPEC) -r $(LOCK)
+	@# The distribution was named harness before it became infer-parity-harness: its metadata (in the venv, or an
+	@# egg-info left in the checkout) would register every backend twice.
+	$(BIN)/python -m pip uninstall --quiet --yes harness 2>/dev/null || true
+	rm -rf harness.egg-info
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e faults/  # the faults harness selftest runs
 	$(BIN)/python -m pip check

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
-from harness import ops, parity
+from harness import ops, parity, parity_routing
 from harness.lazy import torch
 from harness.models.shapes import MOE_MODELS, MoeDims
 from harness.names import OPS
@@ -188,12 +188,12 @@ class MoeLayer(_MoeWorkload):
         ref_routing = self.reference_routing(group)
         near, tol = group.cached(
             "near_ties",
-            lambda: parity.routing_near_ties(
+            lambda: parity_routing.routing_near_ties(
                 _router_logits(group.tensors), dtype, shape.dims.spec, bias=group.tensors.get("bias")
             ),
         )
         routing_budget = parity.budget_for(dtype, shape.dims.e)
-        report, agree, weight_metrics, failures = parity.compare_routing(
+        report, agree, weight_metrics, failures = parity_routing.compare_routing(
             routing, ref_routing, near, tol, routing_budget
         )
         checks: tuple[parity.Check, ...] = ()
@@ -277,8 +277,10 @@ class MoeRoute(_MoeWorkload):
         weights, ids = result.weights, result.ids
         logits, bias, spec = group.tensors["logits"], group.tensors.get("bias"), group.shape.dims.spec
         ref_routing = group.cached("routing", lambda: ops.route(logits, spec, bias=bias))
-        near, tol = group.cached("near_ties", lambda: parity.routing_near_ties(logits, group.dtype, spec, bias=bias))
-        report, _, weight_metrics, failures = parity.compare_routing(result, ref_routing, near, tol, budget)
+        near, tol = group.cached(
+            "near_ties", lambda: parity_routing.routing_near_ties(logits, group.dtype, spec, bias=bias)
+        )
+        report, _, weight_metrics, failures = parity_routing.compare_routing(result, ref_routing, near, tol, budget)
         if weight_metrics is None:
             failures += (parity.Failure("routing_weights", 0, 0, detail="no token's routing agrees"),)
         output = weights.gather(1, ids.argsort(dim=-1)) if weights.shape == ids.shape else None

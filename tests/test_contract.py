@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 
-from harness import ops, parity
+from harness import ops, parity, parity_routing
 from harness.backend import DTYPES, Availability, Backend, UnsupportedCaseError, default_registry
 from harness.names import ROPE_STYLES
 from harness.timing import TimingConfig, measure
@@ -185,8 +185,8 @@ def test_moe(name: str, scheme: str, dtype: str) -> None:
     assert isinstance(routing, ops.Routing) and routing.ids.dtype == torch.int64
     logits = t["x"].double() @ t["router_w"].double().T
     ref_routing = ops.route(logits, spec, bias=kwargs.get("bias"))
-    near, tol = parity.routing_near_ties(logits, dtype, spec, bias=kwargs.get("bias"))
-    _, agree, _, failures = parity.compare_routing(routing, ref_routing, near, tol, parity.budget_for(dtype, 8))
+    near, tol = parity_routing.routing_near_ties(logits, dtype, spec, bias=kwargs.get("bias"))
+    _, agree, _, failures = parity_routing.compare_routing(routing, ref_routing, near, tol, parity.budget_for(dtype, 8))
     assert not failures, failures[0].describe()
     ref, _ = ops.moe(*args, **kwargs)
     assert out.dtype == DTYPES[dtype] and out.shape == ref.shape
@@ -214,8 +214,8 @@ def test_route(name: str, scheme: str, dtype: str) -> None:
     assert isinstance(got, ops.Routing)
     assert got.ids.dtype == torch.int64 and got.ids.shape == (40, dims.top_k) and got.weights.shape == got.ids.shape
     ref = ops.route(logits, dims.spec, bias=bias)
-    near, tol = parity.routing_near_ties(logits, dtype, dims.spec, bias=bias)
+    near, tol = parity_routing.routing_near_ties(logits, dtype, dims.spec, bias=bias)
     budget = parity.budget_for(dtype, dims.e)
-    _, _, metrics, failures = parity.compare_routing(got, ref, near, tol, budget)
+    _, _, metrics, failures = parity_routing.compare_routing(got, ref, near, tol, budget)
     assert not failures, failures[0].describe()
     assert metrics is not None and parity.judge(metrics, budget).passed

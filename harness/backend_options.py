@@ -49,16 +49,18 @@ class BackendOption:
     default: Any
     parse: Callable[[str], Any]
     accepts: str  # the accepted values, for `harness list` and error messages
+    process_wide: bool = False  # one setting for the whole process (a library's global flag): backends must agree
 
     @classmethod
-    def flag(cls, description: str, default: bool = False) -> BackendOption:
-        return cls(description, default, parse_flag, "0 or 1")
+    def flag(cls, description: str, default: bool = False, *, process_wide: bool = False) -> BackendOption:
+        return cls(description, default, parse_flag, "0 or 1", process_wide)
 
 
 @dataclass(frozen=True)
 class OptionSetting:
-    """One `[BACKEND:]KEY=VALUE` request. An alias (`--allow-tf32`, `--no-graphs`) applies where a selected
-    backend declares the key and is ignored elsewhere; an explicit setting must reach at least one backend."""
+    """One `[BACKEND:]KEY=VALUE` request. An alias (`--allow-tf32`, `--no-graphs`, a suite file's entry) applies
+    where a selected backend declares the key and is ignored elsewhere, but its key must be one some registered
+    backend declares (a typo is an error); an explicit setting must reach at least one selected backend."""
 
     key: str
     value: str
@@ -128,13 +130,11 @@ def resolve(
     result: dict[str, dict[str, str]] = {}
     for setting in settings:
         if setting.backend:
-            cls = registry.get(setting.backend)  # an unknown name is a RegistryError (exit 2) naming the known ones
-            if setting.alias and setting.key not in declared(cls):
-                continue
+            declared(registry.get(setting.backend))  # an unknown name is a RegistryError (exit 2) naming the known
             targets = [setting.backend]
         else:
             targets = [n for n in chosen if setting.key in declared(registry.get(n))]
-            if not targets and setting.alias:
+            if not targets and setting.alias and _declared_anywhere(registry, setting.key):
                 continue
             if not targets:
                 raise BackendOptionError(
@@ -147,7 +147,30 @@ def resolve(
             except BackendOptionError as exc:
                 raise BackendOptionError(f"{setting.source}: {exc}") from None
             result.setdefault(name, {})[setting.key] = setting.value
+    _check_process_wide(registry, chosen, result)
     return result
+
+
+def _declared_anywhere(registry: _Registry, key: str) -> bool:
+    return any(key in declared(registry.get(name)) for name in registry.names())
+
+
+def _check_process_wide(registry: _Registry, chosen: list[str], result: Mapping[str, Mapping[str, str]]) -> None:
+    """A process-wide option (torch's global TF32 flags) cannot differ between backends of one run: whichever
+    backend was created last would set it for all, and the others' records would claim a mode they did not run."""
+    values: dict[str, dict[str, Any]] = {}
+    for name in chosen:
+        for key, option in declared(registry.get(name)).items():
+            if option.process_wide:
+                raw = result.get(name, {}).get(key)
+                values.setdefault(key, {})[name] = option.default if raw is None else option.parse(raw)
+    for key, per_backend in values.items():
+        if len(set(per_backend.values())) > 1:
+            shown = ", ".join(f"{name}={_shown(v)}" for name, v in per_backend.items())
+            raise BackendOptionError(
+                f"option {key} is one setting for the whole process, but the selected backends would need "
+                f"different values ({shown}); set it for all of them: --backend-option {key}=VALUE"
+            )
 
 
 def describe(registry: _Registry) -> list[tuple[str, str, str, str]]:

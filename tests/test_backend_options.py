@@ -4,6 +4,7 @@ recorded; bad ones are exit 2 naming what is accepted. And the math modes `harne
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -41,6 +42,32 @@ def test_settings_apply_to_the_selected_backends_that_declare_them() -> None:
     assert resolve(registry, ["torch-cpu"], [alias]) == {}
     with pytest.raises(BackendOptionError, match=r"no selected backend declares option 'graphs'"):
         resolve(registry, ["torch-cpu"], [OptionSetting.parse("graphs=0")])
+
+
+def test_a_suite_entry_or_alias_with_an_unknown_key_is_an_error_not_ignored() -> None:
+    registry = default_registry([OPTIONED])
+    suite_entry = replace(OptionSetting.parse("tf23=1", source="suite backend_options"), alias=True)
+    with pytest.raises(BackendOptionError, match=r"suite backend_options tf23=1: no selected backend declares"):
+        resolve(registry, ["torch-cpu"], [suite_entry])
+    qualified = replace(OptionSetting.parse("cuda:tf23=1", source="suite backend_options"), alias=True)
+    with pytest.raises(BackendOptionError, match=r"backend cuda has no option 'tf23'"):
+        resolve(registry, ["torch-cpu"], [qualified])
+    gpu_suite = replace(OptionSetting.parse("tf32=1", source="suite backend_options"), alias=True)
+    assert resolve(registry, ["torch-cpu"], [gpu_suite]) == {}  # a GPU suite run on CPU backends: nothing to set
+
+
+def test_a_process_wide_option_must_agree_across_the_backends_of_a_run() -> None:
+    """torch's TF32 flags are global: cuda with tf32=1 beside cuda-math at 0 would record a mode it did not run."""
+    registry = default_registry()
+    with pytest.raises(
+        BackendOptionError, match=r"option tf32 is one setting for the whole process.*cuda=1, cuda-math=0"
+    ):
+        resolve(registry, ["cuda", "cuda-math"], [OptionSetting.parse("cuda:tf32=1")])
+    assert resolve(registry, ["cuda", "cuda-math"], [OptionSetting.parse("tf32=1")]) == {
+        "cuda": {"tf32": "1"},
+        "cuda-math": {"tf32": "1"},
+    }
+    assert resolve(registry, ["cuda", "torch-cpu"], [OptionSetting.parse("cuda:tf32=1")]) == {"cuda": {"tf32": "1"}}
 
 
 def test_an_option_reaches_the_backend_and_its_record(harness_cli) -> None:

@@ -26,7 +26,11 @@ MAX_INPUT_SETS = 32
 TF32_MODE = "float32_tf32"  # the calibration mode name of float32 matmuls on TF32 tensor cores (kept in files)
 
 OPTIONS: Mapping[str, BackendOption] = {
-    "tf32": BackendOption.flag("let float32 matmuls and convolutions use TF32 tensor cores (recorded)"),
+    "tf32": BackendOption.flag(
+        "let float32 matmuls and convolutions use TF32 tensor cores (recorded; torch's flag is process-wide, so "
+        "every cuda backend of a run takes the same value)",
+        process_wide=True,
+    ),
     "graphs": BackendOption.flag(
         "time by replaying a captured CUDA graph of the calls (ops that cannot be captured fall back to events)",
         default=True,

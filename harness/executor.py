@@ -192,11 +192,7 @@ class CaseExecutor:
         fields.update(status="passed" if judged.passed else "failed", reason=judged.parity.verdict.reason)
         if self.saved_out is not None and judged.output is not None:
             self.saved_out.save(case, group.tensors, judged.output)
-        if (
-            not self.options.parity_only
-            and case.inputs != "stress"
-            and (self.options.time_oracles or not backend.oracle)
-        ):
+        if self._timed(case, backend):
             device = str(self._environment(case.backend, backend)["backend"].get("device_name", ""))
             sections = self._timer.time(case, group, backend, on_device.bound(), on_device.device, device)
             fields["timing"] = TimingRecord(sections["timing"])

@@ -145,8 +145,8 @@ class Layerwise:
         culprit = data.get("culprit")
         return cls(
             tuple(data.get("propagated") or ()),
-            tuple(OpError(**e) for e in data.get("teacher_forced") or ()),
-            None if culprit is None else OpError(**culprit),
+            tuple(OpError(**_known(OpError, e)) for e in data.get("teacher_forced") or ()),
+            None if culprit is None else OpError(**_known(OpError, culprit)),
             data.get("explanation", ""),
             data.get("unavailable", ""),
         )

@@ -33,11 +33,6 @@ def test_the_fault_plugin_registers_its_checks_under_the_selftest_group(monkeypa
     assert {c.backend for c in plugin.checks if c.culprit} <= {c.backend for c in plugin.checks if c.layerwise}
 
 
-def test_the_product_ships_no_faults() -> None:
-    assert not (ROOT / "backends" / "faults.py").exists()
-    assert "harness_faults" not in (ROOT / "pyproject.toml").read_text().split("[tool.ruff", 1)[0]
-
-
 def test_selftest_without_a_fault_plugin_says_how_to_install_one(harness_cli, monkeypatch) -> None:
     monkeypatch.setattr(selftest, "entry_points", lambda group: [])  # none installed, whatever this venv has
     run = harness_cli("selftest")

@@ -55,3 +55,10 @@ def test_every_entry_point_of_the_wheel_names_a_module_inside_it(wheel: zipfile.
         assert module.startswith("harness"), value
         path = module.replace(".", "/")
         assert f"{path}.py" in names or f"{path}/__init__.py" in names, value
+
+
+def test_the_wheel_ships_no_planted_fault(wheel: zipfile.ZipFile) -> None:
+    """Planted faults (backends named bug-*) belong to the selftest's own plugin (faults/), not the product."""
+    sources = {n: wheel.read(n).decode() for n in wheel.namelist() if n.endswith(".py")}
+    assert not [n for n, text in sources.items() if 'name: ClassVar[str] = "bug-' in text]
+    assert not [n for n in wheel.namelist() if "harness_faults" in n or n.endswith("faults.py")]

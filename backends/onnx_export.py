@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 import torch
 
 from harness import ops, progress
-from harness.op_types import Routing, RoutingSpec, TensorGroup, moe_inputs, moe_kwargs
+from harness.op_types import MoeArgs, Routing, RoutingSpec, TensorGroup, moe_inputs, moe_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -320,11 +320,12 @@ def export_ops() -> Any:
 
         name: ClassVar[str] = "ort-export"
 
-        def moe(self, x, router_w, w_gate, w_up, w_down, spec, *, bias=None, shared=None, routing=None):
-            named = moe_inputs(bias, shared, routing)
-            result = ExportableMoe(spec, tuple(named))(x, router_w, w_gate, w_up, w_down, *named.values())
-            if routing is not None:
-                return result, routing
+        def moe_layer(self, args: MoeArgs) -> tuple[torch.Tensor, Routing]:
+            named = moe_inputs(args.bias, args.shared, args.routing)
+            layer = ExportableMoe(args.spec, tuple(named))
+            result = layer(args.x, args.router_w, *args.experts.tensors(), *named.values())
+            if args.routing is not None:
+                return result, args.routing
             return result[0], Routing(*result[1:])
 
     return ExportOps()

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 from harness.backend import Availability, Backend
 from harness.lazy import LazyModule, torch
 from harness.names import OPS
-from harness.op_types import Routing, RoutingSpec, moe_inputs
+from harness.op_types import MoeArgs, Routing, RoutingSpec, moe_inputs
 
 log = logging.getLogger(__name__)
 
@@ -264,16 +264,18 @@ class OrtBackend(Backend):
     def route(self, logits: torch.Tensor, spec: RoutingSpec, *, bias: torch.Tensor | None = None) -> Routing:
         return self._invoke(_OrtCall("route", [logits], {"bias": bias}, {"spec": spec}, _routing))
 
-    def moe(self, x, router_w, w_gate, w_up, w_down, spec, *, bias=None, shared=None, routing=None):
-        """Backend.moe (its types) as the dense MoE graph, which also outputs the routing it chose, unless one is
-        given (then that one is returned)."""
-        fed = None if routing is None else Routing(routing.weights.float(), routing.ids.long())
-        extra = moe_inputs(bias, shared, fed)
+    def moe_layer(self, args: MoeArgs) -> tuple[torch.Tensor, Routing]:
+        """The dense MoE graph, which also outputs the routing it chose, unless one is given (then that one is
+        returned)."""
+        given = args.routing
+        fed = None if given is None else Routing(given.weights.float(), given.ids.long())
+        extra = moe_inputs(args.bias, args.shared, fed)
 
         def post(outputs: list[torch.Tensor]) -> tuple[torch.Tensor, Routing]:
-            return outputs[0], routing if routing is not None else _routing(outputs[1:])
+            return outputs[0], given if given is not None else _routing(outputs[1:])
 
-        return self._invoke(_OrtCall("moe", [x, router_w, w_gate, w_up, w_down], extra, {"spec": spec}, post))
+        tensors = [args.x, args.router_w, *args.experts.tensors()]
+        return self._invoke(_OrtCall("moe", tensors, extra, {"spec": args.spec}, post))
 
     def causal_lm(self, model: Any, input_ids: torch.Tensor, *, cache: Any = None, return_model: bool = False) -> Any:
         """Logits of the workload model exported whole (torch-cpu's ops bound in, MoE in the dense form).

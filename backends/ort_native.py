@@ -33,7 +33,7 @@ from harness import ops
 from harness.backend import Support, UnsupportedCaseError
 from harness.backends.onnxruntime import OrtCpu
 from harness.lazy import torch
-from harness.op_types import Routing
+from harness.op_types import MoeArgs, Routing
 
 if TYPE_CHECKING:
     from harness.workload import Case
@@ -283,8 +283,11 @@ class OrtCpuMoe(_NativeGraphs):
     native_ops: ClassVar[frozenset[str]] = frozenset({"moe", "attention"})  # attention: ort-cpu's (required)
     fc1_layout = staticmethod(fc1_interleaved)
 
-    def moe(self, x, router_w, w_gate, w_up, w_down, spec, *, bias=None, shared=None, routing=None):
-        """Backend.moe (its types) on the fused op, which routes inside: the router input is the logits."""
+    def moe_layer(self, args: MoeArgs) -> tuple[torch.Tensor, Routing]:
+        """The layer on the fused op, which routes inside: the router input is the logits."""
+        x, spec, bias, shared, routing = args.x, args.spec, args.bias, args.shared, args.routing
+        w_gate, w_up, w_down = args.experts.tensors()
+        router_w = args.router_w
         if x.dtype != torch.float32:
             raise UnsupportedCaseError(f"com.microsoft.MoE runs float32 only on ORT's CPU, not {x.dtype}")
         missing = [

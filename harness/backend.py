@@ -21,7 +21,7 @@ from harness.backend_options import BackendOption, parse_options
 from harness.dtypes import DTYPES  # re-exported: plugins import it from here
 from harness.lazy import torch
 from harness.names import OPS, BadInputError
-from harness.op_types import Experts, Routing, RoutingSpec, SharedExpert
+from harness.op_types import Experts, MoeArgs, Routing, RoutingSpec, SharedExpert
 from harness.plugins import PluginError, entry_points, import_plugin
 from harness.timing import Timer, TimingConfig, WallClockTimer
 
@@ -127,7 +127,7 @@ class Backend(abc.ABC):
     @classmethod
     def implemented_ops(cls) -> frozenset[str]:
         """The contract ops this class overrides; derived, so it cannot drift from the code."""
-        hooks = {op: (op,) for op in OPS} | {"moe": ("moe", "experts")}  # moe's default runs route + experts
+        hooks = {op: (op,) for op in OPS} | {"moe": ("moe", "moe_layer", "experts")}  # the default runs route + experts
         return frozenset(
             op for op in OPS if any(getattr(cls, m, None) is not getattr(Backend, m, None) for m in hooks[op])
         )
@@ -255,11 +255,16 @@ class Backend(abc.ABC):
         """[T,H] -> ([T,H], the Routing applied); see harness.ops.moe. A given `routing` is applied as is and
         returned; without one, the Routing the layer chose, so parity can compare decisions token by token.
 
-        The default routes (unless given a routing) with `route` on `router_logits`, then runs `experts`: a
-        backend overrides those, or `moe` itself when its kernel routes inside (a fused MoE op, an exported graph)."""
+        The default hands the arguments to `moe_layer` as one MoeArgs."""
+        return self.moe_layer(MoeArgs(x, router_w, Experts(w_gate, w_up, w_down), spec, bias, shared, routing))
+
+    def moe_layer(self, args: MoeArgs) -> tuple[torch.Tensor, Routing]:
+        """The MoE layer: routes (unless given a routing) with `route` on `router_logits`, then runs `experts`. A
+        backend overrides those two, or this when its kernel routes inside (a fused MoE op, an exported graph)."""
+        routing = args.routing
         if routing is None:
-            routing = self.route(self.router_logits(x, router_w), spec, bias=bias)
-        return self.experts(x, Experts(w_gate, w_up, w_down), routing, shared), routing
+            routing = self.route(self.router_logits(args.x, args.router_w), args.spec, bias=args.bias)
+        return self.experts(args.x, args.experts, routing, args.shared), routing
 
     def router_logits(self, x: torch.Tensor, router_w: torch.Tensor) -> torch.Tensor:
         """The [T, E] logits `moe` routes on: float32, as transformers' routers score whatever the case dtype."""

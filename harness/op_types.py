@@ -115,6 +115,20 @@ class Experts(TensorGroup):
     w_down: Tensor  # [E, H, F]
 
 
+@dataclass(frozen=True, eq=False)
+class MoeArgs:
+    """One MoE layer call's arguments as one value: what Backend.moe hands to `moe_layer`, the hook a kernel
+    that routes inside (a fused MoE op, an exported graph) overrides instead of `route` + `experts`."""
+
+    x: Tensor  # [T, H]
+    router_w: Tensor  # [E, H]
+    experts: Experts
+    spec: RoutingSpec
+    bias: Tensor | None = None  # [E]: selection bias (sigmoid_group_topk)
+    shared: SharedExpert | None = None
+    routing: Routing | None = None  # given: apply it as is (and return it)
+
+
 def swiglu_mlp(x: Tensor, w_gate: Tensor, w_up: Tensor, w_down: Tensor) -> Tensor:
     """down(silu(gate(x)) * up(x)), weights in nn.Linear layout (w_gate/w_up [F, H], w_down [H, F]): [N, H]."""
     return (F.silu(x @ w_gate.T) * (x @ w_up.T)) @ w_down.T

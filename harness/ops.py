@@ -19,6 +19,7 @@ from harness.names import ROPE_STYLES
 
 # The contract's value types, re-exported: `from harness.ops import RoutingSpec` is the documented spelling.
 from harness.op_types import ContractError, Experts, Routing, RoutingSpec, SharedExpert, require
+from harness.op_types import MoeArgs  # noqa: F401 - re-exported with the others
 
 
 def check_attention_inputs(

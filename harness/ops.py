@@ -18,8 +18,15 @@ from harness.lazy import torch
 from harness.names import ROPE_STYLES
 
 # The contract's value types, re-exported: `from harness.ops import RoutingSpec` is the documented spelling.
-from harness.op_types import ContractError, Experts, Routing, RoutingSpec, SharedExpert, require
-from harness.op_types import MoeArgs  # noqa: F401 - re-exported with the others
+from harness.op_types import (
+    ContractError,
+    Experts,
+    MoeArgs,  # noqa: F401 - re-exported with the others
+    Routing,
+    RoutingSpec,
+    SharedExpert,
+    require,
+)
 
 
 def check_attention_inputs(

@@ -14,7 +14,7 @@ from typing import Any
 from harness.backend import BackendRegistry, RegistryError
 from harness.dtypes import DTYPES
 from harness.lazy import torch
-from harness.names import BadInputError
+from harness.names import BadInputError, did_you_mean, unknown_name
 from harness.saved import SavedOutputs, SavedOutputsError
 from harness.suites import Suite
 from harness.workload import USER_SHAPE, Case, Workload, WorkloadError, WorkloadRegistry
@@ -76,7 +76,7 @@ class Planner:
             raise UsageError(str(exc)) from None
         for dtype in suite.dtypes:
             if dtype not in DTYPES:
-                raise UsageError(f"unknown dtype {dtype!r}: not one of: {', '.join(DTYPES)}")
+                raise UsageError(unknown_name("dtype", dtype, DTYPES))
         self.shape_filter = suite.shapes
         if self.model_path is not None:
             workloads = self._checkpoint_workloads(workloads, suite.presets)
@@ -107,6 +107,7 @@ class Planner:
         if unknown:
             raise UsageError(
                 f"unknown shape {unknown[0]!r} for the selected workloads; shapes: {', '.join(sorted(known_shapes))}"
+                + did_you_mean(unknown[0], sorted(known_shapes))
             )
         if not cases:
             raise UsageError("the selection is empty: no workload x preset x shape x dtype x backend combination")
@@ -152,6 +153,7 @@ class Planner:
         """The shape of the user's own tensors (--inputs)."""
         assert self.user_inputs is not None
         try:
+            workload.check_user_tensors(self.user_inputs)
             return workload.shape_from_inputs(self.user_inputs, self.template(workload, preset, ""))
         except WorkloadError as exc:
             raise UsageError(f"--inputs: {exc}") from None

@@ -190,6 +190,8 @@ class Workload(abc.ABC):
     float32_inputs: ClassVar[tuple[str, ...]] = ()
     # The input distributions that mean something for this workload (token ids have no "stress" variant).
     distributions: ClassVar[tuple[str, ...]] = DISTRIBUTIONS
+    # Whether it has layers to localize an error in (--layerwise); the core asks this, never the name.
+    has_layers: ClassVar[bool] = False
 
     def __init__(self, name: str, presets: Mapping[str, Mapping[str, Any]], description: str = "") -> None:
         if self.op not in OPS:
@@ -330,6 +332,15 @@ class Workload(abc.ABC):
     def checkpoint_shape(self, shape: Any, path: str) -> Any | None:
         """The shape to run a user's checkpoint directory (--model) with, or None if this workload does not
         take that checkpoint. Raises WorkloadError naming the path when the directory cannot be loaded."""
+        return None
+
+    def checkpoint_types(self) -> tuple[str, ...]:
+        """The kinds of checkpoint this workload takes (--model), as checkpoint_type names them; () for none."""
+        return ()
+
+    def checkpoint_type(self, path: str) -> str | None:
+        """The kind of checkpoint in a --model directory, as this workload reads it (None: not one it reads).
+        Raises WorkloadError naming the file when the directory cannot be read."""
         return None
 
     def tokens_per_call(self, shape: Any) -> int | None:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from harness.backend_options import BackendOption, parse_options
 from harness.dtypes import DTYPES  # re-exported: plugins import it from here
 from harness.lazy import torch
-from harness.names import OPS, BadInputError
+from harness.names import OPS, BadInputError, unknown_name
 from harness.op_types import Experts, MoeArgs, Routing, RoutingSpec, SharedExpert
 from harness.plugins import PluginError, entry_points, import_plugin
 from harness.timing import Timer, TimingConfig, WallClockTimer
@@ -404,7 +404,7 @@ class BackendRegistry:
         try:
             return self._entries[name].cls
         except KeyError:
-            raise RegistryError(f"unknown backend {name!r}: not one of: {', '.join(self.names())}") from None
+            raise RegistryError(unknown_name("backend", name, self.names())) from None
 
     def origin(self, name: str) -> str:
         return self._entries[name].origin

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from harness.names import BadInputError
+from harness.names import BadInputError, did_you_mean
 
 
 class _Registry(Protocol):
@@ -106,6 +106,7 @@ def parse_options(cls: type, raw: Mapping[str, str]) -> dict[str, Any]:
     if unknown:
         raise BackendOptionError(
             f"backend {cls.name} has no option {', '.join(map(repr, unknown))}; it accepts: {_accepted(cls)}"
+            + did_you_mean(unknown[0], opts)
         )
     values = {}
     for key, option in opts.items():
@@ -140,6 +141,7 @@ def resolve(
                 raise BackendOptionError(
                     f"{setting.source}: no selected backend declares option {setting.key!r}; "
                     f"{_offered(registry, chosen)}"
+                    + did_you_mean(setting.key, [k for n in chosen for k in declared(registry.get(n))])
                 )
         for name in targets:
             try:

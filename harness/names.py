@@ -7,13 +7,30 @@ fraction of a second; the modules that compute import their vocabulary from here
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import difflib
+import fnmatch
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 
 # The name this project installs under (the import name and console script are `harness`; `harness` itself
 # belongs to an unrelated project on the public index).
 DIST_NAME = "infer-parity-harness"
 
 DTYPE_NAMES = ("float64", "float32", "bfloat16", "float16")  # case dtypes (harness.backend.DTYPES maps them)
+# Other spellings people type for a name the harness knows, which string similarity alone does not find
+# (`fp16` is closer to nothing than to `float16`): suggested, never accepted silently.
+ALIASES = {
+    "fp16": "float16",
+    "half": "float16",
+    "f16": "float16",
+    "bf16": "bfloat16",
+    "fp32": "float32",
+    "f32": "float32",
+    "float": "float32",
+    "fp64": "float64",
+    "f64": "float64",
+    "double": "float64",
+}
 DISTRIBUTIONS = ("normal", "stress")  # input distributions
 REPORT_FORMATS = ("md", "csv", "latex", "html")
 DEFAULT_AGAINST_RATIO = 2.0  # --against: a candidate may have at most this multiple of the baseline's error
@@ -27,6 +44,9 @@ class OpSpec:
     inputs: tuple[str, ...]
     optional_inputs: tuple[str, ...] = ()
     summary: str = ""
+    # Input name -> its dimensions' names ("B,Hq,Sq,D"), for messages and rank checks; absent: any rank.
+    layouts: Mapping[str, str] = field(default_factory=dict)
+    integer_inputs: tuple[str, ...] = ()  # inputs of an integer dtype (lengths, ids); every other one is floating
 
 
 OPS: dict[str, OpSpec] = {
@@ -37,6 +57,8 @@ OPS: dict[str, OpSpec] = {
             ("q", "k", "v"),
             ("kv_lens",),
             "q [B,Hq,Sq,D], k [B,Hkv,Skv,D], v [B,Hkv,Skv,Dv] -> [B,Hq,Sq,Dv]; GQA, bottom-right causal, window",
+            {"q": "B,Hq,Sq,D", "k": "B,Hkv,Skv,D", "v": "B,Hkv,Skv,Dv", "kv_lens": "B"},
+            ("kv_lens",),
         ),
         OpSpec("rms_norm", ("x", "w"), (), "x [..., H], w [H] -> x / rms(x) * w"),
         OpSpec("rope", ("x", "cos", "sin"), (), "x [..., S, D], cos/sin broadcastable to x; half or interleave"),
@@ -46,18 +68,36 @@ OPS: dict[str, OpSpec] = {
             ("logits",),
             ("bias",),
             "logits [T,E] -> (weights [T,k], ids [T,k]); softmax_topk or sigmoid_group_topk",
+            {"logits": "T,E", "bias": "E"},
         ),
         OpSpec(
             "moe",
             ("x", "router_w", "w_gate", "w_up", "w_down"),
             ("bias", "shared_w_gate", "shared_w_up", "shared_w_down", "shared_gate", "route_weights", "route_ids"),
             "x [T,H] -> [T,H]: route, SwiGLU experts, weighted combine, optional (gated) shared expert",
+            {
+                "x": "T,H",
+                "router_w": "E,H",
+                "w_gate": "E,F,H",
+                "w_up": "E,F,H",
+                "w_down": "E,H,F",
+                "bias": "E",
+                "shared_w_gate": "Fs,H",
+                "shared_w_up": "Fs,H",
+                "shared_w_down": "H,Fs",
+                "shared_gate": "1,H",
+                "route_weights": "T,k",
+                "route_ids": "T,k",
+            },
+            ("route_ids",),
         ),
         OpSpec(
             "causal_lm",
             ("input_ids",),
             (),
             "model (a built workload model), input_ids [B,S] -> logits [B,S,V]; the model's own layers",
+            {"input_ids": "B,S"},
+            ("input_ids",),
         ),
     )
 }
@@ -75,3 +115,31 @@ class BadInputError(ValueError):
 def split_values(values: tuple[str, ...]) -> list[str]:
     """Options accept repeats and comma lists alike: -b a,b -b c."""
     return [item.strip() for v in values for item in v.split(",") if item.strip()]
+
+
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """A hint for an unknown name: "; did you mean 'float16'?" (an alias, a different case, a near spelling or,
+    for a glob pattern, a near pattern), or "" when nothing is close. Every lookup of a typed name uses it."""
+    known = list(dict.fromkeys(known))
+    if not known:
+        return ""
+    folded = {k.lower(): k for k in known}
+    key = name.strip().lower()
+    exact = [c for c in (ALIASES.get(key), folded.get(key)) if c in known and c != name]
+    if exact:  # an alias, or the same name in another case: that one, nothing else
+        candidates = exact
+    elif any(ch in name for ch in "*?["):  # a glob: compare with the families' patterns too (attention.*)
+        families = [f"{k.split('.')[0]}.*" for k in known if "." in k]
+        candidates = difflib.get_close_matches(name, list(dict.fromkeys(families + known)), n=2, cutoff=0.6)
+    else:
+        candidates = [folded[c] for c in difflib.get_close_matches(key, list(folded), n=2, cutoff=0.6)]
+    hits = [c for c in dict.fromkeys(candidates) if c != name and not fnmatch.fnmatchcase(c, name)]
+    if not hits:
+        return ""
+    return "; did you mean " + " or ".join(repr(h) for h in hits[:2]) + "?"
+
+
+def unknown_name(kind: str, name: str, known: Iterable[str]) -> str:
+    """The one-line answer to a name that is not known: what was given, the accepted names, the nearest one."""
+    known = list(known)
+    return f"unknown {kind} {name!r}: not one of: {', '.join(known)}{did_you_mean(name, known)}"

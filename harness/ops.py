@@ -65,8 +65,9 @@ def check_attention_inputs(
             not kv_lens.is_floating_point() and not kv_lens.is_complex(),
             f"attention input kv_lens: expected an integer dtype, got {kv_lens.dtype}",
         )
-        lo, hi = int(kv_lens.min()), int(kv_lens.max())
-        require(lo >= 0 and hi <= Skv, f"attention input kv_lens: values must lie in [0, {Skv}], got [{lo}, {hi}]")
+        if kv_lens.numel():  # an empty batch has no lengths to check (min() of nothing raises)
+            lo, hi = int(kv_lens.min()), int(kv_lens.max())
+            require(lo >= 0 and hi <= Skv, f"attention input kv_lens: values must lie in [0, {Skv}], got [{lo}, {hi}]")
 
 
 def visible_keys(

@@ -14,7 +14,7 @@ from typing import Any
 from harness.backend import BackendRegistry, RegistryError
 from harness.dtypes import DTYPES
 from harness.lazy import torch
-from harness.names import BadInputError
+from harness.names import BadInputError, did_you_mean, unknown_name
 from harness.saved import SavedOutputs, SavedOutputsError
 from harness.suites import Suite
 from harness.workload import USER_SHAPE, Case, Workload, WorkloadError, WorkloadRegistry
@@ -58,11 +58,13 @@ class Planner:
         *,
         model_path: str | None = None,
         user_inputs: Mapping[str, torch.Tensor] | None = None,
+        layerwise: bool = False,
     ) -> None:
         self.backends = backends
         self.workloads = workloads
         self.model_path = model_path  # --model: a user's checkpoint directory instead of seeded weights
         self.user_inputs = dict(user_inputs) if user_inputs is not None else None
+        self.layerwise = layerwise  # --layerwise: some selected workload must have layers
         self.shape_filter: tuple[str, ...] = ()
         self.excluded = 0  # cases the suite's exclude globs left out of the last plan
         self._checkpoint_shapes: dict[tuple[str, str, str], Any] = {}
@@ -76,8 +78,14 @@ class Planner:
             raise UsageError(str(exc)) from None
         for dtype in suite.dtypes:
             if dtype not in DTYPES:
-                raise UsageError(f"unknown dtype {dtype!r}: not one of: {', '.join(DTYPES)}")
+                raise UsageError(unknown_name("dtype", dtype, DTYPES))
         self.shape_filter = suite.shapes
+        if self.layerwise and not any(w.has_layers for w in workloads):
+            layered = [n for n in self.workloads.names() if self.workloads.get(n).has_layers]
+            raise UsageError(
+                f"--layerwise applies to workloads with layers ({', '.join(layered) or 'none registered'}); "
+                f"none of the selected ones has: {', '.join(w.name for w in workloads)}"
+            )
         if self.model_path is not None:
             workloads = self._checkpoint_workloads(workloads, suite.presets)
         cases = []
@@ -107,6 +115,7 @@ class Planner:
         if unknown:
             raise UsageError(
                 f"unknown shape {unknown[0]!r} for the selected workloads; shapes: {', '.join(sorted(known_shapes))}"
+                + did_you_mean(unknown[0], sorted(known_shapes))
             )
         if not cases:
             raise UsageError("the selection is empty: no workload x preset x shape x dtype x backend combination")
@@ -130,11 +139,29 @@ class Planner:
                     if w not in taking:
                         taking.append(w)
         if not taking:
-            raise UsageError(
-                f"--model {path}: none of the selected workloads ({', '.join(w.name for w in workloads)}) takes "
-                "this checkpoint's architecture; select a workload of that architecture with -w"
-            )
+            raise UsageError(self._untaken_checkpoint(path, workloads))
         return taking
+
+    def _untaken_checkpoint(self, path: str, selected: list[Workload]) -> str:
+        """Why no selected workload takes the checkpoint: its kind, and which workloads take which kinds."""
+        every = [self.workloads.get(n) for n in self.workloads.names()]
+        try:
+            kind = next((k for w in every if (k := w.checkpoint_type(path)) is not None), None)
+        except WorkloadError as exc:
+            return str(exc)
+        takers = {t: w.name for w in every for t in w.checkpoint_types()}
+        names = ", ".join(w.name for w in selected)
+        shown = "an unknown kind" if kind is None else repr(kind)
+        if kind in takers:
+            return (
+                f"--model {path}: none of the selected workloads ({names}) takes this checkpoint ({shown}); "
+                f"{takers[kind]} does: select it with -w {takers[kind]}"
+            )
+        supported = ", ".join(f"{t} ({w})" for t, w in takers.items()) or "none"
+        return (
+            f"--model {path}: none of the selected workloads ({names}) takes this checkpoint's architecture "
+            f"({shown}); supported: {supported}{did_you_mean(kind or '', takers)}"
+        )
 
     def _selected_shapes(self, workload: Workload, preset: str) -> list[str]:
         """The preset's shape names that pass --shape (all when none was given)."""
@@ -152,6 +179,7 @@ class Planner:
         """The shape of the user's own tensors (--inputs)."""
         assert self.user_inputs is not None
         try:
+            workload.check_user_tensors(self.user_inputs)
             return workload.shape_from_inputs(self.user_inputs, self.template(workload, preset, ""))
         except WorkloadError as exc:
             raise UsageError(f"--inputs: {exc}") from None

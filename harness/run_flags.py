@@ -4,14 +4,15 @@ so a bad one is one line and exit 2 (SuiteError, BackendOptionError) before anyt
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
 from harness.launch import RunRequest
-from harness.names import DEFAULT_AGAINST_RATIO, DISTRIBUTIONS, split_values
+from harness.names import DEFAULT_AGAINST_RATIO, did_you_mean, split_values
 from harness.run_options import RunOptions
-from harness.suites import Suite, SuiteError, parse_threads, resolve_suite, resolve_threads
+from harness.suites import Suite, SuiteError, check_values, parse_threads, resolve_suite, resolve_threads
 
 # Suite list fields and the flags that override them (`--distribution` overrides the suite's `inputs`).
 SUITE_LISTS = {
@@ -62,7 +63,8 @@ class RunFlags:
 
     def request(self) -> RunRequest:
         chosen = self.chosen_suite()
-        timing = chosen.timing if self.time_budget is None else replace(chosen.timing, budget_s=self.time_budget)
+        budget_s = self.checked_time_budget()
+        timing = chosen.timing if budget_s is None else replace(chosen.timing, budget_s=budget_s)
         options = RunOptions(
             parity_only=self.parity_only,
             timing=timing,
@@ -71,7 +73,7 @@ class RunFlags:
             time_oracles=self.time_oracles,
             save_outputs=self.save_outputs,
             against=self.against,
-            against_ratio=self.against_ratio,
+            against_ratio=self.checked_against_ratio(),
             budget_overrides=self.budget_overrides(),
             layerwise=self.layerwise,
             model_path=self.model_path,
@@ -103,15 +105,33 @@ class RunFlags:
                 overrides["seeds"] = tuple(int(s) for s in self.seeds.split(",") if s.strip())
             except ValueError:
                 raise SuiteError(f"--seeds {self.seeds!r}: expected a comma list of integers, e.g. 0,1,2") from None
-        for dist in overrides.get("inputs", ()):
-            if dist not in DISTRIBUTIONS:
-                raise SuiteError(f"unknown input distribution {dist!r}: not one of: {', '.join(DISTRIBUTIONS)}")
         if self.threads is not None:
             try:
                 overrides["threads"] = parse_threads(self.threads)
             except SuiteError as exc:
                 raise SuiteError(f"--threads: {exc}") from None
-        return replace(chosen, **overrides)
+        suite = replace(chosen, **overrides)
+        check_values(suite, self.flag_name)  # the same checks as a suite file's (seeds >= 0, known dtypes...)
+        return suite
+
+    @staticmethod
+    def flag_name(field: str) -> str:
+        """The flag that overrides a suite field, for messages about the value it was given."""
+        flags = {"inputs": "--distribution", "dtypes": "--dtype", "seeds": "--seeds", "backend_options": "suite"}
+        return flags.get(field, f"--{field}")
+
+    def checked_time_budget(self) -> float | None:
+        """--time-budget: a positive, finite number of seconds (as [timing] budget_s in a suite file)."""
+        budget = self.time_budget
+        if budget is not None and not (math.isfinite(budget) and budget > 0):
+            raise SuiteError(f"--time-budget {budget}: expected a positive number of seconds, e.g. 0.5")
+        return budget
+
+    def checked_against_ratio(self) -> float:
+        """--against-ratio: a finite number >= 1 (click's range lets NaN and infinity through)."""
+        if not (math.isfinite(self.against_ratio) and self.against_ratio >= 1):
+            raise SuiteError(f"--against-ratio {self.against_ratio}: expected a finite number >= 1, e.g. 2")
+        return self.against_ratio
 
     def resolved_backend_options(self, chosen: Suite) -> dict[str, dict[str, str]]:
         """Backend name -> option -> raw value for the selected backends (and an --against backend): the suite's
@@ -144,9 +164,12 @@ class RunFlags:
             key, sep, value = item.partition("=")
             if not sep or key not in names:
                 allowed = ", ".join(sorted(names))
-                raise SuiteError(f"--budget {item!r}: expected FIELD=VALUE with FIELD one of: {allowed}")
+                hint = did_you_mean(key, sorted(names)) if sep else ""
+                raise SuiteError(f"--budget {item!r}: expected FIELD=VALUE with FIELD one of: {allowed}{hint}")
             try:
                 overrides[key] = float(value)
             except ValueError:
                 raise SuiteError(f"--budget {item!r}: {value!r} is not a number") from None
+            if not (math.isfinite(overrides[key]) and overrides[key] >= 0):
+                raise SuiteError(f"--budget {item!r}: expected a finite number >= 0")
         return overrides

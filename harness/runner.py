@@ -58,7 +58,9 @@ class Runner:
     ) -> None:
         self.options = options
         self.run_id = run_id
-        self.planner = Planner(backends, workloads, model_path=options.model_path, user_inputs=user_inputs)
+        self.planner = Planner(
+            backends, workloads, model_path=options.model_path, user_inputs=user_inputs, layerwise=options.layerwise
+        )
         self.in_process = CaseExecutor(backends, self.planner, options, run_id)
         # isolation: (spec file, per-case timeout): each case in a child process
         self.executor: Executor = (

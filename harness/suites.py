@@ -6,6 +6,7 @@ suite is a TOML file whose errors name the offending key and its line.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import sys
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.backend_options import OptionSetting
-from harness.names import DISTRIBUTIONS, DTYPE_NAMES, BadInputError
+from harness.names import DISTRIBUTIONS, DTYPE_NAMES, BadInputError, did_you_mean, unknown_name
 from harness.timing import TimingConfig
 
 if sys.version_info >= (3, 11):
@@ -161,7 +162,7 @@ def load_suite_file(path: Path) -> Suite:
             values[key] = tuple(items)
     values["backend_options"] = (*timing_options, *values.get("backend_options", ()))
     suite = Suite(**values)
-    _check_values(suite, lambda key: _where(path, text, key))
+    check_values(suite, lambda key: _where(path, text, key))
     return suite
 
 
@@ -185,17 +186,19 @@ def _timing(path: Path, text: str, table: Any, options: list[str]) -> TimingConf
                 config = replace(config, **{key: value})
             continue
         expected = int if key.endswith("samples") else (int, float)
-        if isinstance(value, bool) or not isinstance(value, expected) or value <= 0:
+        if isinstance(value, bool) or not isinstance(value, expected) or not 0 < value < math.inf:
             raise SuiteError(f"{_where(path, text, key, 'timing')} must be a positive number, got {value!r}")
         config = replace(config, **{key: value})
     return config
 
 
-def _check_values(suite: Suite, where: Any) -> None:
-    for key, allowed in (("dtypes", DTYPE_NAMES), ("inputs", DISTRIBUTIONS)):
+def check_values(suite: Suite, where: Any) -> None:
+    """The values of a suite's lists, wherever they came from (a file's keys, `harness run`'s flags): `where(key)`
+    names the place for the message."""
+    for key, kind, allowed in (("dtypes", "dtype", DTYPE_NAMES), ("inputs", "input distribution", DISTRIBUTIONS)):
         for item in getattr(suite, key):
             if item not in allowed:
-                raise SuiteError(f"{where(key)}: {item!r} is not one of: {', '.join(allowed)}")
+                raise SuiteError(f"{where(key)}: {unknown_name(kind, item, allowed)}")
     for seed in suite.seeds:
         if seed < 0:
             raise SuiteError(f"{where('seeds')}: seeds must be >= 0, got {seed}")
@@ -230,4 +233,7 @@ def resolve_suite(spec: str) -> Suite:
         return BUILTIN_SUITES[spec]
     if spec.endswith(".toml") or Path(spec).is_file():
         return load_suite_file(Path(spec))
-    raise SuiteError(f"unknown suite {spec!r}: not one of: {', '.join(BUILTIN_SUITES)} (or a path to a .toml file)")
+    raise SuiteError(
+        f"unknown suite {spec!r}: not one of: {', '.join(BUILTIN_SUITES)} (or a path to a .toml file)"
+        + did_you_mean(spec, BUILTIN_SUITES)
+    )

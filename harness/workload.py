@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 from harness import ops, parity
 from harness.dtypes import DTYPES
 from harness.lazy import torch
-from harness.names import DISTRIBUTIONS, OPS, BadInputError
+from harness.names import DISTRIBUTIONS, OPS, BadInputError, did_you_mean, unknown_name
 from harness.op_types import TensorGroup
 from harness.plugins import PluginError, entry_points
 
@@ -86,7 +86,7 @@ def random_tensor(
 ) -> torch.Tensor:
     """Seeded host tensor in `dtype`. `stress`: 3x wider, with 0.2% outliers at +-8 sigma (overflow bait)."""
     if distribution not in DISTRIBUTIONS:
-        raise WorkloadError(f"input distribution {distribution!r} is not one of: {', '.join(DISTRIBUTIONS)}")
+        raise WorkloadError(unknown_name("input distribution", distribution, DISTRIBUTIONS))
     gen = generator(seed, name, distribution)
     x = torch.randn(shape, generator=gen, dtype=torch.float32) * scale
     if distribution == "stress":
@@ -190,6 +190,8 @@ class Workload(abc.ABC):
     float32_inputs: ClassVar[tuple[str, ...]] = ()
     # The input distributions that mean something for this workload (token ids have no "stress" variant).
     distributions: ClassVar[tuple[str, ...]] = DISTRIBUTIONS
+    # Whether it has layers to localize an error in (--layerwise); the core asks this, never the name.
+    has_layers: ClassVar[bool] = False
 
     def __init__(self, name: str, presets: Mapping[str, Mapping[str, Any]], description: str = "") -> None:
         if self.op not in OPS:
@@ -204,6 +206,7 @@ class Workload(abc.ABC):
         except KeyError:
             raise WorkloadError(
                 f"workload {self.name!r} has no preset {preset!r}; presets: {', '.join(self.presets)}"
+                + did_you_mean(preset, self.presets)
             ) from None
 
     def shape(self, preset: str, shape: str) -> Any:
@@ -211,6 +214,7 @@ class Workload(abc.ABC):
         if shape not in shapes:
             raise WorkloadError(
                 f"workload {self.name!r} preset {preset!r} has no shape {shape!r}; shapes: {', '.join(shapes)}"
+                + did_you_mean(shape, shapes)
             )
         return shapes[shape]
 
@@ -263,6 +267,34 @@ class Workload(abc.ABC):
                 problems.append(f"unknown {', '.join(unknown)}")
             raise WorkloadError(f"inputs for op {self.op!r} ({self.name}): {'; '.join(problems)}; accepted: {accepted}")
 
+    def check_user_tensors(self, tensors: Mapping[str, torch.Tensor]) -> None:
+        """What every op's tensors must be, before any shape is worked out from them (--inputs): the contract's
+        names, the rank of their layout, integer or floating as the contract says, and no empty dimension (a
+        zero-size batch or sequence has nothing to judge, and breaks reductions deep inside the reference)."""
+        self.check_input_names(tensors)
+        spec = OPS[self.op]
+        for name in (n for n in spec.inputs + spec.optional_inputs if n in tensors):  # in the contract's order
+            t = tensors[name]
+            layout = spec.layouts.get(name)
+            dims = layout.split(",") if layout else [f"dim {i}" for i in range(t.dim())]
+            shown = f"[{layout}]" if layout else ""
+            if layout and t.dim() != len(dims):
+                raise WorkloadError(
+                    f"{self.name}: input {name}: expected {len(dims)} dims {shown}, got shape {list(t.shape)}"
+                )
+            if t.dim() == 0:
+                raise WorkloadError(f"{self.name}: input {name}: expected a tensor with dimensions, got a scalar")
+            empty = [d for d, size in zip(dims, t.shape, strict=True) if size == 0]
+            if empty:
+                raise WorkloadError(
+                    f"{self.name}: input {name} {shown or list(t.shape)}: dimension {empty[0]} is 0 (shape "
+                    f"{list(t.shape)}); every dimension must be >= 1"
+                )
+            integer = name in spec.integer_inputs
+            if integer != (not t.is_floating_point() and not t.is_complex() and t.dtype != torch.bool):
+                kind = "an integer dtype" if integer else "a floating dtype"
+                raise WorkloadError(f"{self.name}: input {name}: expected {kind}, got {t.dtype}")
+
     def split_args(self, inputs: Mapping[str, torch.Tensor], shape: Any) -> tuple[list[torch.Tensor], dict[str, Any]]:
         """Positional tensors and keyword arguments of the op call, from named inputs."""
         spec = OPS[self.op]
@@ -300,6 +332,15 @@ class Workload(abc.ABC):
     def checkpoint_shape(self, shape: Any, path: str) -> Any | None:
         """The shape to run a user's checkpoint directory (--model) with, or None if this workload does not
         take that checkpoint. Raises WorkloadError naming the path when the directory cannot be loaded."""
+        return None
+
+    def checkpoint_types(self) -> tuple[str, ...]:
+        """The kinds of checkpoint this workload takes (--model), as checkpoint_type names them; () for none."""
+        return ()
+
+    def checkpoint_type(self, path: str) -> str | None:
+        """The kind of checkpoint in a --model directory, as this workload reads it (None: not one it reads).
+        Raises WorkloadError naming the file when the directory cannot be read."""
         return None
 
     def tokens_per_call(self, shape: Any) -> int | None:
@@ -362,7 +403,7 @@ class WorkloadRegistry:
         try:
             return self._workloads[name]
         except KeyError:
-            raise WorkloadError(f"unknown workload {name!r}: not one of: {', '.join(self.names())}") from None
+            raise WorkloadError(unknown_name("workload", name, self.names())) from None
 
     def select(self, patterns: Iterable[str]) -> list[Workload]:
         """Workloads matching any of the glob patterns, in name order; a pattern matching nothing is an error."""
@@ -370,7 +411,10 @@ class WorkloadRegistry:
         for pattern in patterns:
             hits = [n for n in self.names() if fnmatch.fnmatchcase(n, pattern)]
             if not hits:
-                raise WorkloadError(f"no workload matches {pattern!r}; known workloads: {', '.join(self.names())}")
+                raise WorkloadError(
+                    f"no workload matches {pattern!r}; known workloads: {', '.join(self.names())}"
+                    + did_you_mean(pattern, self.names())
+                )
             for n in hits:
                 chosen[n] = self._workloads[n]
         return [chosen[n] for n in sorted(chosen)]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -23,9 +22,9 @@ from harness.models.llm_bind import LlmModel, new_cache
 from harness.models.llm_config import (
     ARCHS,
     MODEL_TYPES,
-    ModelLoadError,
     build_config,
     causal_lm_class,
+    config_model_type,
     load_checkpoint,
     prepare_config,
     seeded_model,
@@ -108,6 +107,7 @@ class LlmWorkload(Workload):
 
     op: ClassVar[str] = "causal_lm"
     distributions: ClassVar[tuple[str, ...]] = ("normal",)
+    has_layers: ClassVar[bool] = True
 
     def __init__(self, arch: str, presets: Mapping[str, Mapping[str, LlmShape]], description: str) -> None:
         super().__init__(f"llm.{arch}", presets, description)
@@ -176,19 +176,17 @@ class LlmWorkload(Workload):
 
     def checkpoint_shape(self, shape: LlmShape, path: str) -> LlmShape | None:
         """A --model directory of this workload's architecture (validated by loading it once)."""
-        config_file = Path(path) / "config.json"
-        try:
-            model_type = json.loads(config_file.read_text()).get("model_type")
-        except FileNotFoundError:
-            raise ModelLoadError(
-                f"--model {path}: {config_file} is missing (expected config.json + *.safetensors)"
-            ) from None
-        except (OSError, ValueError) as exc:
-            raise ModelLoadError(f"--model {path}: {config_file} cannot be read: {exc}") from None
-        if MODEL_TYPES.get(model_type) != self.arch:
+        if self.checkpoint_type(path) not in self.checkpoint_types():
             return None
         load_checkpoint(Path(path))
         return dataclasses.replace(shape, size="checkpoint", checkpoint=str(path))
+
+    def checkpoint_types(self) -> tuple[str, ...]:
+        return tuple(t for t, arch in MODEL_TYPES.items() if arch == self.arch)
+
+    def checkpoint_type(self, path: str) -> str | None:
+        """config.json's model_type (transformers' name of the architecture)."""
+        return config_model_type(Path(path))
 
     # -- work counts --
     def flops(self, shape: LlmShape) -> float:

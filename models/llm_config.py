@@ -145,14 +145,52 @@ def seeded_model(config: Any, seed: int) -> nn.Module:
     return model
 
 
+def config_model_type(path: Path) -> str | None:
+    """The model_type of a checkpoint directory's config.json; errors name the file and what it must hold."""
+    config_file = path / "config.json"
+    try:
+        data = json.loads(config_file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelLoadError(
+            f"--model {path}: {config_file} is missing (expected config.json + *.safetensors)"
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"--model {path}: {config_file} cannot be read: {exc}") from None
+    if not isinstance(data, dict):
+        raise ModelLoadError(
+            f"--model {path}: {config_file}: expected a JSON object (as save_pretrained writes), got {_json_kind(data)}"
+        )
+    model_type = data.get("model_type")
+    return model_type if isinstance(model_type, str) else None
+
+
+def _json_kind(value: Any) -> str:
+    kinds = {list: "a list", str: "a string", bool: "a boolean", int: "a number", float: "a number"}
+    return "null" if value is None else kinds.get(type(value), type(value).__name__)
+
+
+def check_finite_weights(model: nn.Module, path: Path) -> None:
+    """A checkpoint with NaN or infinite weights cannot be judged (every metric would be NaN): name the first
+    tensor that holds them and how many, before anything runs."""
+    for name, t in (*model.named_parameters(), *model.named_buffers()):
+        if not t.is_floating_point():
+            continue
+        nans, infs = int(torch.isnan(t).sum()), int(torch.isinf(t).sum())
+        if nans or infs:
+            counts = ", ".join(f"{n} {what}" for n, what in ((nans, "NaN"), (infs, "Inf")) if n)
+            raise ModelLoadError(
+                f"--model {path}: the checkpoint holds non-finite weights ({name}: {counts} of {t.numel()}); "
+                "every weight must be finite"
+            )
+
+
 def load_checkpoint(path: Path) -> nn.Module:
     """A user's checkpoint directory (config.json + safetensors), in float64; errors name the path."""
     import transformers as tf
 
     path = Path(path)
     config_file = path / "config.json"
-    if not config_file.is_file():
-        raise ModelLoadError(f"--model {path}: {config_file} is missing (expected config.json + *.safetensors)")
+    config_model_type(path)  # a missing file, or JSON that is not an object, named before transformers reads it
     try:
         config = tf.AutoConfig.from_pretrained(str(path), local_files_only=True)
     except (OSError, ValueError, json.JSONDecodeError) as exc:
@@ -175,7 +213,9 @@ def load_checkpoint(path: Path) -> nn.Module:
         )
     except Exception as exc:  # transformers raises many types for a bad checkpoint; name the path either way
         raise ModelLoadError(f"--model {path}: loading failed: {type(exc).__name__}: {exc}") from None
-    return model.double().eval()
+    model = model.double().eval()
+    check_finite_weights(model, path)
+    return model
 
 
 def moe_dims(config: Any) -> MoeDims:

@@ -21,6 +21,7 @@ from harness.host import host_environment  # noqa: F401 - re-exported: `harness 
 from harness.names import BadInputError
 from harness.parity import Budget, Failure, Metrics
 from harness.parity_llm import OpError
+from harness.record_check import check_types
 
 log = logging.getLogger(__name__)
 
@@ -389,6 +390,7 @@ def validate_record(record: Any, where: str) -> Mapping[str, Any]:
         )
     if record["status"] not in STATUSES:
         raise ResultsError(f"{where}: status {record['status']!r} is not one of: {', '.join(STATUSES)}")
+    check_types(record, where, ResultsError)
     return record
 
 

@@ -100,7 +100,8 @@ def summarize(records: Iterable[Record], *, include_simulated_speed: bool = Fals
         greedy = [g["min"] for g in _sections(parity, "greedy")]
         notes = [r.reason for r in recs if r.reason]
         median_ns = statistics.median(t.median_ns for t in timed) if timed else None
-        ci = (timed[0].ci95_low_ns / 1e3, timed[0].ci95_high_ns / 1e3) if len(timed) == 1 else (None, None)
+        one = timed[0] if len(timed) == 1 and None not in (timed[0].ci95_low_ns, timed[0].ci95_high_ns) else None
+        ci = (one.ci95_low_ns / 1e3, one.ci95_high_ns / 1e3) if one is not None else (None, None)
         rows.append(
             Row(
                 *key,

@@ -240,14 +240,18 @@ def _fraction(text: str) -> float:
 )
 def compare_cmd(old: Path, new: Path, fail_on: str, alpha: float, error_growth: float, output: Path | None) -> None:
     """Compare two result files: significant slowdowns and parity regressions per case (exit 1 if any)."""
-    from harness.compare import compare_runs
-    from harness.results import read_records
+    from harness.compare import compare_runs, no_common_hint
+    from harness.results import ResultsError, read_some_records
 
     with bad_input_exits():
         threshold = _fraction(fail_on)
-        result = compare_runs(
-            read_records(old), read_records(new), fail_on=threshold, alpha=alpha, error_growth=error_growth
-        )
+        old_records, new_records = read_some_records(old), read_some_records(new)
+        result = compare_runs(old_records, new_records, fail_on=threshold, alpha=alpha, error_growth=error_growth)
+        if not result.common:
+            raise ResultsError(
+                f"{old} and {new} share no case (compare matches cases by key, backend included); they differ "
+                f"in {no_common_hint(old_records, new_records)}"
+            )
     text = result.markdown()
     if output is not None:
         output.write_text(text)
@@ -259,7 +263,9 @@ def compare_cmd(old: Path, new: Path, fail_on: str, alpha: float, error_growth: 
 @click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--format", "fmt_name", type=click.Choice(REPORT_FORMATS), default="md", show_default=True)
 @click.option("--include-simulated-speed", is_flag=True, help="Show timings of simulated backends too.")
-@click.option("--baseline", default=None, metavar="BACKEND", help="LaTeX: speedups against this backend.")
+@click.option(
+    "--baseline", default=None, metavar="BACKEND", help="A speedup column (and geometric means) against this backend."
+)
 @click.option(
     "--plots",
     "plots_dir",
@@ -286,16 +292,15 @@ def report_cmd(
 ) -> None:
     """Summarize result files: backend x case with verdict, key errors, median latency, TFLOP/s.
 
-    Formats: md, csv, latex (booktabs, CI, best in bold, --baseline speedups, geometric mean), html (one
-    self-contained page with the plots)."""
+    Formats: md, csv, latex (booktabs, CI, best in bold, geometric mean), html (one self-contained page with the
+    plots); --baseline adds speedups to each. A file holding no records exits 2."""
     from harness import report as report_mod
-    from harness.results import read_records
-    from harness.runner import UsageError
+    from harness.results import read_some_records
 
     with bad_input_exits():
-        records = [r for f in files for r in read_records(f)]
-        if baseline is not None and baseline not in {r.case.backend for r in records}:
-            raise UsageError(f"--baseline {baseline!r}: no records of that backend in the files")
+        records = [r for f in files for r in read_some_records(f)]
+        if baseline is not None:
+            report_mod.check_baseline(records, baseline, include_simulated_speed=include_simulated_speed)
     text = report_mod.render(records, fmt_name, include_simulated_speed=include_simulated_speed, baseline=baseline)
     if plots_dir is not None:
         from harness import plots

@@ -106,6 +106,28 @@ class Comparison:
         return "\n".join(lines) + "\n"
 
 
+CASE_FIELDS = ("backend", "workload", "preset", "shape", "dtype", "inputs", "seed")
+
+
+def _few(values: list[str], most: int = 5) -> str:
+    shown = ",".join(values[:most]) or "-"
+    return shown + (f" (+{len(values) - most} more)" if len(values) > most else "")
+
+
+def no_common_hint(old: Iterable[Record], new: Iterable[Record]) -> str:
+    """Why two runs share no case: the case fields whose values differ between them (OLD's, then NEW's)."""
+    a, b = list(old), list(new)
+    parts = []
+    for name in CASE_FIELDS:
+        va = sorted({str(getattr(r.case, name)) for r in a})
+        vb = sorted({str(getattr(r.case, name)) for r in b})
+        if va != vb:
+            parts.append(f"{name} {_few(va)} vs {_few(vb)}")
+    if not parts:
+        return "the same values of every case field, in different combinations"
+    return "; ".join(parts)
+
+
 def _latest(records: Iterable[Record]) -> dict[str, Record]:
     return {r.case.key: r for r in records}
 

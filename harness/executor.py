@@ -26,7 +26,7 @@ from harness.lazy import torch
 from harness.planning import Planner, against_source
 from harness.results import CaseRef, Record, TimingRecord, utc_now
 from harness.run_options import RunOptions, Skip
-from harness.saved import SavedOutputs
+from harness.saved import SavedOutputs, SavedOutputsError
 from harness.workload import Case, CaseInputs, WorkloadError, WorkloadUnavailableError, map_tensors
 
 log = logging.getLogger(__name__)
@@ -110,7 +110,10 @@ class CaseExecutor:
         planner = self.planner
         try:
             if self.saved_in is not None:
-                saved = self.saved_in.load_inputs(case)
+                try:
+                    saved = self.saved_in.load_inputs(case)
+                except SavedOutputsError as exc:
+                    return Skip(str(exc), broken=True)
                 if saved is None:
                     return Skip(f"{self.saved_in.root} has no saved inputs for {case.input_key}")
                 try:
@@ -151,7 +154,7 @@ class CaseExecutor:
         backend: Backend | None = None
         try:
             if isinstance(prepared, Skip):
-                fields["reason"] = prepared.reason
+                fields.update(status=prepared.status, reason=prepared.reason)
             elif prepared.problem:
                 fields.update(status="error", reason=prepared.problem)
             else:
@@ -183,7 +186,7 @@ class CaseExecutor:
         backend.reset_memory_stats()
         judged = self.judge.judge(case, group, on_device.call)
         if isinstance(judged, Skip):
-            fields["reason"] = judged.reason
+            fields.update(status=judged.status, reason=judged.reason)
             return
         if judged.parity.metrics is None:  # malformed output: the verdict alone says why
             fields.update(status="failed", reason=judged.parity.verdict.reason, parity=judged.parity)

@@ -11,7 +11,7 @@ from harness import parity
 from harness.backend import Backend
 from harness.results import Baseline, ParityRecord, VerdictRecord
 from harness.run_options import RunOptions, Skip
-from harness.saved import SavedOutputs
+from harness.saved import SavedOutputs, SavedOutputsError
 from harness.workload import Call, Case, CaseInputs
 
 BackendFor = Callable[[str], "Backend | Skip"]  # a backend of this run by name, created once
@@ -93,10 +93,17 @@ class Judge:
         budget = group.workload.budget(case.dtype, group.shape, self.options.budget_overrides)
         if self.saved_in is not None:
             name = self.saved_in.baseline_backend()
-            out = self.saved_in.load_output(case, name)
+            try:
+                out = self.saved_in.load_output(case, name)
+            except SavedOutputsError as exc:
+                return Skip(str(exc), broken=True)
             if out is None:
                 return Skip(f"{self.saved_in.root} has no output of {name} for {case.input_key}")
-            return Baseline(name, str(self.saved_in.root), parity.compare(out, group.reference(), budget))
+            try:
+                metrics = parity.compare(out, group.reference(), budget)
+            except ValueError as exc:  # a saved output of another shape: that file is wrong, not the backend
+                return Skip(f"{self.saved_in.output_path(case, name)}: {exc}", broken=True)
+            return Baseline(name, str(self.saved_in.root), metrics)
         name = str(self.options.against)
         backend = self.backend_for(name)
         if isinstance(backend, Skip):

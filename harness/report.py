@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from harness.names import REPORT_FORMATS
+from harness.names import REPORT_FORMATS, BadInputError
 from harness.parity_llm import OpError
 from harness.results import ParityRecord, Record
 
@@ -100,7 +100,8 @@ def summarize(records: Iterable[Record], *, include_simulated_speed: bool = Fals
         greedy = [g["min"] for g in _sections(parity, "greedy")]
         notes = [r.reason for r in recs if r.reason]
         median_ns = statistics.median(t.median_ns for t in timed) if timed else None
-        ci = (timed[0].ci95_low_ns / 1e3, timed[0].ci95_high_ns / 1e3) if len(timed) == 1 else (None, None)
+        one = timed[0] if len(timed) == 1 and None not in (timed[0].ci95_low_ns, timed[0].ci95_high_ns) else None
+        ci = (one.ci95_low_ns / 1e3, one.ci95_high_ns / 1e3) if one is not None else (None, None)
         rows.append(
             Row(
                 *key,
@@ -182,22 +183,52 @@ def table_cells(row: Row) -> list[str]:
     return cells
 
 
-def to_markdown(rows: list[Row]) -> str:
+SPEEDUP_AFTER = [name for name, _ in TABLE_COLUMNS].index("median_us") + 1  # the --baseline column's place
+
+
+def _table(rows: list[Row], baseline: str | None) -> tuple[list[str], list[list[str]]]:
+    """The header and cells of the md and html tables; with a baseline, a speedup column after the median."""
     header = [title for _, title in TABLE_COLUMNS]
+    cells = [table_cells(row) for row in rows]
+    if baseline is not None:
+        speed = _speedups(rows, baseline)
+        header.insert(SPEEDUP_AFTER, f"speedup vs {baseline}")
+        for i, row_cells in enumerate(cells):
+            row_cells.insert(SPEEDUP_AFTER, f"{speed[i]:.2f}x" if i in speed else "-")
+    return header, cells
+
+
+def geomean_speedups(rows: list[Row], baseline: str) -> dict[str, float]:
+    """Per backend, the geometric mean of its speedups against `baseline` over the cases timed on both."""
+    speed = _speedups(rows, baseline)
+    out = {}
+    for backend in sorted({rows[i].backend for i in speed}):
+        values = [speed[i] for i in speed if rows[i].backend == backend]
+        out[backend] = math.exp(sum(math.log(v) for v in values) / len(values))
+    return out
+
+
+def to_markdown(rows: list[Row], *, baseline: str | None = None) -> str:
+    header, cells = _table(rows, baseline)
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row in rows:
-        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in table_cells(row)) + " |")
+    for row_cells in cells:
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in row_cells) + " |")
+    if baseline is not None:
+        means = ", ".join(f"{b} {g:.2f}x" for b, g in geomean_speedups(rows, baseline).items())
+        lines += ["", f"Geometric mean speedup vs {baseline}: {means or '-'}"]
     return "\n".join(lines) + "\n"
 
 
-def to_csv(rows: list[Row]) -> str:
+def to_csv(rows: list[Row], *, baseline: str | None = None) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     names = [f.name for f in fields(Row)]
-    writer.writerow(names)
-    for row in rows:
+    writer.writerow(names + ([f"speedup_vs_{baseline}"] if baseline is not None else []))
+    speed = _speedups(rows, baseline)
+    for i, row in enumerate(rows):
         values = asdict(row)
-        writer.writerow(["" if values[n] is None else values[n] for n in names])
+        extra = [speed.get(i, "")] if baseline is not None else []
+        writer.writerow(["" if values[n] is None else values[n] for n in names] + extra)
     return buf.getvalue()
 
 
@@ -314,9 +345,7 @@ def to_latex(rows: list[Row], *, baseline: str | None = None, caption: str = "Pa
         lines.append(" & ".join(cells) + r" \\")
     if baseline and speed:
         lines.append(r"\midrule")
-        for backend in sorted({rows[i].backend for i in speed}):
-            values = [speed[i] for i in speed if rows[i].backend == backend]
-            geo = math.exp(sum(math.log(v) for v in values) / len(values))
+        for backend, geo in geomean_speedups(rows, baseline).items():
             blank = [""] * (len(cols) - 4)
             lines.append(
                 " & ".join(["Geometric mean", "", latex_escape(backend), *blank, f"{geo:.2f}$\\times$"]) + r" \\"
@@ -325,15 +354,18 @@ def to_latex(rows: list[Row], *, baseline: str | None = None, caption: str = "Pa
     return "\n".join(lines) + "\n"
 
 
-def to_html(records: list[Record], rows: list[Row], *, title: str = "harness report") -> str:
+def to_html(
+    records: list[Record], rows: list[Row], *, title: str = "harness report", baseline: str | None = None
+) -> str:
     """One self-contained page: the table, the layer-wise section, and the plots inlined as PNG (no network)."""
     from harness import plots
 
-    head = "".join(f"<th>{html.escape(t)}</th>" for _, t in TABLE_COLUMNS)
+    header, table = _table(rows, baseline)
+    head = "".join(f"<th>{html.escape(t)}</th>" for t in header)
     body = []
-    for row in rows:
+    for row, row_cells in zip(rows, table, strict=True):
         bad = row.verdict.split()[0] in ("FAIL", "ERROR", "CRASH", "TIMEOUT")
-        cells = "".join(f"<td>{html.escape(c)}</td>" for c in table_cells(row))
+        cells = "".join(f"<td>{html.escape(c)}</td>" for c in row_cells)
         body.append(f'<tr class="{"bad" if bad else ""}">{cells}</tr>')
     figures = []
     for name, make in plots.PLOTS.items():
@@ -369,6 +401,25 @@ pre {{ white-space: pre-wrap; font-size: 12px; }}
 """
 
 
+class ReportError(BadInputError):
+    """A report option that does not fit the records it reports on (--baseline)."""
+
+
+def check_baseline(records: list[Record], baseline: str, *, include_simulated_speed: bool = False) -> None:
+    """--baseline must name a backend the files hold, with timings to divide by (every format shows them)."""
+    backends = sorted({r.case.backend for r in records})
+    if baseline not in backends:
+        raise ReportError(
+            f"--baseline {baseline!r}: no records of that backend in the files; they hold: {', '.join(backends)}"
+        )
+    rows = summarize(records, include_simulated_speed=include_simulated_speed)
+    if not any(r.backend == baseline and r.median_us for r in rows):
+        raise ReportError(
+            f"--baseline {baseline!r}: none of its records is timed (a --parity-only run, stress inputs only, or a "
+            "simulated backend without --include-simulated-speed); speedups need the baseline's timings"
+        )
+
+
 def render(
     records: Iterable[Record],
     fmt_name: str,
@@ -379,11 +430,11 @@ def render(
     records = list(records)
     rows = summarize(records, include_simulated_speed=include_simulated_speed)
     if fmt_name == "md":
-        return to_markdown(rows) + layerwise_section(records)
+        return to_markdown(rows, baseline=baseline) + layerwise_section(records)
     if fmt_name == "csv":
-        return to_csv(rows)
+        return to_csv(rows, baseline=baseline)
     if fmt_name == "latex":
         return to_latex(rows, baseline=baseline)
     if fmt_name == "html":
-        return to_html(records, rows)
+        return to_html(records, rows, baseline=baseline)
     raise ValueError(f"report format {fmt_name!r} is not one of: {', '.join(FORMATS)}")

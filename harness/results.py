@@ -21,6 +21,7 @@ from harness.host import host_environment  # noqa: F401 - re-exported: `harness 
 from harness.names import BadInputError
 from harness.parity import Budget, Failure, Metrics
 from harness.parity_llm import OpError
+from harness.record_check import check_types
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,7 @@ SCHEMA_VERSION = 2
 STATUSES = ("passed", "failed", "skipped", "error", "crashed", "timeout")
 REQUIRED_FIELDS = ("schema_version", "run_id", "time_utc", "case", "status")
 FSYNC_EVERY = 50
+RESULTS_ACCEPTED = "a results file is JSONL, one record per line, as `harness run --out` writes it"
 
 
 class ResultsError(BadInputError):
@@ -377,10 +379,10 @@ class ResultWriter:
 
 def validate_record(record: Any, where: str) -> Mapping[str, Any]:
     if not isinstance(record, Mapping):
-        raise ResultsError(f"{where}: a record must be a JSON object, got {type(record).__name__}")
+        raise ResultsError(f"{where}: a record must be a JSON object, got {type(record).__name__}; {RESULTS_ACCEPTED}")
     missing = [f for f in REQUIRED_FIELDS if f not in record]
     if missing:
-        raise ResultsError(f"{where}: record lacks required fields {missing}")
+        raise ResultsError(f"{where}: record lacks required fields {missing}; {RESULTS_ACCEPTED}")
     version = record["schema_version"]
     if not isinstance(version, int) or version > SCHEMA_VERSION:
         raise ResultsError(
@@ -388,31 +390,67 @@ def validate_record(record: Any, where: str) -> Mapping[str, Any]:
         )
     if record["status"] not in STATUSES:
         raise ResultsError(f"{where}: status {record['status']!r} is not one of: {', '.join(STATUSES)}")
+    check_types(record, where, ResultsError)
     return record
 
 
+def _bad_line(path: Path, number: int, exc: ValueError, offset: int, records_before: int) -> ResultsError:
+    """The one-line answer to a line that is not a record: the file is not a results file at all (nothing
+    read before it), or one line of a results file is corrupt (a writer only ever leaves its LAST line cut)."""
+    if isinstance(exc, UnicodeDecodeError):
+        bad = exc.object[exc.start]
+        what = f"not UTF-8 text (byte 0x{bad:02x} at offset {offset + exc.start})"
+    else:
+        assert isinstance(exc, json.JSONDecodeError)
+        what = f"not valid JSON ({exc.msg.removesuffix(' at')} at column {exc.colno})"
+    if not records_before:
+        return ResultsError(f"{path}:{number}: not a harness results file: {what}; {RESULTS_ACCEPTED}")
+    return ResultsError(
+        f"{path}:{number}: {what}, after {records_before} good records; only a killed writer's last line may be cut: "
+        f"repair or delete line {number}"
+    )
+
+
 def iter_records(path: Path) -> Iterator[Record]:
-    """Validated records of a JSONL file; a truncated final line is skipped with a warning."""
+    """Validated records of a JSONL file; a truncated final line is skipped with a warning.
+
+    Any other line that is not a record (not UTF-8, not JSON, not a record object) is refused naming FILE:LINE,
+    the lines before it included: a corrupt middle line means the file was damaged or edited, and a report
+    or a resume that quietly left it out would lose a case without a word.
+    """
     path = Path(path)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+        data = path.read_bytes()
     except OSError as exc:
         raise ResultsError(f"cannot read results file {path}: {exc.strerror or exc}") from None
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
+    lines = data.split(b"\n")  # the last item is b"" when the file ends with a newline
+    offset, good = 0, 0
+    for number, raw in enumerate(lines, start=1):
+        start, offset = offset, offset + len(raw) + 1
+        if not raw.strip():
             continue
         try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            if number == len(lines) and not line.endswith("\n"):
+            record = json.loads(raw.decode("utf-8"))
+        except ValueError as exc:  # UnicodeDecodeError, json.JSONDecodeError
+            if number == len(lines) and raw.lstrip().startswith(b"{"):  # no newline after it: a killed writer
                 log.warning("%s:%d: skipping a truncated last record (the writer was killed mid-line)", path, number)
                 return
-            raise ResultsError(f"{path}:{number}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+            raise _bad_line(path, number, exc, start, good) from None
         yield Record.from_dict(record, f"{path}:{number}")
+        good += 1
 
 
 def read_records(path: Path) -> list[Record]:
     return list(iter_records(path))
+
+
+def read_some_records(path: Path) -> list[Record]:
+    """The records of a file a command reads to report on (report, compare): a file with none is bad input,
+    since a table or a comparison of nothing would look like a success."""
+    records = read_records(path)
+    if not records:
+        raise ResultsError(f"{path} holds no records (empty, or only a cut last line); {RESULTS_ACCEPTED}")
+    return records
 
 
 UNFINISHED = ("error", "crashed", "timeout")

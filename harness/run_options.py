@@ -34,6 +34,12 @@ class RunOptions:
 
 @dataclass(frozen=True)
 class Skip:
-    """A case (or a group's inputs, or a baseline) that cannot run here, and why: becomes a `skipped` record."""
+    """A case (or a group's inputs, or a baseline) that cannot run here, and why: becomes a `skipped` record,
+    or an `error` one when what stops it is broken (a corrupt saved file), which the run's exit code must show."""
 
     reason: str
+    broken: bool = False
+
+    @property
+    def status(self) -> str:
+        return "error" if self.broken else "skipped"

@@ -27,7 +27,27 @@ def _safetensors() -> Any:
 
 
 class SavedOutputsError(ValueError):
-    """A --against directory that cannot serve as a baseline."""
+    """A --against directory that cannot serve as a baseline, or one of its files that cannot be read (the
+    executor turns the latter into an `error` record of that case group alone)."""
+
+
+def _load(path: Path, needs: str | None = None) -> dict[str, torch.Tensor]:
+    """A saved file's tensors; a file safetensors cannot read (or without the tensor `needs`) raises
+    SavedOutputsError naming it. safetensors raises its own error type, OSError or ValueError by version."""
+    try:
+        tensors: dict[str, torch.Tensor] = _safetensors().load_file(str(path))
+    except Exception as exc:  # SafetensorError derives from Exception only
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise SavedOutputsError(
+            f"{path} is not a safetensors file ({detail}); --against DIR reads the files --save-outputs wrote: "
+            "save that case again or delete its folder"
+        ) from None
+    if needs is not None and needs not in tensors:
+        raise SavedOutputsError(
+            f"{path} holds no tensor {needs!r} (it holds: {', '.join(sorted(tensors)) or 'none'}); a saved output "
+            "is the tensor 'out', as --save-outputs writes it"
+        )
+    return tensors
 
 
 def _dirname(case: Case) -> str:
@@ -64,8 +84,11 @@ class SavedOutputs:
 
     def load_inputs(self, case: Case) -> dict[str, torch.Tensor] | None:
         path = self.root / _dirname(case) / INPUTS_FILE
-        return _safetensors().load_file(str(path)) if path.is_file() else None
+        return _load(path) if path.is_file() else None
 
     def load_output(self, case: Case, backend: str) -> torch.Tensor | None:
-        path = self.root / _dirname(case) / f"{backend}.safetensors"
-        return _safetensors().load_file(str(path))["out"] if path.is_file() else None
+        path = self.output_path(case, backend)
+        return _load(path, needs="out")["out"] if path.is_file() else None
+
+    def output_path(self, case: Case, backend: str) -> Path:
+        return self.root / _dirname(case) / f"{backend}.safetensors"

@@ -124,9 +124,17 @@ def load_suite_file(path: Path) -> Suite:
     """Parse a suite TOML file. Top-level keys: name, description, the list fields; a [timing] table."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except OSError as exc:
         raise SuiteError(f"cannot read suite file {path}: {exc.strerror or exc}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise SuiteError(
+            f"suite file {path}:{line} is not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}); "
+            "a suite file is TOML, which is UTF-8: save it as UTF-8"
+        ) from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

@@ -54,13 +54,14 @@ class RunFlags:
     layerwise: bool = False
     model_path: str | None = None
     isolate: bool = False
-    case_timeout: float = 600.0
+    case_timeout: float | None = None  # None: not given (RunRequest's default applies)
     resume: Path | None = None
     rerun_errors: bool = False
     no_table: bool = False
     plugins: tuple[str, ...] = ()
 
     def request(self) -> RunRequest:
+        self.check_isolation()
         chosen = self.chosen_suite()
         timing = chosen.timing if self.time_budget is None else replace(chosen.timing, budget_s=self.time_budget)
         options = RunOptions(
@@ -86,7 +87,7 @@ class RunFlags:
             resume=self.resume,
             rerun_errors=self.rerun_errors,
             isolate=self.isolate,
-            case_timeout=self.case_timeout,
+            **({} if self.case_timeout is None else {"case_timeout": self.case_timeout}),
             summary=not self.no_table,
         )
 
@@ -150,3 +151,12 @@ class RunFlags:
             except ValueError:
                 raise SuiteError(f"--budget {item!r}: {value!r} is not a number") from None
         return overrides
+
+    def check_isolation(self) -> None:
+        """--case-timeout is enforced by killing the case's own process: without --isolate there is none to
+        kill, so the flag would be silently ignored (and a hanging case would hang the run)."""
+        if self.case_timeout is not None and not self.isolate:
+            raise SuiteError(
+                f"--case-timeout {self.case_timeout:g} needs --isolate (each case in its own process, which the "
+                "timeout kills); add --isolate or drop --case-timeout"
+            )

@@ -103,16 +103,23 @@ class _Output:
             self.writer.close()
 
 
+REPEAT_S = 1.0  # a second SIGINT this soon after the first is the same Ctrl-C
+
+
 class _InterruptFlag:
     """Remembers a Ctrl-C while active, so the sweep stops after the case in flight even where a third-party
     library catches the KeyboardInterrupt and carries on (seen: SIGINT during `import onnxruntime`)."""
 
     def __init__(self) -> None:
         self.seen = False
+        self._when = 0.0
         self._previous: Any = None
 
     def _handle(self, signum: int, frame: Any) -> None:
-        self.seen = True
+        now = time.monotonic()
+        if self.seen and now - self._when < REPEAT_S:  # the same Ctrl-C twice: sent to the process group, and
+            return  # forwarded by the supervising parent (harness/supervise.py); a later one interrupts again
+        self.seen, self._when = True, now
         raise KeyboardInterrupt
 
     def __enter__(self) -> _InterruptFlag:

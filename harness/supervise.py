@@ -178,8 +178,8 @@ def crash_line(signum: int, facts: dict[str, Any]) -> str:
     out = facts.get("out")
     if out is None:
         return f"harness run was killed by {name} before its first case (loading plugins or planning)"
-    case = facts.get("case")
-    where = f"while running {case}" if case else "after its last case"
+    case = facts.get("case", "")
+    where = f"while running {case}" if case else "before its first case" if case == "" else "after its last case"
     return (
         f"harness run was killed by {name} {where}; {facts.get('kept', 0)} records of this run are in {out}; "
         f"rerun with --isolate (a crash then costs one record) and --resume {out} to run the rest"

@@ -21,8 +21,10 @@ import pytest
 from harness import isolate
 from harness.launch import RunRequest, prepare
 from harness.models.attention import AttentionWorkload
+from harness.planning import Planner
 from harness.results import read_records
 from harness.run_options import RunOptions
+from harness.runner import Runner, RunSummary
 from harness.suites import resolve_suite
 from tests.conftest import plugin
 
@@ -79,6 +81,15 @@ def test_a_run_that_records_nothing_never_exits_0(harness_cli, monkeypatch: pyte
     _no_traceback(run.output)
 
 
+def test_a_sweep_that_returns_without_records_is_not_success(harness_cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rule itself, whatever the cause: a planted runner loop that returns having recorded nothing."""
+    monkeypatch.setattr(Runner, "run", lambda self, cases, writer, on_record=None, on_start=None: RunSummary())
+    run = harness_cli("run", "-b", "torch-cpu", *DECODE)
+    assert run.exit_code == 3
+    assert "error: nothing ran: none of 2 planned cases was recorded in" in run.output
+    _no_traceback(run.output)
+
+
 def test_an_exit_outside_a_case_keeps_the_records_and_says_how_to_resume(
     harness_cli, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -87,6 +98,34 @@ def test_an_exit_outside_a_case_keeps_the_records_and_says_how_to_resume(
     run = harness_cli("run", "-b", "cpu-reference,torch-cpu", *DECODE, out=out)
     assert run.exit_code == 3 and len(run.records) == 2  # the first group's two cases
     assert f"2 records kept in {out}; `--resume {out}` runs the rest" in " ".join(run.output.split())
+    _no_traceback(run.output)
+
+
+def test_a_plugin_that_exits_at_import_is_a_broken_plugin(harness_cli, tmp_path: Path) -> None:
+    path = tmp_path / "exits.py"
+    path.write_text("import sys\nsys.exit(0)\n")
+    run = harness_cli("run", "--plugin", str(path), "-b", "torch-cpu", *DECODE)
+    assert run.exit_code == 2 and not run.records
+    assert f"error: plugin file '{path}' failed to import: SystemExit: 0" in run.output
+
+
+def test_a_probe_that_exits_is_an_error_record(harness_cli, tmp_path: Path) -> None:
+    path = tmp_path / "exit_probe.py"
+    path.write_text(
+        "import sys\nfrom harness.backends.torch_cpu import TorchCpu\n\n\n"
+        "class ExitProbe(TorchCpu):\n    name = 'exit-probe'\n\n    @classmethod\n"
+        "    def probe(cls):\n        sys.exit(0)\n"
+    )
+    run = harness_cli("run", "--plugin", str(path), "-b", "exit-probe,torch-cpu", *DECODE)
+    assert run.exit_code == 3
+    assert sorted(_statuses(run.records).values()) == ["error", "error", "passed", "passed"]
+
+
+def test_an_exit_while_the_run_is_planned_is_not_success(harness_cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Planner, "plan", lambda self, suite: sys.exit(0))
+    run = harness_cli("run", "-b", "torch-cpu", *DECODE)
+    assert run.exit_code == 3 and not run.records
+    assert "error: nothing ran: something called sys.exit(0) while the run was set up" in run.output
     _no_traceback(run.output)
 
 

@@ -178,5 +178,9 @@ def _run(flags: dict[str, Any]) -> None:
         except RunStoppedError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(3)
+        except SystemExit as exc:  # a plugin's or library's exit while the run was set up: not the run's verdict
+            where = "while the run was set up (plugins, backend options, planning)"
+            click.echo(f"error: nothing ran: something called sys.exit({exc.code!r}) {where}", err=True)
+            sys.exit(3)
     click.echo(outcome.summary, nl=False)
     sys.exit(outcome.exit_code)

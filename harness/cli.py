@@ -15,16 +15,19 @@ from typing import Any
 
 import click
 
-from harness.cli_common import bad_input_exits, load_registry, plugin_option, stdout_console
+from harness.cli_common import DEBUG_KEY, HarnessGroup, bad_input_exits, load_registry, plugin_option, stdout_console
 from harness.cli_run import run_cmd
 from harness.names import REPORT_FORMATS
 from harness.suites import BUILTIN_SUITES, SuiteError
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=HarnessGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
-def main(verbose: int) -> None:
+@click.option("--debug", is_flag=True, help="Show the traceback of an unexpected error (default: one line, exit 3).")
+@click.pass_context
+def main(ctx: click.Context, verbose: int, debug: bool) -> None:
     """Backend-agnostic inference parity and benchmark harness."""
+    ctx.meta[DEBUG_KEY] = debug
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 

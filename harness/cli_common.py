@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
@@ -17,6 +18,40 @@ if TYPE_CHECKING:
     from harness.backend import BackendRegistry
 
 EXIT_USAGE = 2
+EXIT_INTERNAL = 3  # an unexpected error: a case could not run, or the harness failed
+EXIT_INTERRUPTED = 130
+DEBUG_KEY = "harness.debug"  # in the click context's meta: --debug was given
+
+
+def debugging() -> bool:
+    ctx = click.get_current_context(silent=True)
+    return bool(ctx is not None and ctx.meta.get(DEBUG_KEY))
+
+
+def answer_unexpected(exc: BaseException) -> int:
+    """An exception that escaped a command, answered with one line (the traceback only with --debug); the exit
+    code: 2 for bad input, 130 for Ctrl-C, 3 for anything else."""
+    if isinstance(exc, KeyboardInterrupt):
+        click.echo("interrupted", err=True)
+        return EXIT_INTERRUPTED
+    if debugging():
+        traceback.print_exception(type(exc), exc, exc.__traceback__)
+    message = " ".join(str(exc).split()) or "(no message)"
+    hint = "" if debugging() else " (rerun with --debug for the traceback)"
+    click.echo(f"error: {type(exc).__name__}: {message}{hint}", err=True)
+    return EXIT_USAGE if isinstance(exc, BadInputError) else EXIT_INTERNAL
+
+
+class HarnessGroup(click.Group):
+    """The command group whose commands never end in a traceback (unless --debug): see answer_unexpected."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort, SystemExit):
+            raise
+        except BaseException as exc:  # KeyboardInterrupt included: 130, not click's "Aborted!" and 1
+            ctx.exit(answer_unexpected(exc))
 
 
 @contextmanager

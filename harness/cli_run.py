@@ -134,9 +134,9 @@ from harness.suites import BUILTIN_SUITES
 @click.option(
     "--case-timeout",
     type=click.FloatRange(min=0.1),
-    default=600.0,
-    show_default=True,
-    help="With --isolate: seconds before a case is killed and recorded as timeout.",
+    default=None,
+    help="With --isolate: seconds a case may run (its process's start-up not counted) before it is killed and "
+    "recorded as timeout (default 600).",
 )
 @click.option(
     "--resume",
@@ -152,9 +152,19 @@ from harness.suites import BUILTIN_SUITES
 @plugin_option
 def run_cmd(**flags: Any) -> None:
     """Run a suite (flags override its selection), stream records to JSONL, print a summary per backend."""
+    from harness.cli_common import answer_unexpected
+    from harness.supervise import run_supervised
+
+    if flags["isolate"]:  # each case in its own process already: a crash costs one record
+        _run(flags)
+    else:  # watched from a parent process (forked before torch loads): a crash is answered with one line
+        run_supervised(lambda: _run(flags), answer_unexpected)
+
+
+def _run(flags: dict[str, Any]) -> None:
     from rich.console import Console
 
-    from harness.launch import RunInterruptedError, launch
+    from harness.launch import RunInterruptedError, RunStoppedError, launch
     from harness.run_flags import RunFlags
 
     console = Console(stderr=True)
@@ -165,5 +175,12 @@ def run_cmd(**flags: Any) -> None:
         except RunInterruptedError as exc:
             console.print(str(exc))
             sys.exit(130)
+        except RunStoppedError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(3)
+        except SystemExit as exc:  # a plugin's or library's exit while the run was set up: not the run's verdict
+            where = "while the run was set up (plugins, backend options, planning)"
+            click.echo(f"error: nothing ran: something called sys.exit({exc.code!r}) {where}", err=True)
+            sys.exit(3)
     click.echo(outcome.summary, nl=False)
     sys.exit(outcome.exit_code)

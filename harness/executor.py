@@ -169,6 +169,9 @@ class CaseExecutor:
                     self._run(case, prepared, found, fields)
         except UnsupportedCaseError as exc:
             fields.update(status="skipped", reason=f"{case.backend}: {exc}", parity=None, timing=None)
+        except SystemExit as exc:  # a library's exit is the case's failure, not the run's end (nor its success)
+            reason = f"the case called sys.exit({exc.code!r}), which would have ended the run"
+            fields.update(status="error", reason=reason, traceback=traceback.format_exc(limit=-6))
         except Exception as exc:  # the sweep goes on: this case becomes an error record
             log.debug("case %s raised", case.key, exc_info=True)
             fields.update(

@@ -2,8 +2,9 @@
 out of memory costs one record (crashed / timeout / error, with the child's last output), not the sweep.
 
 The parent writes the run's specification (suite, options, plugins, inputs file) to a JSON file once; each child
-(`python -m harness.isolate SPEC CASE_KEY OUT`) rebuilds the registries, plans the same cases, runs the one
-named with the in-process executor, and writes its record to OUT. `IsolatedExecutor` is the parent's side: an
+(`python -m harness.isolate SPEC CASE_KEY OUT [READY_FD]`) rebuilds the registries, plans the same cases,
+prepares the inputs of the one named, says "ready" on READY_FD (the case's clock starts there), runs it with the
+in-process executor, and writes its record to OUT. `IsolatedExecutor` is the parent's side: an
 executor of the runner's loop like the in-process one.
 """
 
@@ -12,10 +13,13 @@ from __future__ import annotations
 import faulthandler
 import json
 import logging
+import os
+import select
 import signal
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -32,6 +36,7 @@ from harness.workload import Case
 log = logging.getLogger(__name__)
 
 OUTPUT_TAIL = 4000  # characters of the child's output kept in a crashed / timeout record
+STARTUP_TIMEOUT_S = 600.0  # a child's imports, plugin load and input preparation, apart from --case-timeout
 
 
 @dataclass(frozen=True)
@@ -115,22 +120,40 @@ class IsolatedExecutor:
         return self.local.unavailable()
 
 
-def run_case(local: CaseExecutor, spec_path: Path, case: Case, timeout_s: float) -> Record:
-    """Run one case in a child; always returns a record, whatever happened to the child."""
+def run_case(
+    local: CaseExecutor, spec_path: Path, case: Case, timeout_s: float, startup_s: float = STARTUP_TIMEOUT_S
+) -> Record:
+    """Run one case in a child; always returns a record, whatever happened to the child. The case's clock
+    (`timeout_s`) starts when the child says it is ready (imported, plugins loaded, inputs made); its start-up
+    has a limit of its own (`startup_s`), so a loaded machine's slow imports do not turn into case timeouts."""
     with tempfile.TemporaryDirectory(prefix="harness-case-") as tmp:
-        out = Path(tmp) / "record.json"
-        cmd = [sys.executable, "-m", "harness.isolate", str(spec_path), case.key, str(out)]
+        out, log_path = Path(tmp) / "record.json", Path(tmp) / "output.txt"
+        ready_r, ready_w = os.pipe()
+        cmd = [sys.executable, "-m", "harness.isolate", str(spec_path), case.key, str(out), str(ready_w)]
         try:
-            proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout_s, check=False)
-            output, returncode = proc.stdout, proc.returncode
-        except subprocess.TimeoutExpired as exc:
-            output, returncode = exc.output or b"", None
-        text = output.decode(errors="replace")[-OUTPUT_TAIL:] if output else ""
-        if returncode == 0 and out.exists():
+            with log_path.open("wb") as log_fh:
+                proc = subprocess.Popen(cmd, stdout=log_fh, stderr=subprocess.STDOUT, pass_fds=(ready_w,))
+            os.close(ready_w)
+            ended = _watch(proc, ready_r, timeout_s, startup_s)
+        finally:
+            os.close(ready_r)
+        text = _tail(log_path)
+        if ended.returncode == 0 and out.exists():
             return Record.from_dict(json.loads(out.read_text()), f"child record of {case.key}")
-    if returncode is None:
-        status, reason = "timeout", f"the case ran past --case-timeout {timeout_s:g} s and was killed"
-    elif returncode < 0:
+    returncode = ended.returncode
+    if ended.late == "start-up":
+        status = "timeout"
+        reason = (
+            f"the case's process did not finish its start-up (imports, plugins, inputs) within {startup_s:g} s "
+            "and was killed; the case itself never ran"
+        )
+    elif ended.late == "case":
+        status = "timeout"
+        reason = (
+            f"the case ran past --case-timeout {timeout_s:g} s and was killed "
+            f"(its process's start-up, {ended.startup_s:.1f} s, not counted)"
+        )
+    elif returncode is not None and returncode < 0:
         name = _signal_name(returncode)
         hint = " (out of memory? the kernel's OOM killer sends SIGKILL)" if name == "SIGKILL" else ""
         status, reason = "crashed", f"the case's process was killed by {name}{hint}"
@@ -139,14 +162,51 @@ def run_case(local: CaseExecutor, spec_path: Path, case: Case, timeout_s: float)
     return local.placeholder(case, status=status, reason=reason, child_output=text)
 
 
+@dataclass(frozen=True)
+class _Ended:
+    returncode: int | None
+    late: str | None = None  # "start-up" or "case": killed for running past that limit
+    startup_s: float = 0.0
+
+
+def _watch(proc: subprocess.Popen[bytes], ready_fd: int, timeout_s: float, startup_s: float) -> _Ended:
+    """Wait for the child: its start-up until it writes to `ready_fd` (or closes it by exiting), then the case."""
+    started = time.monotonic()
+    try:
+        readable, _, _ = select.select([ready_fd], [], [], startup_s)
+        if not readable:
+            return _Ended(_kill(proc), "start-up", time.monotonic() - started)
+        os.read(ready_fd, 64)  # b"ready", or b"" when the child ended before it was ready
+        startup = time.monotonic() - started
+        try:
+            return _Ended(proc.wait(timeout=timeout_s), None, startup)
+        except subprocess.TimeoutExpired:
+            return _Ended(_kill(proc), "case", startup)
+    except BaseException:  # Ctrl-C in the parent: the child goes too
+        _kill(proc)
+        raise
+
+
+def _kill(proc: subprocess.Popen[bytes]) -> int:
+    proc.kill()
+    return proc.wait()
+
+
+def _tail(path: Path) -> str:
+    """The last OUTPUT_TAIL characters of the child's output."""
+    with path.open("rb") as fh:
+        fh.seek(max(0, path.stat().st_size - 4 * OUTPUT_TAIL))
+        return fh.read().decode(errors="replace")[-OUTPUT_TAIL:]
+
+
 def child_main(argv: list[str]) -> int:
-    """`python -m harness.isolate SPEC CASE_KEY OUT`: run one case of the parent's plan."""
+    """`python -m harness.isolate SPEC CASE_KEY OUT [READY_FD]`: run one case of the parent's plan."""
     from safetensors.torch import load_file
 
     from harness.backend import default_registry
     from harness.workload import WorkloadRegistry
 
-    spec_path, key, out = argv
+    spec_path, key, out, *ready = argv
     spec, options = _read_spec(Path(spec_path))
     user_inputs = load_file(spec.inputs_file) if spec.inputs_file else None
     backends = default_registry(spec.plugins)
@@ -157,7 +217,12 @@ def child_main(argv: list[str]) -> int:
         return 2
     if options.threads is not None:
         torch.set_num_threads(options.threads)
-    record = CaseExecutor(backends, planner, options, spec.run_id).run_one(case)
+    executor = CaseExecutor(backends, planner, options, spec.run_id)
+    prepared = executor.prepare(case)
+    if ready:  # start-up is over: the parent's case clock starts now
+        os.write(int(ready[0]), b"ready")
+        os.close(int(ready[0]))
+    record = executor.execute(case, prepared)
     Path(out).write_text(json.dumps(record.to_dict(), allow_nan=True))
     return 0
 

@@ -3,6 +3,7 @@ JSONL file, print the summary, and return the exit code. The CLI only turns its 
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import signal
 import tempfile
@@ -15,6 +16,7 @@ from typing import Any
 from rich.console import Console
 
 from harness import summary as summary_mod
+from harness import supervise
 from harness.backend import default_registry
 from harness.display import RunProgress
 from harness.isolate import IsolationSpec
@@ -47,16 +49,77 @@ class RunInterruptedError(Exception):
         super().__init__(f"interrupted: {kept} records kept in {path}")
 
 
+class RunStoppedError(Exception):
+    """The sweep could not go on, or produced nothing: the results file stopped taking records, or something
+    called sys.exit outside a case. The records written so far are kept (exit 3)."""
+
+
+def _os_error(exc: OSError, path: Path) -> str:
+    """The OS's words, and the file they are about where it is not the results file itself."""
+    text = exc.strerror or str(exc)
+    return f"{text} ({exc.filename})" if exc.filename and str(exc.filename) != str(path) else text
+
+
+def _resume_hint(path: Path) -> str:
+    return f"`--resume {path}` runs the rest"
+
+
+class _Output:
+    """The run's ResultWriter, whose OS errors (a full disk, /dev/full, a file-size limit) stop the sweep with
+    one line naming the file, instead of a traceback from deep inside the loop."""
+
+    def __init__(self, path: Path, flag: str) -> None:
+        self.path = path
+        try:
+            self.writer = ResultWriter(path)
+        except OSError as exc:  # found before any case ran: bad usage
+            raise UsageError(f"{flag} {path}: cannot write there: {_os_error(exc, path)}") from None
+
+    @property
+    def count(self) -> int:
+        return self.writer.count
+
+    def _stopped(self, exc: OSError) -> RunStoppedError:
+        kept = f"{self.writer.count} records of this run kept there" if self.path.is_file() else "nothing kept"
+        hint = f"; {_resume_hint(self.path)}" if self.path.is_file() else ""
+        return RunStoppedError(f"cannot write results to {self.path}: {_os_error(exc, self.path)}; {kept}{hint}")
+
+    def write(self, record: Record) -> None:
+        try:
+            self.writer.write(record)
+        except OSError as exc:
+            self.abandon()
+            raise self._stopped(exc) from None
+
+    def close(self) -> None:
+        try:
+            self.writer.close()
+        except OSError as exc:
+            raise self._stopped(exc) from None
+
+    def abandon(self) -> None:
+        """Close after a failure, keeping that failure the one reported."""
+        with contextlib.suppress(OSError):
+            self.writer.close()
+
+
+REPEAT_S = 1.0  # a second SIGINT this soon after the first is the same Ctrl-C
+
+
 class _InterruptFlag:
     """Remembers a Ctrl-C while active, so the sweep stops after the case in flight even where a third-party
     library catches the KeyboardInterrupt and carries on (seen: SIGINT during `import onnxruntime`)."""
 
     def __init__(self) -> None:
         self.seen = False
+        self._when = 0.0
         self._previous: Any = None
 
     def _handle(self, signum: int, frame: Any) -> None:
-        self.seen = True
+        now = time.monotonic()
+        if self.seen and now - self._when < REPEAT_S:  # the same Ctrl-C twice: sent to the process group, and
+            return  # forwarded by the supervising parent (harness/supervise.py); a later one interrupts again
+        self.seen, self._when = True, now
         raise KeyboardInterrupt
 
     def __enter__(self) -> _InterruptFlag:
@@ -136,12 +199,32 @@ def launch(request: RunRequest, err: Console) -> RunOutcome:
         if interrupted.seen:  # a library swallowed the KeyboardInterrupt (onnxruntime's import does)
             raise KeyboardInterrupt
 
-    with display.shown(), ResultWriter(out_path) as writer:
-        try:
-            with interrupted:
-                result = runner.run(cases, writer, on_record, on_start=display.started)
-        except KeyboardInterrupt:
-            raise RunInterruptedError(writer.count, out_path) from None
+    output = _Output(out_path, "--resume" if request.resume is not None else "--out")
+    supervise.note_output(out_path)
+
+    def on_start(case: Any) -> None:
+        supervise.note_case(case.key, output.count)
+        display.started(case)
+
+    try:
+        with display.shown(), interrupted:
+            result = runner.run(cases, output, on_record, on_start=on_start)
+    except KeyboardInterrupt:
+        output.abandon()
+        raise RunInterruptedError(output.count, out_path) from None
+    except SystemExit as exc:  # outside a case (a case's own exit is its error record): the sweep cannot go on
+        output.abandon()
+        what = f"something called sys.exit({exc.code!r}) outside a case"
+        if not output.count and not previous:
+            raise RunStoppedError(f"nothing ran: {what}, before the first of {len(cases)} cases") from None
+        raise RunStoppedError(f"{what}; {output.count} records kept in {out_path}; {_resume_hint(out_path)}") from None
+    except BaseException:
+        output.abandon()
+        raise
+    output.close()
+    supervise.note_case(None, output.count)
+    if not records and not previous:  # a run that recorded nothing never reports success
+        raise RunStoppedError(f"nothing ran: none of {len(cases)} planned cases was recorded in {out_path}")
     for record in previous:
         result.add(record.status)
     everything = previous + records

@@ -50,7 +50,7 @@ def load_reference(value: str, *, origin: str) -> object:
         obj: object = importlib.import_module(module_name)
         for part in attr.split(".") if attr else ():
             obj = getattr(obj, part)
-    except Exception as exc:  # a broken plugin must not take the registry down; the caller decides
+    except (Exception, SystemExit) as exc:  # a broken plugin must not take the registry down (nor end the run)
         raise PluginError(f"cannot load {value!r} (from {origin}): {type(exc).__name__}: {exc}") from exc
     return obj
 
@@ -93,13 +93,13 @@ def import_plugin(spec: str) -> ModuleType:
         sys.modules[module_name] = module
         try:
             module_spec.loader.exec_module(module)
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:
             del sys.modules[module_name]
             raise PluginError(f"plugin file {spec!r} failed to import: {type(exc).__name__}: {exc}") from exc
         return module
     try:
         return importlib.import_module(spec)
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:
         raise PluginError(
             f"plugin {spec!r} is neither an existing .py file nor an importable module: {type(exc).__name__}: {exc}"
         ) from exc

@@ -7,6 +7,7 @@ Schema history: 1 the first; 2 adds `backend_options` (read from a version-1 lin
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -364,11 +365,20 @@ class ResultWriter:
         self._since_sync = 0
 
     def close(self) -> None:
-        if self._fh is not None:
+        """Flush, sync and close; the file is closed even when the flush fails (a full disk), so a second
+        close, or the garbage collector, does not try the failed write again."""
+        if self._fh is None:
+            return
+        try:
             self._fh.flush()
             self._sync()
-            self._fh.close()
+        except OSError:
+            with contextlib.suppress(OSError):  # closing retries the failed flush; the first error is the one
+                self._fh.close()
             self._fh = None
+            raise
+        self._fh.close()
+        self._fh = None
 
     def __enter__(self) -> ResultWriter:
         return self

@@ -55,13 +55,14 @@ class RunFlags:
     layerwise: bool = False
     model_path: str | None = None
     isolate: bool = False
-    case_timeout: float = 600.0
+    case_timeout: float | None = None  # None: not given (RunRequest's default applies)
     resume: Path | None = None
     rerun_errors: bool = False
     no_table: bool = False
     plugins: tuple[str, ...] = ()
 
     def request(self) -> RunRequest:
+        self.check_isolation()
         chosen = self.chosen_suite()
         budget_s = self.checked_time_budget()
         timing = chosen.timing if budget_s is None else replace(chosen.timing, budget_s=budget_s)
@@ -88,7 +89,7 @@ class RunFlags:
             resume=self.resume,
             rerun_errors=self.rerun_errors,
             isolate=self.isolate,
-            case_timeout=self.case_timeout,
+            **({} if self.case_timeout is None else {"case_timeout": self.case_timeout}),
             summary=not self.no_table,
         )
 
@@ -173,3 +174,12 @@ class RunFlags:
             if not (math.isfinite(overrides[key]) and overrides[key] >= 0):
                 raise SuiteError(f"--budget {item!r}: expected a finite number >= 0")
         return overrides
+
+    def check_isolation(self) -> None:
+        """--case-timeout is enforced by killing the case's own process: without --isolate there is none to
+        kill, so the flag would be silently ignored (and a hanging case would hang the run)."""
+        if self.case_timeout is not None and not self.isolate:
+            raise SuiteError(
+                f"--case-timeout {self.case_timeout:g} needs --isolate (each case in its own process, which the "
+                "timeout kills); add --isolate or drop --case-timeout"
+            )

@@ -180,7 +180,9 @@ def crash_line(signum: int, facts: dict[str, Any]) -> str:
         return f"harness run was killed by {name} before its first case (loading plugins or planning)"
     case = facts.get("case", "")
     where = f"while running {case}" if case else "before its first case" if case == "" else "after its last case"
+    kept = int(facts.get("kept", 0))
     return (
-        f"harness run was killed by {name} {where}; {facts.get('kept', 0)} records of this run are in {out}; "
+        f"harness run was killed by {name} {where}; {kept} record{'' if kept == 1 else 's'} of this run "
+        f"{'is' if kept == 1 else 'are'} in {out}; "
         f"rerun with --isolate (a crash then costs one record) and --resume {out} to run the rest"
     )

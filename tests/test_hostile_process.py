@@ -142,7 +142,7 @@ def test_a_segfault_without_isolate_names_the_case_the_file_and_the_way_on(tmp_p
     line = crashed.stderr.strip().splitlines()[-1]
     key = "attention.decode/tiny/gqa/float32/normal/seed0@segfaulting"
     assert line == (
-        f"error: harness run was killed by SIGSEGV while running {key}; 1 records of this run are in {out}; "
+        f"error: harness run was killed by SIGSEGV while running {key}; 1 record of this run is in {out}; "
         f"rerun with --isolate (a crash then costs one record) and --resume {out} to run the rest"
     )
     assert _statuses([r.to_dict() for r in read_records(out)]) == {"gqa@torch-cpu": "passed"}  # kept

@@ -149,6 +149,14 @@ from harness.suites import BUILTIN_SUITES
 @click.option(
     "--no-table", is_flag=True, help="Print only the final line, not the summary (harness report prints every case)."
 )
+@click.option(
+    "--summary-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="json: print the summary as one JSON object on stdout (per backend its counts, verdict, worst case and "
+    "--against port verdict; the results file), for CI bots; the exit code is the same.",
+)
 @plugin_option
 def run_cmd(**flags: Any) -> None:
     """Run a suite (flags override its selection), stream records to JSONL, print a summary per backend."""

@@ -1,5 +1,6 @@
 """The terminal side of a run: a one-line progress display (count, elapsed, ETA, and what runs now, down to a
-slow phase such as an ONNX export), readable at 80 columns; plain logging where stderr is not a terminal."""
+slow phase such as an ONNX export), readable at 80 columns; plain logging where stderr is not a terminal.
+A failing case localized by --layerwise gets one line, printed as it finishes, naming where it first diverges."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from rich.progress import MofNCompleteColumn, Progress, TextColumn, TimeElapsedC
 from rich.table import Column
 
 from harness import progress
+from harness.port import divergence
+from harness.summary import case_label
 
 if TYPE_CHECKING:
     from harness.results import Record
@@ -48,6 +51,10 @@ class RunProgress:
 
     def finished(self, case: Any, record: Record) -> None:
         self._progress.update(self._task, advance=1)
+        where = divergence(record) if record.status == "failed" else None
+        if where is not None:  # --layerwise: where it diverges, said now rather than only in harness report
+            line = f"FAILED {case_label(record.case, backend=True)}: {where}"
+            self._progress.console.print(line, soft_wrap=True, markup=False, highlight=False)
 
     def phase(self, text: str) -> None:
         """A slow step inside the case in flight: "ort-cpu: exporting the moe graph (float16) for moe.layer"."""

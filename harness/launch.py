@@ -40,6 +40,7 @@ class RunRequest:
     isolate: bool = False
     case_timeout: float = 600.0
     summary: bool = True  # False: only the final line (--no-table)
+    summary_format: str = "text"  # "json": the summary as one JSON object (summary.RunSummary)
 
 
 class RunInterruptedError(Exception):
@@ -235,7 +236,13 @@ def launch(request: RunRequest, err: Console) -> RunOutcome:
         threads=request.options.threads,
         excluded=runner.excluded,
         unavailable=runner.unavailable(),
+        against=None if request.options.against is None else str(request.options.against),
+        against_ratio=request.options.against_ratio,
     )
+    if request.summary_format == "json":
+        return RunOutcome(
+            result.exit_code, summary_mod.RunSummary(tuple(everything), facts, result.exit_code).to_json()
+        )
     if not request.summary:
         return RunOutcome(result.exit_code, summary_mod.final_line(everything, facts))
     width = shutil.get_terminal_size((80, 24)).columns  # COLUMNS when set; 80 when not a terminal

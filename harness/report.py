@@ -19,6 +19,7 @@ from typing import Any
 
 from harness.names import REPORT_FORMATS, BadInputError
 from harness.parity_llm import OpError
+from harness.port import against_label, ratio_figure
 from harness.results import ParityRecord, Record
 
 FORMATS = REPORT_FORMATS
@@ -53,6 +54,9 @@ class Row:
     roofline_pct: float | None  # measured time's share of the floor set by `harness calibrate`'s ceilings
     shape_info: str
     note: str
+    against: str | None = None  # --against: the baseline the cases were judged against (port.against_label)
+    baseline_rel_l2: float | None = None  # the baseline's worst rel_l2 on the same inputs
+    error_ratio: float | None = None  # the worst error / baseline error, as --against judged it (port.RatioFigure)
 
 
 def _fold_verdict(statuses: list[str]) -> str:
@@ -127,6 +131,9 @@ def summarize(records: Iterable[Record], *, include_simulated_speed: bool = Fals
                 roofline_pct=_max(t.roofline_pct for t in timed),
                 shape_info=next((r.shape_info for r in recs if r.shape_info), ""),
                 note="; ".join(_notes(simulated, any(t.noisy for t in timed), notes)),
+                against=next((label for p in parity if (label := against_label(p))), None),
+                baseline_rel_l2=_max(p.baseline.metrics.rel_l2 for p in parity if p.baseline is not None),
+                error_ratio=_max(f.ratio for p in parity if (f := ratio_figure(p)) is not None),
             )
         )
     return rows
@@ -184,12 +191,35 @@ def table_cells(row: Row) -> list[str]:
 
 
 SPEEDUP_AFTER = [name for name, _ in TABLE_COLUMNS].index("median_us") + 1  # the --baseline column's place
+AGAINST_AFTER = [name for name, _ in TABLE_COLUMNS].index("verdict") + 1  # --against runs: its columns' place
+AGAINST_FIELDS = ("against", "baseline_rel_l2", "error_ratio")
+
+
+def judged_against(rows: list[Row]) -> list[str]:
+    """The baselines the rows were judged against (--against), in order; [] for absolute-mode records."""
+    return list(dict.fromkeys(r.against for r in rows if r.against is not None))
+
+
+def against_caption(rows: list[Row]) -> str:
+    """`Judged against torch-cpu: ...` for the records of an --against run, "" otherwise."""
+    labels = judged_against(rows)
+    if not labels:
+        return ""
+    return (
+        f"Judged against {', '.join(labels)}: a case passes when its error against the float64 reference is within "
+        "--against-ratio times the baseline's (floored at a tenth of the dtype's budget)."
+    )
 
 
 def _table(rows: list[Row], baseline: str | None) -> tuple[list[str], list[list[str]]]:
     """The header and cells of the md and html tables; with a baseline, a speedup column after the median."""
     header = [title for _, title in TABLE_COLUMNS]
     cells = [table_cells(row) for row in rows]
+    if judged_against(rows):
+        header[AGAINST_AFTER:AGAINST_AFTER] = ["against", "baseline rel_l2", "error / baseline (max)"]
+        for row, row_cells in zip(rows, cells, strict=True):
+            ratio = "-" if row.error_ratio is None else f"{row.error_ratio:.3g}x"
+            row_cells[AGAINST_AFTER:AGAINST_AFTER] = [fmt(row.against), fmt(row.baseline_rel_l2), ratio]
     if baseline is not None:
         speed = _speedups(rows, baseline)
         header.insert(SPEEDUP_AFTER, f"speedup vs {baseline}")
@@ -210,7 +240,9 @@ def geomean_speedups(rows: list[Row], baseline: str) -> dict[str, float]:
 
 def to_markdown(rows: list[Row], *, baseline: str | None = None) -> str:
     header, cells = _table(rows, baseline)
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    caption = against_caption(rows)
+    lines = [caption, ""] if caption else []
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row_cells in cells:
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in row_cells) + " |")
     if baseline is not None:
@@ -222,7 +254,7 @@ def to_markdown(rows: list[Row], *, baseline: str | None = None) -> str:
 def to_csv(rows: list[Row], *, baseline: str | None = None) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    names = [f.name for f in fields(Row)]
+    names = [f.name for f in fields(Row) if judged_against(rows) or f.name not in AGAINST_FIELDS]
     writer.writerow(names + ([f"speedup_vs_{baseline}"] if baseline is not None else []))
     speed = _speedups(rows, baseline)
     for i, row in enumerate(rows):
@@ -314,7 +346,12 @@ def to_latex(rows: list[Row], *, baseline: str | None = None, caption: str = "Pa
     def cell(i: int, column: str, text: str) -> str:
         return rf"\textbf{{{text}}}" if (i, column) in bold else text
 
+    against = bool(judged_against(rows))
+    if against:
+        caption = f"{caption} {against_caption(rows)}"
     cols = ["Case", "dtype", "Backend", "Verdict", r"rel\_l2", r"Median $\mu$s [95\% CI]", "TFLOP/s"]
+    if against:
+        cols[5:5] = [r"Baseline rel\_l2", "Ratio"]
     if baseline:
         cols.append(f"Speedup vs {latex_escape(baseline)}")
     lines = [
@@ -340,6 +377,9 @@ def to_latex(rows: list[Row], *, baseline: str | None = None, caption: str = "Pa
             cell(i, "median", median),
             cell(i, "tflops", "--" if r.tflops is None else f"{r.tflops:.3g}"),
         ]
+        if against:
+            base, ratio = r.baseline_rel_l2, r.error_ratio
+            cells[5:5] = ["--" if base is None else f"{base:.2e}", "--" if ratio is None else f"{ratio:.3g}$\\times$"]
         if baseline:
             cells.append("--" if i not in speed else f"{speed[i]:.2f}$\\times$")
         lines.append(" & ".join(cells) + r" \\")
@@ -390,6 +430,7 @@ pre {{ white-space: pre-wrap; font-size: 12px; }}
 </style></head><body>
 <h1>{html.escape(title)}</h1>
 <p>{html.escape(env_text)}</p>
+{f"<p>{html.escape(against_caption(rows))}</p>" if judged_against(rows) else ""}
 <h2>Plots</h2>
 {"".join(figures)}
 <h2>Results</h2>

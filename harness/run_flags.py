@@ -59,6 +59,7 @@ class RunFlags:
     resume: Path | None = None
     rerun_errors: bool = False
     no_table: bool = False
+    summary_format: str = "text"
     plugins: tuple[str, ...] = ()
 
     def request(self) -> RunRequest:
@@ -91,6 +92,7 @@ class RunFlags:
             isolate=self.isolate,
             **({} if self.case_timeout is None else {"case_timeout": self.case_timeout}),
             summary=not self.no_table,
+            summary_format=self.summary_format,
         )
 
     def chosen_suite(self) -> Suite:

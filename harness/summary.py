@@ -9,12 +9,16 @@ The full per-case table is `harness report`.
 
 from __future__ import annotations
 
+import json
 import math
 import textwrap
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
+from harness.parity import Failure
+from harness.port import PortVerdict, divergence, port_verdicts
 from harness.results import CaseRef, Record
 
 BASELINE = "torch-cpu"  # speed ratios are against this backend where it was timed
@@ -32,6 +36,8 @@ class RunFacts:
     threads: int | None = None
     excluded: int = 0  # cases the suite's exclude list left out
     unavailable: Mapping[str, str] | None = None  # backend -> why it cannot run here
+    against: str | None = None  # --against: a backend or a --save-outputs directory
+    against_ratio: float | None = None  # --against-ratio
 
 
 def case_label(case: CaseRef, *, backend: bool = False) -> str:
@@ -65,6 +71,12 @@ def _speed(records: list[Record], baseline: Mapping[str, float]) -> tuple[float,
     return (math.exp(sum(logs) / len(logs)), len(logs)) if logs else None
 
 
+def worst_case(records: Iterable[Record]) -> tuple[Record, Failure] | None:
+    """The case whose check is furthest over (or closest to) its budget, and that check."""
+    judged = [(r, r.verdict.worst) for r in records if r.verdict is not None and r.verdict.worst is not None]
+    return max(judged, key=lambda rw: rw[1].ratio) if judged else None
+
+
 def _block(name: str, records: list[Record], baseline: Mapping[str, float], width: int) -> list[str]:
     counts = Counter(r.status for r in records)
     head = f"{name}  {counts['passed']} passed, {counts['failed']} failed"
@@ -77,9 +89,9 @@ def _block(name: str, records: list[Record], baseline: Mapping[str, float], widt
         reason, n = skips.most_common(1)[0]
         others = f" (and {len(skips) - 1} other reasons)" if len(skips) > 1 else ""
         lines += _wrap(f"skipped {n}: {reason}{others}", width, "  ")
-    judged = [(r, r.verdict.worst) for r in records if r.verdict is not None and r.verdict.worst is not None]
-    if judged:
-        r, w = max(judged, key=lambda rw: rw[1].ratio)
+    found = worst_case(records)
+    if found is not None:
+        r, w = found
         label = _fit(case_label(r.case), width - 10)
         if w.detail:
             figure = f"{w.metric}: {w.detail}"
@@ -87,6 +99,9 @@ def _block(name: str, records: list[Record], baseline: Mapping[str, float], widt
             share = f"{w.ratio:.0%} of it" if math.isfinite(w.ratio) else "over"
             figure = f"{w.metric} {_figure(w.value)} (budget {_figure(w.budget)}, {share})"
         lines += [f"  worst   {label}", *_wrap(figure, width, "          ")]
+        where = divergence(r)
+        if where is not None:
+            lines += _wrap(where, width, "  ", "layers  ")
     if any(r.simulated for r in records):
         lines += ["  speed   simulated: timings say nothing about the real device"]
     elif name == BASELINE and baseline:
@@ -100,6 +115,21 @@ def _block(name: str, records: list[Record], baseline: Mapping[str, float], widt
             lines += _wrap(text, width, "  ", "speed   ")
         elif not any(r.timing for r in records):
             lines += ["  speed   not timed"]
+    return lines
+
+
+def _port_block(verdict: PortVerdict, width: int) -> list[str]:
+    """`PORT NOT OK  bug-wrong-gqa against torch-cpu`, why, and the worst case with its error ratio."""
+    lines = _wrap(f"{verdict.status}  {verdict.backend} against {verdict.against}", width, "")
+    lines += _wrap(verdict.why(), width, "  ")
+    r = verdict.worst
+    if r is None:
+        return lines
+    lines += [f"  worst   {_fit(case_label(r.case), width - 10)}"]
+    if verdict.figure is not None:
+        lines += _wrap(verdict.figure.describe(verdict.against, verdict.allowed_ratio), width, "          ")
+    if r.status == "failed" and (verdict.figure is None or verdict.figure.ratio <= (verdict.allowed_ratio or 0)):
+        lines += _wrap(f"failed on: {r.reason}", width, "          ")  # over an absolute check, not the ratio
     return lines
 
 
@@ -153,6 +183,8 @@ def render(records: Iterable[Record], facts: RunFacts, width: int = 80) -> str:
                 "",
             ),
         ]
+    for verdict in port_verdicts(records, facts.against, facts.against_ratio):
+        lines += ["", *_port_block(verdict, width)]
     lines += ["", *_wrap(final_line(records, facts).rstrip("\n"), width, "")]
     lines += _wrap(f"all cases, one row each: harness report {facts.out_path}", width, "")
     return "\n".join(lines) + "\n"
@@ -163,3 +195,86 @@ def final_line(records: list[Record], facts: RunFacts) -> str:
     counts = Counter(r.status for r in records)
     summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
     return f"{len(records)} cases ({summary}); results: {facts.out_path}\n"
+
+
+def _strict(value: Any) -> Any:
+    """JSON has no infinity or NaN that every parser reads: those become null, at any depth."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {k: _strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict(v) for v in value]
+    return value
+
+
+def _status_verdict(counts: Mapping[str, int]) -> str:
+    if counts.get("failed"):
+        return "failed"
+    if any(counts.get(s) for s in BAD[1:]):
+        return "error"
+    return "passed" if counts.get("passed") else "skipped"
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """The summary as data (`harness run --summary-format json`, for CI bots): per backend its counts, verdict,
+    worst case and, with --against, its port verdict; the failing cases in full; the results file."""
+
+    records: tuple[Record, ...]
+    facts: RunFacts
+    exit_code: int
+
+    def backend(self, name: str, records: list[Record], port: PortVerdict | None) -> dict[str, Any]:
+        counts = Counter(r.status for r in records)
+        found = worst_case(records)
+        worst = None
+        if found is not None:
+            r, w = found
+            worst = {
+                "case": r.case.key,
+                "status": r.status,
+                "metric": w.metric,
+                "value": w.value,
+                "budget": w.budget,
+                "share_of_budget": w.ratio,
+                "detail": w.detail,
+                "divergence": divergence(r),
+            }
+        port_data = None if port is None else port.to_dict()
+        return {"backend": name, "verdict": _status_verdict(counts), "counts": dict(counts), "worst": worst} | (
+            {"port": port_data} if self.facts.against is not None else {}
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        facts = self.facts
+        unavailable = dict(facts.unavailable or {})
+        by_backend: dict[str, list[Record]] = {}
+        for r in self.records:
+            by_backend.setdefault(r.case.backend, []).append(r)
+        ports = {v.backend: v for v in port_verdicts(self.records, facts.against, facts.against_ratio)}
+        return _strict(
+            {
+                "suite": facts.suite,
+                "results": facts.out_path,
+                "exit_code": self.exit_code,
+                "seconds": round(facts.seconds, 3),
+                "cases": len(self.records),
+                "counts": dict(Counter(r.status for r in self.records)),
+                "against": facts.against,
+                "against_ratio": facts.against_ratio if facts.against is not None else None,
+                "backends": [
+                    self.backend(b, recs, ports.get(b)) for b, recs in by_backend.items() if b not in unavailable
+                ],
+                "unavailable": unavailable,
+                "failing": [
+                    {"case": r.case.key, "status": r.status, "reason": r.reason}
+                    for r in self.records
+                    if r.status in BAD
+                ],
+            }
+        )
+
+    def to_json(self) -> str:
+        """One JSON object on one line (strict JSON: no NaN or Infinity)."""
+        return json.dumps(self.to_dict(), allow_nan=False, separators=(",", ":")) + "\n"

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 
 from harness.lazy import torch
-from harness.names import DTYPE_NAMES
+from harness.names import DTYPE_NAMES, BadInputError, unknown_name
 
 
 class _Dtypes(Mapping[str, "torch.dtype"]):
@@ -28,3 +28,18 @@ class _Dtypes(Mapping[str, "torch.dtype"]):
 
 
 DTYPES: Mapping[str, torch.dtype] = _Dtypes()
+
+
+class DtypeError(BadInputError):
+    """A dtype the harness has no budget for (an integer dtype, a typo)."""
+
+
+def dtype_name(dtype: str | torch.dtype) -> str:
+    """The case dtype name of `dtype`, given as a name ("float32"), torch's spelling ("torch.float32") or a
+    torch.dtype: the pytest helpers take whichever a user has at hand. Anything else: DtypeError, naming the
+    accepted names and the nearest one."""
+    text = str(dtype)  # a torch.dtype prints as "torch.float32"; torch is not imported for this
+    name = text.removeprefix("torch.")
+    if name not in DTYPE_NAMES:
+        raise DtypeError(unknown_name("dtype", text, DTYPE_NAMES))
+    return name

@@ -5,7 +5,9 @@ Options: --harness-backends a,b (default: every available backend), --harness-dt
 - `harness_backend`: a Backend instance, the test parametrized over the selected backends; an unavailable one
   skips with its probe reason.
 - `harness_reference`: the float64 oracle (harness.ops: attention, rms_norm, rope, swiglu, route, moe).
-- `harness_dtype`: the test parametrized over --harness-dtypes (names: "float32", ...).
+- `harness_dtype`: the test parametrized over --harness-dtypes (names: "float32", ...; the option takes torch's
+  spelling too, "torch.float32"); `harness_torch_dtype`: the same as a torch.dtype. Either one can be passed as
+  assert_parity's dtype.
 - `harness_benchmark`: pytest-benchmark's `benchmark`, timing through the backend's synchronizing call, so
   --benchmark-json / --benchmark-compare measure device work, not just launches.
 Marker `@pytest.mark.harness_workload("attention.*")`: one test per case (workload x shape x dtype x backend)
@@ -22,6 +24,7 @@ import pytest
 
 from harness import ops
 from harness.backend import Backend, BackendRegistry, default_registry
+from harness.dtypes import DTYPES, DtypeError, dtype_name
 from harness.results import Record
 from harness.runner import Runner, RunOptions
 from harness.suites import Suite
@@ -53,6 +56,14 @@ def _registry(config: pytest.Config) -> BackendRegistry:
 
 def _split(text: str) -> list[str]:
     return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def _dtypes(config: pytest.Config) -> list[str]:
+    """--harness-dtypes as case dtype names; an unknown one stops the session naming the accepted ones."""
+    try:
+        return [dtype_name(d) for d in _split(config.getoption("--harness-dtypes"))]
+    except DtypeError as exc:
+        raise pytest.UsageError(f"--harness-dtypes: {exc}") from None
 
 
 def _backends(config: pytest.Config) -> list[str]:
@@ -91,7 +102,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             "pytest",
             workloads=tuple(marker.args),
             presets=(config.getoption("--harness-preset"),),
-            dtypes=tuple(_split(config.getoption("--harness-dtypes"))),
+            dtypes=tuple(_dtypes(config)),
             backends=tuple(_backends(config)),
             inputs=tuple(marker.kwargs.get("inputs", ("normal", "stress"))),
             timing=TimingConfig(),
@@ -102,7 +113,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "harness_backend" in metafunc.fixturenames:
         metafunc.parametrize("harness_backend", _backends(config), indirect=True)
     if "harness_dtype" in metafunc.fixturenames:
-        metafunc.parametrize("harness_dtype", _split(config.getoption("--harness-dtypes")))
+        metafunc.parametrize("harness_dtype", _dtypes(config))
 
 
 @pytest.fixture
@@ -113,6 +124,12 @@ def harness_backend(request: pytest.FixtureRequest) -> Backend:
     if not availability.available:
         pytest.skip(f"{name} unavailable: {availability.reason}")
     return registry.create(name)
+
+
+@pytest.fixture
+def harness_torch_dtype(harness_dtype: str) -> Any:
+    """The torch.dtype of `harness_dtype` (torch.float32 for "float32")."""
+    return DTYPES[harness_dtype]
 
 
 @pytest.fixture

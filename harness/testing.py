@@ -1,7 +1,7 @@
 """Parity assertions for users' own tests, with the harness's metrics and budgets.
 
     from harness.testing import assert_parity
-    assert_parity(out, reference, dtype="bfloat16", reduction_length=q.shape[-1])
+    assert_parity(out, reference, dtype="bfloat16", reduction_length=q.shape[-1])  # or dtype=torch.bfloat16
 
 A failure names the metric, its value, the budget and the worst element's index, so a CI log says what broke.
 """
@@ -11,8 +11,9 @@ from __future__ import annotations
 import torch
 
 from harness import parity
+from harness.dtypes import DtypeError, dtype_name
 
-__all__ = ["ParityError", "assert_parity"]
+__all__ = ["DtypeError", "ParityError", "assert_parity"]
 
 
 class ParityError(AssertionError):
@@ -28,16 +29,17 @@ def assert_parity(
     out: torch.Tensor,
     ref: torch.Tensor,
     *,
-    dtype: str | None = None,
+    dtype: str | torch.dtype | None = None,
     reduction_length: int = 1,
     budget: parity.Budget | None = None,
     **overrides: float,
 ) -> parity.Metrics:
     """Assert `out` matches the float64 reference `ref` within the dtype's budget; returns the metrics.
 
-    dtype defaults to out's dtype; `overrides` replace budget fields (rel_l2=..., worst_row_rel_l2=...).
+    dtype (a name such as "bfloat16", or torch.bfloat16) defaults to out's dtype; one without a budget raises
+    DtypeError (a ValueError) naming the accepted ones; `overrides` replace budget fields (rel_l2=...).
     """
-    name = dtype or str(out.dtype).removeprefix("torch.")
+    name = dtype_name(out.dtype if dtype is None else dtype)
     if budget is None:
         budget = parity.budget_for(name, reduction_length, overrides or None)
     if tuple(out.shape) != tuple(ref.shape):

@@ -46,6 +46,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "harness_workload(pattern): generate one parity test per case of the matching workloads"
     )
+    _dtypes(config)  # a bad --harness-dtypes stops the session here, as a usage error, before collection
 
 
 def _registry(config: pytest.Config) -> BackendRegistry:

@@ -196,8 +196,8 @@ class CaseExecutor:
             return
         fields["parity"] = self._with_determinism(judged, backend, on_device)
         fields.update(status="passed" if judged.passed else "failed", reason=judged.parity.verdict.reason)
-        if self.saved_out is not None and judged.output is not None:
-            self.saved_out.save(case, group.tensors, judged.output)
+        if self.saved_out is not None and judged.outputs:
+            self.saved_out.save(case, group, dict(judged.outputs))
         if self._timed(case, backend):
             device = str(self._environment(case.backend, backend)["backend"].get("device_name", ""))
             sections = self._timer.time(case, group, backend, on_device.bound(), on_device.device, device)

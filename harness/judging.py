@@ -3,8 +3,8 @@ into the record's parity section. Timing is a separate step (harness/case_timing
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from harness import parity
@@ -20,14 +20,23 @@ CallFor = Callable[[Backend, CaseInputs], Call]  # the op on the group's inputs,
 
 @dataclass(frozen=True)
 class Judgement:
-    """A judged case: its parity section and the primary output (kept for --save-outputs)."""
+    """A judged case: its parity section and the named output tensors (kept for --save-outputs)."""
 
     parity: ParityRecord
-    output: Any = None
+    outputs: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
         return self.parity.verdict.passed
+
+
+@dataclass(frozen=True)
+class Against:
+    """An --against baseline judged like the candidate: its record (primary metrics, where they came from)
+    and its own checks, which the candidate's same checks are re-judged against."""
+
+    record: Baseline
+    checks: tuple[parity.Check, ...] = ()
 
 
 def verdict_record(verdict: parity.Verdict) -> VerdictRecord:
@@ -54,6 +63,7 @@ class Judge:
         baseline = self.baseline(case, group)
         if isinstance(baseline, Skip):
             return baseline
+        failures, checks, details = evaluation.failures, evaluation.checks, dict(evaluation.details)
         if baseline is None:
             primary = (
                 parity.judge(evaluation.metrics, budget, evaluation.prefix)
@@ -61,49 +71,40 @@ class Judge:
                 else parity.Verdict(True)
             )
         else:
+            name, ratio = baseline.record.backend, self.options.against_ratio
             primary = parity.judge_against(
-                evaluation.metrics,
-                baseline.metrics,
-                budget,
-                baseline.backend,
-                ratio=self.options.against_ratio,
-                prefix=evaluation.prefix,
+                evaluation.metrics, baseline.record.metrics, budget, name, ratio=ratio, prefix=evaluation.prefix
             )
-        verdict = parity.merge(primary.mode, primary, extra=evaluation.failures, checks=evaluation.checks)
+            failures, checks = parity.checks_against(failures, checks, baseline.checks, name, ratio)
+            if baseline.checks:
+                details["baseline_checks"] = {c.metric: c.value for c in baseline.checks}
+        verdict = parity.merge(primary.mode, primary, extra=failures, checks=checks)
         section = ParityRecord(
             verdict_record(verdict),
             evaluation.metrics,
             budget,
             workload.reduction_length(shape),
-            baseline=baseline,
-            details=dict(evaluation.details),
+            baseline=None if baseline is None else baseline.record,
+            details=details,
         )
-        return Judgement(section, evaluation.output)
+        return Judgement(section, evaluation.outputs)
 
-    def baseline(self, case: Case, group: CaseInputs) -> Baseline | Skip | None:
-        """The --against baseline's primary metrics for this group (found once), a Skip, or None (no --against)."""
+    def baseline(self, case: Case, group: CaseInputs) -> Against | Skip | None:
+        """The --against baseline for this group (found once), a Skip, or None (no --against)."""
         if self.options.against is None:
             return None
         if "baseline" not in group.memo:
             group.memo["baseline"] = self._find_baseline(case, group)
-        found: Baseline | Skip = group.memo["baseline"]
+        found: Against | Skip = group.memo["baseline"]
         return found
 
-    def _find_baseline(self, case: Case, group: CaseInputs) -> Baseline | Skip:
-        budget = group.workload.budget(case.dtype, group.shape, self.options.budget_overrides)
+    def _find_baseline(self, case: Case, group: CaseInputs) -> Against | Skip:
+        """The baseline's outputs judged by the candidate's own metrics: read back from a --save-outputs
+        directory, or collected from a backend of this run."""
+        workload = group.workload
+        budget = workload.budget(case.dtype, group.shape, self.options.budget_overrides)
         if self.saved_in is not None:
-            name = self.saved_in.baseline_backend()
-            try:
-                out = self.saved_in.load_output(case, name)
-            except SavedOutputsError as exc:
-                return Skip(str(exc), broken=True)
-            if out is None:
-                return Skip(f"{self.saved_in.root} has no output of {name} for {case.input_key}")
-            try:
-                metrics = parity.compare(out, group.reference(), budget)
-            except ValueError as exc:  # a saved output of another shape: that file is wrong, not the backend
-                return Skip(f"{self.saved_in.output_path(case, name)}: {exc}", broken=True)
-            return Baseline(name, str(self.saved_in.root), metrics)
+            return self._saved_baseline(case, group, budget)
         name = str(self.options.against)
         backend = self.backend_for(name)
         if isinstance(backend, Skip):
@@ -111,7 +112,28 @@ class Judge:
         support = backend.supports(case)
         if not support:
             return Skip(f"baseline {name}: {support.reason}")
-        evaluation = group.workload.evaluate(self.call_for(backend, group), group, budget)
+        evaluation = workload.judge_outputs(workload.collect(self.call_for(backend, group), group), group, budget)
         if evaluation.metrics is None:
             return Skip(f"baseline {name} gave a malformed output: {evaluation.failures[0].describe()}")
-        return Baseline(name, "this run", evaluation.metrics)
+        return Against(Baseline(name, "this run", evaluation.metrics), evaluation.checks)
+
+    def _saved_baseline(self, case: Case, group: CaseInputs, budget: parity.Budget) -> Against | Skip:
+        """A saved source run's outputs, judged against this side's reference (which must be the source's)."""
+        assert self.saved_in is not None
+        saved, workload = self.saved_in, group.workload
+        name = saved.baseline_backend()
+        path = saved.output_path(case, name)
+        try:
+            saved.check_reference(case, group.reference())
+            outputs = saved.load_outputs(case, name, workload.saved_outputs)
+        except SavedOutputsError as exc:
+            return Skip(str(exc), broken=True)
+        if outputs is None:
+            return Skip(f"{saved.root} has no output of {name} for {case.input_key}")
+        try:
+            evaluation = workload.judge_outputs(outputs, group, budget)
+        except (ValueError, TypeError, IndexError, RuntimeError) as exc:  # tensors that do not fit: the file's fault
+            return Skip(f"{path}: {type(exc).__name__}: {exc}", broken=True)
+        if evaluation.metrics is None:  # a saved output of another shape or dtype
+            return Skip(f"{path}: {evaluation.failures[0].describe()}", broken=True)
+        return Against(Baseline(name, str(saved.root), evaluation.metrics), evaluation.checks)

@@ -258,6 +258,29 @@ def judge_against(
     return Verdict(not failures, failures, mode=f"against {baseline_name}", worst=closest((*failures, *checks)))
 
 
+def checks_against(
+    failures: tuple[Failure, ...],
+    checks: tuple[Check, ...],
+    baseline: tuple[Check, ...],
+    baseline_name: str,
+    ratio: float = DEFAULT_RATIO,
+) -> tuple[tuple[Failure, ...], tuple[Check, ...]]:
+    """A workload's own checks (LLM logits and decode statistics, MoE routing weights and agreeing tokens)
+    re-judged against the baseline's same checks, like judge_against: each may reach `ratio` times the
+    baseline's value, floored at RATIO_FLOOR of its absolute budget. A check the baseline lacks keeps its
+    absolute budget; failures that are no check (an unexplained routing decision, a malformed output, a
+    guard) stay as they are. Returns (failures, checks)."""
+    base = {c.metric: c.value for c in baseline}
+    judged = tuple(
+        Check(f"{c.metric}_vs_{baseline_name}", c.value, ratio * max(base[c.metric], RATIO_FLOOR * c.budget))
+        if c.metric in base
+        else c
+        for c in checks
+    )
+    named = {c.metric for c in checks}
+    return (*(f for f in failures if f.metric not in named), *over(judged)), judged
+
+
 def merge(mode: str, *verdicts: Verdict, extra: tuple[Failure, ...] = (), checks: tuple[Check, ...] = ()) -> Verdict:
     """One verdict from several checks of a case: it passes only if all of them do. `extra`: failures found
     beside the primary verdicts; `checks`: every budgeted comparison they came from, passed or not."""

@@ -168,7 +168,11 @@ class Planner:
         return [s for s in workload.shapes(preset) if not self.shape_filter or s in self.shape_filter]
 
     def template(self, workload: Workload, preset: str, shape_name: str) -> Any:
-        """A preset shape whose non-tensor settings (mask, routing rule) apply to tensors from a file."""
+        """A preset shape whose non-tensor settings (mask, routing rule; the --model checkpoint) apply to
+        tensors from a file."""
+        checkpoint = self._checkpoint_shapes.get((workload.name, preset, shape_name))
+        if checkpoint is not None:
+            return checkpoint
         shapes = workload.shapes(preset)
         if shape_name in shapes:
             return shapes[shape_name]

@@ -1,8 +1,11 @@
 """Saved inputs and outputs (--save-outputs DIR), and reading them back to judge another machine (--against DIR).
 
-Layout: DIR/<input key with '/' as '__'>/inputs.safetensors holds the exact tensors a case group saw;
-DIR/<...>/<backend>.safetensors holds that backend's output as `out`. Safetensors files carry the case as
-metadata so a directory can be inspected without the harness.
+Layout: DIR/<input key with '/' as '__'>/inputs.safetensors holds the exact tensors a case group saw, and as
+metadata the norm of their float64 reference (so the other side can tell it is judging the same function: an
+LLM's model is rebuilt there, from the same seed or --model); DIR/<...>/<backend>.safetensors holds that
+backend's outputs by the names its workload collects them under: `out` the primary output (all a directory of
+an older harness holds), plus MoE's free-routing output and routing, an LLM's decode-step logits and greedy
+tokens. Safetensors files carry the case as metadata so a directory can be inspected without the harness.
 """
 
 from __future__ import annotations
@@ -14,9 +17,11 @@ from typing import TYPE_CHECKING, Any
 from harness.lazy import torch
 
 if TYPE_CHECKING:
-    from harness.workload import Case
+    from harness.workload import Case, CaseInputs
 
 INPUTS_FILE = "inputs.safetensors"
+REFERENCE_KEY = "reference_l2"  # inputs.safetensors metadata: the float64 reference's L2 norm
+REFERENCE_RTOL = 1e-6  # float64 references of the same function on two machines differ by rounding only
 
 
 def _safetensors() -> Any:
@@ -31,23 +36,46 @@ class SavedOutputsError(ValueError):
     executor turns the latter into an `error` record of that case group alone)."""
 
 
-def _load(path: Path, needs: str | None = None) -> dict[str, torch.Tensor]:
-    """A saved file's tensors; a file safetensors cannot read (or without the tensor `needs`) raises
+def _unreadable(path: Path, exc: Exception) -> SavedOutputsError:
+    detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return SavedOutputsError(
+        f"{path} is not a safetensors file ({detail}); --against DIR reads the files --save-outputs wrote: "
+        "save that case again or delete its folder"
+    )
+
+
+def _load(path: Path, needs: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
+    """A saved file's tensors; a file safetensors cannot read (or without a tensor it `needs`) raises
     SavedOutputsError naming it. safetensors raises its own error type, OSError or ValueError by version."""
     try:
         tensors: dict[str, torch.Tensor] = _safetensors().load_file(str(path))
     except Exception as exc:  # SafetensorError derives from Exception only
-        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise _unreadable(path, exc) from None
+    missing = [n for n in needs if n not in tensors]
+    if missing:
+        held = ", ".join(sorted(tensors)) or "none"
+        if missing == ["out"]:
+            raise SavedOutputsError(
+                f"{path} holds no tensor 'out' (it holds: {held}); a saved output is the tensor 'out', as "
+                "--save-outputs writes it"
+            )
         raise SavedOutputsError(
-            f"{path} is not a safetensors file ({detail}); --against DIR reads the files --save-outputs wrote: "
-            "save that case again or delete its folder"
-        ) from None
-    if needs is not None and needs not in tensors:
-        raise SavedOutputsError(
-            f"{path} holds no tensor {needs!r} (it holds: {', '.join(sorted(tensors)) or 'none'}); a saved output "
-            "is the tensor 'out', as --save-outputs writes it"
+            f"{path} holds no tensor {missing[0]!r} (it holds: {held}); this workload is judged against a saved "
+            f"run by its outputs {', '.join(needs)}, which --save-outputs of this harness writes (an older one "
+            "saved 'out' alone): save the source run again"
         )
     return tensors
+
+
+def _metadata(path: Path) -> dict[str, str]:
+    """A saved file's metadata (empty when it has none)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except Exception as exc:
+        raise _unreadable(path, exc) from None
 
 
 def _dirname(case: Case) -> str:
@@ -58,14 +86,17 @@ class SavedOutputs:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
 
-    def save(self, case: Case, inputs: dict[str, torch.Tensor], out: torch.Tensor) -> None:
+    def save(self, case: Case, group: CaseInputs, outputs: dict[str, torch.Tensor]) -> None:
+        """The group's inputs (once) with its reference's norm, and this backend's named outputs."""
         folder = self.root / _dirname(case)
         folder.mkdir(parents=True, exist_ok=True)
         meta = {"case": json.dumps(case.to_record())}
         if not (folder / INPUTS_FILE).exists():
-            tensors = {n: t.contiguous() for n, t in inputs.items() if isinstance(t, torch.Tensor)}
-            _safetensors().save_file(tensors, str(folder / INPUTS_FILE), metadata=meta)
-        _safetensors().save_file({"out": out.contiguous()}, str(folder / f"{case.backend}.safetensors"), metadata=meta)
+            tensors = {n: t.contiguous() for n, t in group.tensors.items() if isinstance(t, torch.Tensor)}
+            reference = {REFERENCE_KEY: repr(float(group.reference().double().norm()))}
+            _safetensors().save_file(tensors, str(folder / INPUTS_FILE), metadata={**meta, **reference})
+        tensors = {n: t.contiguous() for n, t in outputs.items()}
+        _safetensors().save_file(tensors, str(folder / f"{case.backend}.safetensors"), metadata=meta)
 
     def backends(self) -> list[str]:
         names = {p.stem for p in self.root.glob("*/*.safetensors") if p.name != INPUTS_FILE}
@@ -86,9 +117,26 @@ class SavedOutputs:
         path = self.root / _dirname(case) / INPUTS_FILE
         return _load(path) if path.is_file() else None
 
-    def load_output(self, case: Case, backend: str) -> torch.Tensor | None:
+    def load_outputs(self, case: Case, backend: str, needs: tuple[str, ...]) -> dict[str, torch.Tensor] | None:
+        """The backend's saved outputs of the case (None: none saved); SavedOutputsError if one `needs` is
+        missing or the file cannot be read."""
         path = self.output_path(case, backend)
-        return _load(path, needs="out")["out"] if path.is_file() else None
+        return _load(path, needs=needs) if path.is_file() else None
+
+    def check_reference(self, case: Case, reference: torch.Tensor) -> None:
+        """Raise SavedOutputsError when this side's float64 reference is not the saving side's (a directory
+        of an older harness has no record of it, and passes)."""
+        path = self.root / _dirname(case) / INPUTS_FILE
+        saved = _metadata(path).get(REFERENCE_KEY) if path.is_file() else None
+        if saved is None:
+            return
+        here, there = float(reference.double().norm()), float(saved)
+        if not abs(here - there) <= REFERENCE_RTOL * max(abs(there), 1e-300):
+            raise SavedOutputsError(
+                f"{path}: the float64 reference of these inputs has norm {here:.9g} here but {there:.9g} where "
+                "they were saved, so the two sides do not run the same function (another --model checkpoint, "
+                "other seeded weights or another harness version): give this side the source's --model"
+            )
 
     def output_path(self, case: Case, backend: str) -> Path:
         return self.root / _dirname(case) / f"{backend}.safetensors"

@@ -12,7 +12,7 @@ import abc
 import fnmatch
 import logging
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 from harness import ops, parity
@@ -111,6 +111,9 @@ def map_tensors(value: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
 
 
 Call = Callable[..., Any]  # call(**extra_op_kwargs) -> the backend's output(s), on the host
+# A backend's outputs by name, as a workload's judgement needs them ("out" the primary output; tensors, or
+# whatever a malformed backend returned): what --save-outputs writes and --against DIR judges again.
+Outputs = dict[str, Any]
 
 
 @dataclass
@@ -148,6 +151,7 @@ class Evaluation:
     details: dict[str, Any] = field(default_factory=dict)
     judge_primary: bool = True  # False: the workload judged its output itself (LLM logits); --against still applies
     checks: tuple[parity.Check, ...] = ()  # the workload's own budgeted comparisons, passed or not (the closest call)
+    outputs: dict[str, torch.Tensor] = field(default_factory=dict)  # the named output tensors (--save-outputs)
 
 
 def structural_failures(out: Any, ref: torch.Tensor, dtype: str, prefix: str = "") -> tuple[parity.Failure, ...]:
@@ -168,6 +172,14 @@ def evaluate_tensor(out: Any, ref: torch.Tensor, dtype: str, budget: parity.Budg
     if failures:
         return Evaluation(out if isinstance(out, torch.Tensor) else None, None, prefix, failures)
     return Evaluation(out, parity.compare(out, ref, budget), prefix)
+
+
+def with_outputs(evaluation: Evaluation, outputs: Mapping[str, Any]) -> Evaluation:
+    """The evaluation keeping the tensors among `outputs`, and its primary output as "out" (--save-outputs)."""
+    tensors = {n: t for n, t in outputs.items() if isinstance(t, torch.Tensor)}
+    if isinstance(evaluation.output, torch.Tensor):
+        tensors.setdefault("out", evaluation.output)
+    return replace(evaluation, outputs=tensors)
 
 
 @dataclass(frozen=True)
@@ -192,6 +204,8 @@ class Workload(abc.ABC):
     distributions: ClassVar[tuple[str, ...]] = DISTRIBUTIONS
     # Whether it has layers to localize an error in (--layerwise); the core asks this, never the name.
     has_layers: ClassVar[bool] = False
+    # The outputs `judge_outputs` needs from a saved run (--against DIR): what `collect` names them.
+    saved_outputs: ClassVar[tuple[str, ...]] = ("out",)
 
     def __init__(self, name: str, presets: Mapping[str, Mapping[str, Any]], description: str = "") -> None:
         if self.op not in OPS:
@@ -324,10 +338,21 @@ class Workload(abc.ABC):
         args, kwargs = self.split_args(inputs, shape)
         return getattr(ops, self.op)(*args, **kwargs)
 
+    def collect(self, call: Call, group: CaseInputs) -> Outputs:
+        """Call the backend as many times as judging needs, and name what it returned ("out" the primary).
+        The default: one call, one output tensor; workloads with richer outputs (MoE routing, LLM decode
+        steps) override this and `judge_outputs` together."""
+        return {"out": call()}
+
+    def judge_outputs(self, outputs: Mapping[str, Any], group: CaseInputs, budget: parity.Budget) -> Evaluation:
+        """Judge collected outputs: a backend's of this run, or a source run's read back from --save-outputs
+        (so a baseline from another machine is judged by the very same metrics)."""
+        return evaluate_tensor(outputs["out"], group.reference(), group.dtype, budget)
+
     def evaluate(self, call: Call, group: CaseInputs, budget: parity.Budget) -> Evaluation:
-        """Call the backend and judge its output. The default: one output tensor against the reference;
-        workloads with richer outputs (MoE routing) override this."""
-        return evaluate_tensor(call(), group.reference(), group.dtype, budget)
+        """Call the backend and judge its outputs; the evaluation keeps the output tensors for --save-outputs."""
+        outputs = self.collect(call, group)
+        return with_outputs(self.judge_outputs(outputs, group, budget), outputs)
 
     def checkpoint_shape(self, shape: Any, path: str) -> Any | None:
         """The shape to run a user's checkpoint directory (--model) with, or None if this workload does not

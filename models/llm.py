@@ -35,11 +35,13 @@ from harness.workload import (
     Call,
     CaseInputs,
     Evaluation,
+    Outputs,
     TimingVariant,
     Workload,
     WorkloadError,
     WorkloadUnavailableError,
     evaluate_tensor,
+    structural_failures,
 )
 
 SUMMARY: Mapping[str, str] = {
@@ -223,53 +225,85 @@ class LlmWorkload(Workload):
         return {"decode": TimingVariant(decode, 2.0 * shape.batch * active, total * itemsize, shape.batch)}
 
     # -- judgement --
-    def evaluate(self, call: Call, group: CaseInputs, budget: parity.Budget) -> Evaluation:
+    saved_outputs: ClassVar[tuple[str, ...]] = ("out", "decode.logits", "decode.chosen")
+
+    def collect(self, call: Call, group: CaseInputs) -> Outputs:
+        """Prefill logits ("out"), then a teacher-forced decode from the first half of the stream: the backend
+        is fed the reference's greedy tokens through its own KV cache; each step's logits and the backend's own
+        greedy choice after the prompt and after each step. Raises DecodeSelfCheckError when the reference's
+        own cached decode is not its full forward."""
+        logits = call()
+        if structural_failures(logits, group.reference(), group.dtype):
+            return {"out": logits}  # judged malformed; no decode on a backend whose prefill is already wrong
+        prompt, ref = self._reference_decode(group)
+        trace = decode(
+            lambda ids, cache: call(input_ids=ids, cache=cache),
+            new_cache(group.context.master),
+            prompt,
+            group.shape.new_tokens,
+            teacher=ref.trace.fed,
+        )
+        return {"out": logits, "decode.logits": trace.logits, "decode.chosen": trace.chosen}
+
+    def judge_outputs(self, outputs: Mapping[str, Any], group: CaseInputs, budget: parity.Budget) -> Evaluation:
+        """Prefill logits (metrics, median position error and mean KL), teacher-forced decode logits the same
+        way, greedy agreement; the absolute verdicts use LLM_BUDGETS (`--against` re-judges the same checks)."""
         inputs, dtype = group.tensors, group.dtype
-        out = evaluate_tensor(call(), group.reference(), dtype, budget)
+        out = evaluate_tensor(outputs["out"], group.reference(), dtype, budget)
         if out.metrics is None:
             return out
         llm = parity_llm.llm_metrics(out.output, group.reference(), inputs["input_ids"])
         checks = parity_llm.llm_checks(llm, parity_llm.LLM_BUDGETS[dtype])
         details: dict[str, Any] = {"llm": llm.to_record()}
-        decode_checks, decode_details = self._judge_decode(call, group)
+        decode_checks, decode_details, malformed = self._judge_decode(outputs, group)
         checks += decode_checks
         details.update(decode_details)
-        if group.layerwise:
-            try:
-                bound = call(return_model=True)
-            except NotImplementedError as exc:
-                details["layerwise"] = {"unavailable": str(exc)}
-                bound = None
-            if bound is not None:
-                loc = self.localize(bound, group)
-                details["layerwise"] = loc.to_record()
-                if loc.culprit is not None:
-                    c = loc.culprit
-                    checks += (parity.Check(f"layerwise.layer{c.layer}.{c.kind}", c.median_row_rel_l2, c.budget),)
-        return Evaluation(
-            out.output, out.metrics, "logits.", parity.over(checks), details, judge_primary=False, checks=checks
-        )
+        failures = malformed + parity.over(checks)
+        return Evaluation(out.output, out.metrics, "logits.", failures, details, judge_primary=False, checks=checks)
 
-    def _judge_decode(self, call: Call, group: CaseInputs) -> tuple[tuple[parity.Check, ...], dict[str, Any]]:
-        """Teacher-forced decode from the first half of the stream: the backend is fed the reference's greedy
-        tokens through its own KV cache, and its logits at each step are judged like prefill's. Raises
-        DecodeSelfCheckError when the reference's own cached decode is not its full forward."""
-        shape, model = group.shape, group.context
-        prompt = group.tensors["input_ids"][:, : max(1, shape.seq // 2)]  # [B, P]
-        ref = reference_decode(model, prompt, shape.new_tokens)
+    def evaluate(self, call: Call, group: CaseInputs, budget: parity.Budget) -> Evaluation:
+        """The judged outputs, then (--layerwise) the first layer and op over its own budget."""
+        evaluation = super().evaluate(call, group, budget)
+        if not group.layerwise or evaluation.metrics is None:
+            return evaluation
+        details = dict(evaluation.details)
+        try:
+            bound = call(return_model=True)
+        except NotImplementedError as exc:
+            details["layerwise"] = {"unavailable": str(exc)}
+            return dataclasses.replace(evaluation, details=details)
+        loc = self.localize(bound, group)
+        details["layerwise"] = loc.to_record()
+        checks = evaluation.checks
+        if loc.culprit is not None:
+            c = loc.culprit
+            checks += (parity.Check(f"layerwise.layer{c.layer}.{c.kind}", c.median_row_rel_l2, c.budget),)
+        failures = evaluation.failures + parity.over(checks[len(evaluation.checks) :])
+        return dataclasses.replace(evaluation, failures=failures, details=details, checks=checks)
+
+    def _reference_decode(self, group: CaseInputs) -> tuple[torch.Tensor, Any]:
+        """The decode prompt (the first half of the stream, [B, P]) and the reference's greedy decode from it."""
+        prompt = group.tensors["input_ids"][:, : max(1, group.shape.seq // 2)]  # [B, P]
+        ref = reference_decode(group.context, prompt, group.shape.new_tokens)
         if not ref.ok:
             raise DecodeSelfCheckError(ref.problem())
-        trace = decode(
-            lambda ids, cache: call(input_ids=ids, cache=cache),
-            new_cache(model.master),
-            prompt,
-            shape.new_tokens,
-            teacher=ref.trace.fed,
-        )
-        metrics = parity_llm.llm_metrics(trace.logits, ref.trace.logits, ref.trace.fed)
+        return prompt, ref
+
+    def _judge_decode(
+        self, outputs: Mapping[str, Any], group: CaseInputs
+    ) -> tuple[tuple[parity.Check, ...], dict[str, Any], tuple[parity.Failure, ...]]:
+        """The teacher-forced decode's logits judged like prefill's, and greedy agreement: (checks, details,
+        failures of a malformed decode output)."""
+        prompt, ref = self._reference_decode(group)
+        logits, chosen = outputs["decode.logits"], outputs["decode.chosen"]
+        malformed = structural_failures(logits, ref.trace.logits, group.dtype, prefix="decode.")
+        if malformed or tuple(chosen.shape) != tuple(ref.trace.chosen.shape):
+            detail = f"greedy tokens {list(chosen.shape)} != {list(ref.trace.chosen.shape)}"
+            return (), {}, malformed or (parity.Failure("decode.chosen", 0, 0, detail=detail),)
+        metrics = parity_llm.llm_metrics(logits, ref.trace.logits, ref.trace.fed)
         checks = parity_llm.llm_checks(metrics, parity_llm.LLM_BUDGETS[group.dtype], prefix="decode.")
-        steps = shape.new_tokens
-        lengths = parity_llm.agreement_length(trace.chosen[:, :steps], ref.trace.chosen[:, :steps])
+        steps = group.shape.new_tokens
+        lengths = parity_llm.agreement_length(chosen[:, :steps], ref.trace.chosen[:, :steps])
         details = {
             "decode": {
                 "steps": steps,
@@ -280,7 +314,7 @@ class LlmWorkload(Workload):
             },
             "greedy": {"new_tokens": steps, "agreement_length": lengths, "min": min(lengths)},
         }
-        return checks, details
+        return checks, details, ()
 
     def budget(self, dtype: str, shape: LlmShape, overrides: Mapping[str, float] | None = None) -> parity.Budget:
         """For --against ratios on the logits (absolute verdicts use LLM_BUDGETS): scaled to the LLM budget."""

@@ -18,7 +18,16 @@ from harness.lazy import torch
 from harness.models.shapes import MOE_MODELS, MoeDims
 from harness.names import OPS
 from harness.op_types import Routing, moe_kwargs
-from harness.workload import Call, CaseInputs, Evaluation, Workload, WorkloadError, evaluate_tensor, random_tensor
+from harness.workload import (
+    Call,
+    CaseInputs,
+    Evaluation,
+    Outputs,
+    Workload,
+    WorkloadError,
+    evaluate_tensor,
+    random_tensor,
+)
 
 ROUTER_SCALE = 1.0  # router logits ~ N(0, 1) on normal inputs
 BIAS_SCALE = 0.1  # DeepSeek-style correction bias, comparable to the spread of sigmoid scores
@@ -105,11 +114,10 @@ class _MoeWorkload(Workload):
         args, kwargs = self.split_args(inputs, shape)
         return ops.moe(*args, **kwargs)[0]
 
-    def evaluate(self, call: Call, group: CaseInputs, budget: parity.Budget) -> Evaluation:
-        """The layer's output against the reference (moe returns it with its routing)."""
+    def collect(self, call: Call, group: CaseInputs) -> Outputs:
+        """The layer's output (moe returns it with its routing; anything else fails as a malformed output)."""
         result = call()
-        out = result[0] if _is_layer_result(result) else result  # anything else fails as a malformed output
-        return evaluate_tensor(out, group.reference(), group.dtype, budget)
+        return {"out": result[0] if _is_layer_result(result) else result}
 
     def reference_routing(self, group: CaseInputs) -> Routing:
         """The reference's free routing of this group's inputs (float64 weights, ids), computed once."""
@@ -177,12 +185,26 @@ class MoeLayer(_MoeWorkload):
         chosen = ops.route(_router_logits(inputs), shape.dims.spec, bias=inputs.get("bias"))
         return ops.moe(*args, **{**kwargs, "routing": Routing(chosen.weights.float(), chosen.ids)})[0]
 
-    def evaluate(self, call: Call, group: CaseInputs, budget: parity.Budget) -> Evaluation:
+    saved_outputs: ClassVar[tuple[str, ...]] = ("out", "free", "routing.weights", "routing.ids")
+
+    def collect(self, call: Call, group: CaseInputs) -> Outputs:
+        """Free routing (the layer as a model runs it: output and the routing it applied), then the same layer
+        under the reference's routing ("out", the primary: arithmetic alone)."""
         result = call()
         if not _is_layer_result(result):
-            detail = f"moe must return (out, harness.ops.Routing), got {type(result).__name__}"
-            return Evaluation(None, None, failures=(parity.Failure("output", 0, 0, detail=detail),))
+            return {"result": result}
         out, routing = result
+        forced = call(routing=self.forced_routing(group))
+        forced_out = forced[0] if _is_layer_result(forced) else forced  # malformed: fails in judge_outputs
+        return {"out": forced_out, "free": out, "routing.weights": routing.weights, "routing.ids": routing.ids}
+
+    def judge_outputs(self, outputs: Mapping[str, Any], group: CaseInputs, budget: parity.Budget) -> Evaluation:
+        """Routing token by token against the reference's, the free output end to end (and on the tokens whose
+        routing agrees), and the forced output as the primary verdict."""
+        if "result" in outputs:
+            detail = f"moe must return (out, harness.ops.Routing), got {type(outputs['result']).__name__}"
+            return Evaluation(None, None, failures=(parity.Failure("output", 0, 0, detail=detail),))
+        out, routing = outputs["free"], Routing(outputs["routing.weights"], outputs["routing.ids"])
         shape, dtype = group.shape, group.dtype
         free_ref = group.cached("free_reference", lambda: super(MoeLayer, self).reference(group.tensors, shape))
         ref_routing = self.reference_routing(group)
@@ -201,9 +223,7 @@ class MoeLayer(_MoeWorkload):
             weights_verdict = parity.judge(weight_metrics, routing_budget, prefix="routing_weights.")
             failures += weights_verdict.failures
             checks += parity.tensor_checks(weight_metrics, routing_budget, prefix="routing_weights.")
-        forced_result = call(routing=self.forced_routing(group))
-        forced_out = forced_result[0] if _is_layer_result(forced_result) else forced_result  # malformed: fails below
-        forced = evaluate_tensor(forced_out, group.reference(), dtype, budget)
+        forced = evaluate_tensor(outputs["out"], group.reference(), dtype, budget)
         details: dict[str, Any] = {"routing": report.to_record()}
         e2e = evaluate_tensor(out, free_ref, dtype, budget, prefix="e2e.")
         failures += e2e.failures
@@ -269,11 +289,20 @@ class MoeRoute(_MoeWorkload):
         chosen = ops.route(inputs["logits"], shape.dims.spec, bias=inputs.get("bias"))
         return chosen.weights.gather(1, chosen.ids.argsort(dim=-1))
 
-    def evaluate(self, call: Call, group: CaseInputs, budget: parity.Budget) -> Evaluation:
+    saved_outputs: ClassVar[tuple[str, ...]] = ("routing.weights", "routing.ids")
+
+    def collect(self, call: Call, group: CaseInputs) -> Outputs:
         result = call()
         if not isinstance(result, Routing):
-            detail = f"route must return a harness.ops.Routing(weights, ids), got {type(result).__name__}"
+            return {"result": result}
+        return {"routing.weights": result.weights, "routing.ids": result.ids}
+
+    def judge_outputs(self, outputs: Mapping[str, Any], group: CaseInputs, budget: parity.Budget) -> Evaluation:
+        """The routing token by token against the reference's; the agreeing tokens' weights as the primary."""
+        if "result" in outputs:
+            detail = f"route must return a harness.ops.Routing(weights, ids), got {type(outputs['result']).__name__}"
             return Evaluation(None, None, failures=(parity.Failure("output", 0, 0, detail=detail),))
+        result = Routing(outputs["routing.weights"], outputs["routing.ids"])
         weights, ids = result.weights, result.ids
         logits, bias, spec = group.tensors["logits"], group.tensors.get("bias"), group.shape.dims.spec
         ref_routing = group.cached("routing", lambda: ops.route(logits, spec, bias=bias))

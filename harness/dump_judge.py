@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.dump_ops import Context, NotJudgedError, Recomputed, find, recomputations
-from harness.dump_read import Dump, DumpCall
+from harness.dump_read import Dump, DumpCall, DumpError
 from harness.parity import (
     BASE_BUDGETS,
     DEFAULT_RATIO,
@@ -103,6 +103,8 @@ def _recompute(dump: Dump, table: dict[str, Any]) -> list[tuple[DumpCall, Recomp
             except NotJudgedError as exc:
                 rows.append((call, None, "not judged", str(exc)))
                 continue
+            except DumpError:  # a tensor file that cannot be read: the dump is bad input, not the op
+                raise
             except (RuntimeError, ValueError, TypeError, IndexError, KeyError) as exc:
                 rows.append((call, None, "error", f"could not recompute: {type(exc).__name__}: {exc}"))
                 continue

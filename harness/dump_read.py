@@ -20,7 +20,7 @@ from harness.lazy import torch
 from harness.names import BadInputError
 
 DUMP_ACCEPTED = "an msprobe dump directory: PrecisionDebugger task 'tensor' writes step*/proc*/dump.json"
-_LIB_FRAMES = ("site-packages/torch/", "site-packages/msprobe/", "/harness/backends/", "/harness/")
+_LIB_FRAMES = ("site-packages/torch/", "site-packages/msprobe/")  # frames that are not the caller's code
 
 
 class DumpError(BadInputError):

@@ -16,6 +16,7 @@ from typing import Any
 import click
 
 from harness.cli_common import DEBUG_KEY, HarnessGroup, bad_input_exits, load_registry, plugin_option, stdout_console
+from harness.cli_judge import judge_cmd
 from harness.cli_run import run_cmd
 from harness.names import REPORT_FORMATS
 from harness.suites import BUILTIN_SUITES, SuiteError
@@ -166,6 +167,7 @@ def calibrate_cmd(
 
 
 main.add_command(run_cmd)
+main.add_command(judge_cmd)
 
 
 @main.command("selftest")

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 from harness import ops
@@ -22,7 +25,29 @@ MAX_TOKENS = 2147483647
 COMPRESSED_MASK = 2048  # sparse modes 2/3/4 take a compressed 2048 x 2048 upper-triangular mask
 
 
+# The precision the simulated kernels accumulate in: float32 as on the NPU, or float64 inside float64_reference()
+# (harness judge recomputes dumped torch_npu calls with these very functions: the same semantics, no copy).
+_ACCUMULATE: ContextVar[bool] = ContextVar("sim_float64_reference", default=False)
+
+
+def _acc() -> torch.dtype:
+    return torch.float64 if _ACCUMULATE.get() else torch.float32
+
+
+@contextmanager
+def float64_reference() -> Iterator[None]:
+    """Within it the functions take float64 inputs and compute in float64 (the dtype refusals of the NPU are
+    lifted): a float64 oracle of each call with the simulator's documented semantics."""
+    token = _ACCUMULATE.set(True)
+    try:
+        yield
+    finally:
+        _ACCUMULATE.reset(token)
+
+
 def _no_float64(*tensors: torch.Tensor | None) -> None:
+    if _ACCUMULATE.get():
+        return
     for t in tensors:
         if t is not None and t.dtype == torch.float64:
             raise TypeError("float64 is not supported on the NPU (no fp64 on the AI Core)")
@@ -106,14 +131,14 @@ def _sdpa_masked(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """softmax(scale * q k^T, masked out) v in float32; q [N, Sq, D], k/v [N, Skv, D]. Rows with no visible key
     give zeros (the real value is UNCONFIRMED in ascend-api.md; the adapter must not rely on it)."""
-    s = (q.float() @ k.float().transpose(-1, -2)) * scale  # [N, Sq, Skv]
+    s = (q.to(_acc()) @ k.to(_acc()).transpose(-1, -2)) * scale  # [N, Sq, Skv]
     if masked is not None:
         s = s.masked_fill(masked, -math.inf)
     row_max = s.amax(dim=-1, keepdim=True)
     safe = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
     p = torch.exp(s - safe)
     total = p.sum(dim=-1, keepdim=True)
-    out = (p @ v.float()) / torch.where(total > 0, total, torch.ones_like(total))
+    out = (p @ v.to(_acc())) / torch.where(total > 0, total, torch.ones_like(total))
     return out, safe, total
 
 
@@ -136,7 +161,7 @@ def _attention_per_batch(
     if Nq % Nkv:
         raise ValueError(f"GQA needs num_heads % num_key_value_heads == 0, got {Nq} and {Nkv}")
     group = Nq // Nkv
-    out = torch.zeros(B, Nq, Sq, v.shape[-1], dtype=torch.float32)
+    out = torch.zeros(B, Nq, Sq, v.shape[-1], dtype=_acc())
     mx = torch.zeros(B, Nq, Sq, 1)
     sm = torch.zeros(B, Nq, Sq, 1)
     for b in range(B):  # per sequence: each has its own lengths and alignment
@@ -253,7 +278,7 @@ def _tnd(
         raise ValueError("input_layout TND needs actual_seq_qlen and actual_seq_kvlen (cumulative lengths)")
     if len(cum_q) != len(cum_kv) or any(b < a for a, b in zip([0, *cum_q], cum_q, strict=False)):
         raise ValueError(f"TND lengths must be cumulative and non-decreasing; got {cum_q} and {cum_kv}")
-    out = torch.zeros(query.shape[0], query.shape[1], value.shape[-1], dtype=torch.float32)
+    out = torch.zeros(query.shape[0], query.shape[1], value.shape[-1], dtype=_acc())
     mx = torch.zeros(query.shape[0], query.shape[1], 1)
     sm = torch.zeros(query.shape[0], query.shape[1], 1)
     starts_q, starts_kv = [0, *cum_q[:-1]], [0, *cum_kv[:-1]]
@@ -302,7 +327,7 @@ def npu_fused_infer_attention_score(
     """The inference fused attention (FIA): (out, softmax_lse). Query fp16 / bf16 only (fp32 rejected).
     Sq == 1 is the incremental (decode) path, same math. Per-sequence lengths through actual_seq_lengths(_kv)."""
     _no_float64(query, key, value)
-    if query.dtype not in (torch.float16, torch.bfloat16):
+    if query.dtype not in (torch.float16, torch.bfloat16) and not _ACCUMULATE.get():
         raise TypeError(f"npu_fused_infer_attention_score: query dtype must be float16 or bfloat16, got {query.dtype}")
     if pse_shift is not None or block_table is not None or block_size:
         raise NotImplementedError("pse_shift and paged KV (block_table) are not modelled by the simulator")
@@ -362,7 +387,7 @@ def npu_moe_gating_top_k_softmax(
     _no_float64(x)
     if finished is not None:
         raise NotImplementedError("the `finished` mask is not modelled by the simulator")
-    probs = torch.softmax(x.float(), dim=-1)
+    probs = torch.softmax(x.to(_acc()), dim=-1)
     idx = ops.stable_topk_ids(probs, k)
     N = x.shape[0]
     row_idx = (torch.arange(k).view(1, k) * N + torch.arange(N).view(N, 1)).to(torch.int32)
@@ -389,8 +414,8 @@ def npu_moe_gating_top_k(
     _no_float64(x, bias)
     if renorm not in (0, 1):
         raise NotImplementedError(f"renorm={renorm} is not modelled by the simulator")
-    scores = torch.softmax(x.float(), dim=-1) if norm_type == 0 else torch.sigmoid(x.float())
-    choice = scores + bias.float() if bias is not None else scores.clone()
+    scores = torch.softmax(x.to(_acc()), dim=-1) if norm_type == 0 else torch.sigmoid(x.to(_acc()))
+    choice = scores + bias.to(_acc()) if bias is not None else scores.clone()
     N, E = choice.shape
     if group_count > 1:
         grouped = choice.view(N, group_count, E // group_count)
@@ -475,11 +500,11 @@ def npu_grouped_matmul(
         raise ValueError("npu_grouped_matmul MoE form needs group_list")
     sizes = torch.as_tensor(group_list, dtype=torch.int64)
     ends = sizes.cumsum(0) if group_list_type == 1 else sizes
-    out = torch.full((h.shape[0], w.shape[-1]), float("nan"), dtype=torch.float32)
+    out = torch.full((h.shape[0], w.shape[-1]), float("nan"), dtype=_acc())
     start = 0
     for e, end in enumerate(ends.tolist()):
         if end > start:
-            out[start:end] = h[start:end].float() @ w[e].float()
+            out[start:end] = h[start:end].to(_acc()) @ w[e].to(_acc())
         start = end
     return [out.to(output_dtype or h.dtype)]
 
@@ -487,7 +512,7 @@ def npu_grouped_matmul(
 def npu_swiglu(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
     """silu(first half) * second half along `dim`, computed in float32."""
     _no_float64(x)
-    a, b = x.float().chunk(2, dim=dim)
+    a, b = x.to(_acc()).chunk(2, dim=dim)
     return (torch.nn.functional.silu(a) * b).to(x.dtype)
 
 
@@ -504,14 +529,14 @@ def npu_moe_token_unpermute(
         raise NotImplementedError("padded_mode is not modelled by the simulator")
     if probs is not None:
         N, K = probs.shape
-        weights = probs.float()
+        weights = probs.to(_acc())
     elif restore_shape is not None:
         N = restore_shape[0]
         K = sorted_indices.numel() // N
         weights = torch.ones(N, K)
     else:
         raise ValueError("npu_moe_token_unpermute needs probs or restore_shape")
-    gathered = permuted_tokens.float()[sorted_indices.long().view(N, K)]  # [N, K, H]
+    gathered = permuted_tokens.to(_acc())[sorted_indices.long().view(N, K)]  # [N, K, H]
     return (gathered * weights[..., None]).sum(dim=1).to(permuted_tokens.dtype)
 
 
@@ -521,9 +546,9 @@ def npu_moe_token_unpermute(
 def npu_rms_norm(x: torch.Tensor, gamma: torch.Tensor, epsilon: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
     """(y, rstd): computed in float32, y cast to x's dtype, rstd float32 with the reduced dim kept as 1."""
     _no_float64(x, gamma)
-    xf = x.float()
+    xf = x.to(_acc())
     rstd = torch.rsqrt(xf.pow(2).mean(dim=-1, keepdim=True) + epsilon)
-    return (xf * rstd * gamma.float()).to(x.dtype), rstd
+    return (xf * rstd * gamma.to(_acc())).to(x.dtype), rstd
 
 
 def npu_rotary_mul(x: torch.Tensor, r1: torch.Tensor, r2: torch.Tensor, rotary_mode: str = "half") -> torch.Tensor:
@@ -531,8 +556,8 @@ def npu_rotary_mul(x: torch.Tensor, r1: torch.Tensor, r2: torch.Tensor, rotary_m
     _no_float64(x, r1, r2)
     if rotary_mode not in ("half", "interleave"):
         raise ValueError(f"rotary_mode {rotary_mode!r} is not one of: half, interleave")
-    xf = x.float()
-    return (xf * r1.float() + ops.rotate(xf, rotary_mode) * r2.float()).to(x.dtype)
+    xf = x.to(_acc())
+    return (xf * r1.to(_acc()) + ops.rotate(xf, rotary_mode) * r2.to(_acc())).to(x.dtype)
 
 
 # ----- torch.npu-like facade -----

@@ -238,9 +238,10 @@ def test_case_timeout_without_isolate_is_refused(harness_cli) -> None:
 
 
 def test_a_slow_start_up_does_not_count_against_the_case_timeout(harness_cli, monkeypatch) -> None:
-    monkeypatch.setenv("HOSTILE_IMPORT_SLEEP", "2.5")  # each child's start-up: longer than the case's 1.5 s
+    # Each child's start-up (5 s) is longer than the case's timeout (4 s, room for a loaded 2-core machine).
+    monkeypatch.setenv("HOSTILE_IMPORT_SLEEP", "5")
     run = harness_cli(
-        "run", "--plugin", HOSTILE, "-b", "torch-cpu", *DECODE, "--shape", "gqa", "--isolate", "--case-timeout", "1.5"
+        "run", "--plugin", HOSTILE, "-b", "torch-cpu", *DECODE, "--shape", "gqa", "--isolate", "--case-timeout", "4"
     )
     assert run.exit_code == 0, run.output
     assert _statuses(run.records) == {"gqa@torch-cpu": "passed"}

@@ -1,4 +1,5 @@
-"""Reports from result records: one row per backend x case (seeds and input distributions folded in).
+"""Reports from result records: one row per backend x case (seeds and input distributions folded in); the
+Markdown and CSV writers here, the LaTeX and HTML ones in harness.report_formats.
 
 A row's verdict counts its cases; its errors are the worst over seeds and distributions; its latency is the
 median over the timed cases (normal inputs). Simulated backends keep their rows but no speed figures unless
@@ -7,13 +8,11 @@ asked, since their timings say nothing about a real device.
 
 from __future__ import annotations
 
-import base64
 import csv
-import html
 import io
 import math
 import statistics
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -211,7 +210,7 @@ def against_caption(rows: list[Row]) -> str:
     )
 
 
-def _table(rows: list[Row], baseline: str | None) -> tuple[list[str], list[list[str]]]:
+def table(rows: list[Row], baseline: str | None) -> tuple[list[str], list[list[str]]]:
     """The header and cells of the md and html tables; with a baseline, a speedup column after the median."""
     header = [title for _, title in TABLE_COLUMNS]
     cells = [table_cells(row) for row in rows]
@@ -221,7 +220,7 @@ def _table(rows: list[Row], baseline: str | None) -> tuple[list[str], list[list[
             ratio = "-" if row.error_ratio is None else f"{row.error_ratio:.3g}x"
             row_cells[AGAINST_AFTER:AGAINST_AFTER] = [fmt(row.against), fmt(row.baseline_rel_l2), ratio]
     if baseline is not None:
-        speed = _speedups(rows, baseline)
+        speed = speedups(rows, baseline)
         header.insert(SPEEDUP_AFTER, f"speedup vs {baseline}")
         for i, row_cells in enumerate(cells):
             row_cells.insert(SPEEDUP_AFTER, f"{speed[i]:.2f}x" if i in speed else "-")
@@ -230,7 +229,7 @@ def _table(rows: list[Row], baseline: str | None) -> tuple[list[str], list[list[
 
 def geomean_speedups(rows: list[Row], baseline: str) -> dict[str, float]:
     """Per backend, the geometric mean of its speedups against `baseline` over the cases timed on both."""
-    speed = _speedups(rows, baseline)
+    speed = speedups(rows, baseline)
     out = {}
     for backend in sorted({rows[i].backend for i in speed}):
         values = [speed[i] for i in speed if rows[i].backend == backend]
@@ -239,7 +238,7 @@ def geomean_speedups(rows: list[Row], baseline: str) -> dict[str, float]:
 
 
 def to_markdown(rows: list[Row], *, baseline: str | None = None) -> str:
-    header, cells = _table(rows, baseline)
+    header, cells = table(rows, baseline)
     caption = against_caption(rows)
     lines = [caption, ""] if caption else []
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -256,7 +255,7 @@ def to_csv(rows: list[Row], *, baseline: str | None = None) -> str:
     writer = csv.writer(buf, lineterminator="\n")
     names = [f.name for f in fields(Row) if judged_against(rows) or f.name not in AGAINST_FIELDS]
     writer.writerow(names + ([f"speedup_vs_{baseline}"] if baseline is not None else []))
-    speed = _speedups(rows, baseline)
+    speed = speedups(rows, baseline)
     for i, row in enumerate(rows):
         values = asdict(row)
         extra = [speed.get(i, "")] if baseline is not None else []
@@ -287,25 +286,7 @@ def layerwise_section(records: Iterable[Record]) -> str:
     return "\n## Layer-wise localization\n\n" + "\n".join(lines) + "\n" if lines else ""
 
 
-LATEX_SPECIAL = {
-    "\\": r"\textbackslash{}",
-    "&": r"\&",
-    "%": r"\%",
-    "$": r"\$",
-    "#": r"\#",
-    "_": r"\_",
-    "{": r"\{",
-    "}": r"\}",
-    "~": r"\textasciitilde{}",
-    "^": r"\textasciicircum{}",
-}
-
-
-def latex_escape(text: str) -> str:
-    return "".join(LATEX_SPECIAL.get(ch, ch) for ch in text)
-
-
-def _speedups(rows: list[Row], baseline: str | None) -> dict[int, float]:
+def speedups(rows: list[Row], baseline: str | None) -> dict[int, float]:
     """Row index -> baseline median / row median, within the same case and dtype."""
     if baseline is None:
         return {}
@@ -316,130 +297,6 @@ def _speedups(rows: list[Row], baseline: str | None) -> dict[int, float]:
         if b and r.median_us:
             out[i] = b / r.median_us
     return out
-
-
-def to_latex(rows: list[Row], *, baseline: str | None = None, caption: str = "Parity and speed per backend.") -> str:
-    """A booktabs table: median latency with its 95% CI, best per case in bold, speedup against `baseline`
-    and a geometric-mean row per backend."""
-    speed = _speedups(rows, baseline)
-    groups: dict[tuple[str, ...], list[int]] = {}
-    for i, r in enumerate(rows):
-        groups.setdefault((r.workload, r.preset, r.shape, r.dtype), []).append(i)
-
-    def best(indices: list[int], value: Callable[[Row], float | None], low: bool) -> int | None:
-        scored = [(value(rows[i]), i) for i in indices if value(rows[i]) is not None]
-        if len(scored) < 2:
-            return None
-        return (min(scored) if low else max(scored))[1]
-
-    bold: set[tuple[int, str]] = set()
-    for indices in groups.values():
-        for column, value, low in (
-            ("median", lambda r: r.median_us, True),
-            ("tflops", lambda r: r.tflops, False),
-            ("rel_l2", lambda r: r.rel_l2, True),
-        ):
-            winner = best(indices, value, low)
-            if winner is not None:
-                bold.add((winner, column))
-
-    def cell(i: int, column: str, text: str) -> str:
-        return rf"\textbf{{{text}}}" if (i, column) in bold else text
-
-    against = bool(judged_against(rows))
-    if against:
-        caption = f"{caption} {against_caption(rows)}"
-    cols = ["Case", "dtype", "Backend", "Verdict", r"rel\_l2", r"Median $\mu$s [95\% CI]", "TFLOP/s"]
-    if against:
-        cols[5:5] = [r"Baseline rel\_l2", "Ratio"]
-    if baseline:
-        cols.append(f"Speedup vs {latex_escape(baseline)}")
-    lines = [
-        r"% requires \usepackage{booktabs}",
-        r"\begin{table}[t]",
-        r"\centering",
-        rf"\caption{{{latex_escape(caption)}}}",
-        r"\begin{tabular}{lll" + "l" + "r" * (len(cols) - 4) + "}",
-        r"\toprule",
-        " & ".join(cols) + r" \\",
-        r"\midrule",
-    ]
-    for i, r in enumerate(rows):
-        median = "--" if r.median_us is None else f"{r.median_us:.4g}"
-        if r.median_us is not None and r.ci95_low_us is not None:
-            median += f" [{r.ci95_low_us:.4g}, {r.ci95_high_us:.4g}]"
-        cells = [
-            latex_escape(f"{r.workload} {r.preset}/{r.shape}"),
-            latex_escape(r.dtype),
-            latex_escape(r.backend + (" (sim.)" if "simulated" in r.note else "")),
-            latex_escape(r.verdict),
-            cell(i, "rel_l2", "--" if r.rel_l2 is None else f"{r.rel_l2:.2e}"),
-            cell(i, "median", median),
-            cell(i, "tflops", "--" if r.tflops is None else f"{r.tflops:.3g}"),
-        ]
-        if against:
-            base, ratio = r.baseline_rel_l2, r.error_ratio
-            cells[5:5] = ["--" if base is None else f"{base:.2e}", "--" if ratio is None else f"{ratio:.3g}$\\times$"]
-        if baseline:
-            cells.append("--" if i not in speed else f"{speed[i]:.2f}$\\times$")
-        lines.append(" & ".join(cells) + r" \\")
-    if baseline and speed:
-        lines.append(r"\midrule")
-        for backend, geo in geomean_speedups(rows, baseline).items():
-            blank = [""] * (len(cols) - 4)
-            lines.append(
-                " & ".join(["Geometric mean", "", latex_escape(backend), *blank, f"{geo:.2f}$\\times$"]) + r" \\"
-            )
-    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
-    return "\n".join(lines) + "\n"
-
-
-def to_html(
-    records: list[Record], rows: list[Row], *, title: str = "harness report", baseline: str | None = None
-) -> str:
-    """One self-contained page: the table, the layer-wise section, and the plots inlined as PNG (no network)."""
-    from harness import plots
-
-    header, table = _table(rows, baseline)
-    head = "".join(f"<th>{html.escape(t)}</th>" for t in header)
-    body = []
-    for row, row_cells in zip(rows, table, strict=True):
-        bad = row.verdict.split()[0] in ("FAIL", "ERROR", "CRASH", "TIMEOUT")
-        cells = "".join(f"<td>{html.escape(c)}</td>" for c in row_cells)
-        body.append(f'<tr class="{"bad" if bad else ""}">{cells}</tr>')
-    figures = []
-    for name, make in plots.PLOTS.items():
-        png = base64.b64encode(plots.render(make(records), "png")).decode()
-        figures.append(
-            f'<figure><img alt="{name} plot" src="data:image/png;base64,{png}"><figcaption>{name}</figcaption></figure>'
-        )
-    env = next((r.environment for r in records if r.environment), {}) or {}
-    env_text = ", ".join(f"{k}: {env[k]}" for k in ("host", "cpu", "python", "torch", "git_commit") if env.get(k))
-    layerwise = layerwise_section(records)
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
-<style>
-body {{ font-family: sans-serif; margin: 1.5em; }}
-table {{ border-collapse: collapse; font-size: 12px; }}
-th, td {{ border: 1px solid #ccc; padding: 3px 6px; text-align: left; }}
-th {{ background: #f0f0f0; }}
-tr.bad td {{ background: #fde2e2; }}
-figure {{ display: inline-block; margin: 0.5em; }}
-img {{ max-width: 640px; }}
-pre {{ white-space: pre-wrap; font-size: 12px; }}
-</style></head><body>
-<h1>{html.escape(title)}</h1>
-<p>{html.escape(env_text)}</p>
-{f"<p>{html.escape(against_caption(rows))}</p>" if judged_against(rows) else ""}
-<h2>Plots</h2>
-{"".join(figures)}
-<h2>Results</h2>
-<table><thead><tr>{head}</tr></thead><tbody>
-{"".join(body)}
-</tbody></table>
-{f"<pre>{html.escape(layerwise)}</pre>" if layerwise else ""}
-</body></html>
-"""
 
 
 class ReportError(BadInputError):
@@ -474,8 +331,10 @@ def render(
         return to_markdown(rows, baseline=baseline) + layerwise_section(records)
     if fmt_name == "csv":
         return to_csv(rows, baseline=baseline)
+    from harness import report_formats  # imports this module: loaded when a format needs it
+
     if fmt_name == "latex":
-        return to_latex(rows, baseline=baseline)
+        return report_formats.to_latex(rows, baseline=baseline)
     if fmt_name == "html":
-        return to_html(records, rows, baseline=baseline)
+        return report_formats.to_html(records, rows, baseline=baseline)
     raise ValueError(f"report format {fmt_name!r} is not one of: {', '.join(FORMATS)}")

@@ -1,0 +1,163 @@
+"""The LaTeX and HTML writers of `harness report` (the Markdown and CSV ones, and the rows, are in harness.report).
+
+An invalid timing shows a marker with a footnote that gives its reason; an implausible speedup one that asks for
+review (harness.timing_view).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from collections.abc import Callable
+
+from harness.report import (
+    Row,
+    against_caption,
+    geomean_speedups,
+    judged_against,
+    layerwise_section,
+    speedups,
+    table,
+)
+from harness.results import Record
+
+LATEX_SPECIAL = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+}
+
+
+def latex_escape(text: str) -> str:
+    return "".join(LATEX_SPECIAL.get(ch, ch) for ch in text)
+
+
+def to_latex(rows: list[Row], *, baseline: str | None = None, caption: str = "Parity and speed per backend.") -> str:
+    """A booktabs table: median latency with its 95% CI, best per case in bold, speedup against `baseline`
+    and a geometric-mean row per backend."""
+    speed = speedups(rows, baseline)
+    groups: dict[tuple[str, ...], list[int]] = {}
+    for i, r in enumerate(rows):
+        groups.setdefault((r.workload, r.preset, r.shape, r.dtype), []).append(i)
+
+    def best(indices: list[int], value: Callable[[Row], float | None], low: bool) -> int | None:
+        scored = [(value(rows[i]), i) for i in indices if value(rows[i]) is not None]
+        if len(scored) < 2:
+            return None
+        return (min(scored) if low else max(scored))[1]
+
+    bold: set[tuple[int, str]] = set()
+    for indices in groups.values():
+        for column, value, low in (
+            ("median", lambda r: r.median_us, True),
+            ("tflops", lambda r: r.tflops, False),
+            ("rel_l2", lambda r: r.rel_l2, True),
+        ):
+            winner = best(indices, value, low)
+            if winner is not None:
+                bold.add((winner, column))
+
+    def cell(i: int, column: str, text: str) -> str:
+        return rf"\textbf{{{text}}}" if (i, column) in bold else text
+
+    against = bool(judged_against(rows))
+    if against:
+        caption = f"{caption} {against_caption(rows)}"
+    cols = ["Case", "dtype", "Backend", "Verdict", r"rel\_l2", r"Median $\mu$s [95\% CI]", "TFLOP/s"]
+    if against:
+        cols[5:5] = [r"Baseline rel\_l2", "Ratio"]
+    if baseline:
+        cols.append(f"Speedup vs {latex_escape(baseline)}")
+    lines = [
+        r"% requires \usepackage{booktabs}",
+        r"\begin{table}[t]",
+        r"\centering",
+        rf"\caption{{{latex_escape(caption)}}}",
+        r"\begin{tabular}{lll" + "l" + "r" * (len(cols) - 4) + "}",
+        r"\toprule",
+        " & ".join(cols) + r" \\",
+        r"\midrule",
+    ]
+    for i, r in enumerate(rows):
+        median = "--" if r.median_us is None else f"{r.median_us:.4g}"
+        if r.median_us is not None and r.ci95_low_us is not None:
+            median += f" [{r.ci95_low_us:.4g}, {r.ci95_high_us:.4g}]"
+        cells = [
+            latex_escape(f"{r.workload} {r.preset}/{r.shape}"),
+            latex_escape(r.dtype),
+            latex_escape(r.backend + (" (sim.)" if "simulated" in r.note else "")),
+            latex_escape(r.verdict),
+            cell(i, "rel_l2", "--" if r.rel_l2 is None else f"{r.rel_l2:.2e}"),
+            cell(i, "median", median),
+            cell(i, "tflops", "--" if r.tflops is None else f"{r.tflops:.3g}"),
+        ]
+        if against:
+            base, ratio = r.baseline_rel_l2, r.error_ratio
+            cells[5:5] = ["--" if base is None else f"{base:.2e}", "--" if ratio is None else f"{ratio:.3g}$\\times$"]
+        if baseline:
+            cells.append("--" if i not in speed else f"{speed[i]:.2f}$\\times$")
+        lines.append(" & ".join(cells) + r" \\")
+    if baseline and speed:
+        lines.append(r"\midrule")
+        for backend, geo in geomean_speedups(rows, baseline).items():
+            blank = [""] * (len(cols) - 4)
+            lines.append(
+                " & ".join(["Geometric mean", "", latex_escape(backend), *blank, f"{geo:.2f}$\\times$"]) + r" \\"
+            )
+    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+def to_html(
+    records: list[Record], rows: list[Row], *, title: str = "harness report", baseline: str | None = None
+) -> str:
+    """One self-contained page: the table, the layer-wise section, and the plots inlined as PNG (no network)."""
+    from harness import plots
+
+    header, cells_by_row = table(rows, baseline)
+    head = "".join(f"<th>{html.escape(t)}</th>" for t in header)
+    body = []
+    for row, row_cells in zip(rows, cells_by_row, strict=True):
+        bad = row.verdict.split()[0] in ("FAIL", "ERROR", "CRASH", "TIMEOUT")
+        cells = "".join(f"<td>{html.escape(c)}</td>" for c in row_cells)
+        body.append(f'<tr class="{"bad" if bad else ""}">{cells}</tr>')
+    figures = []
+    for name, make in plots.PLOTS.items():
+        png = base64.b64encode(plots.render(make(records), "png")).decode()
+        figures.append(
+            f'<figure><img alt="{name} plot" src="data:image/png;base64,{png}"><figcaption>{name}</figcaption></figure>'
+        )
+    env = next((r.environment for r in records if r.environment), {}) or {}
+    env_text = ", ".join(f"{k}: {env[k]}" for k in ("host", "cpu", "python", "torch", "git_commit") if env.get(k))
+    layerwise = layerwise_section(records)
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>
+body {{ font-family: sans-serif; margin: 1.5em; }}
+table {{ border-collapse: collapse; font-size: 12px; }}
+th, td {{ border: 1px solid #ccc; padding: 3px 6px; text-align: left; }}
+th {{ background: #f0f0f0; }}
+tr.bad td {{ background: #fde2e2; }}
+figure {{ display: inline-block; margin: 0.5em; }}
+img {{ max-width: 640px; }}
+pre {{ white-space: pre-wrap; font-size: 12px; }}
+</style></head><body>
+<h1>{html.escape(title)}</h1>
+<p>{html.escape(env_text)}</p>
+{f"<p>{html.escape(against_caption(rows))}</p>" if judged_against(rows) else ""}
+<h2>Plots</h2>
+{"".join(figures)}
+<h2>Results</h2>
+<table><thead><tr>{head}</tr></thead><tbody>
+{"".join(body)}
+</tbody></table>
+{f"<pre>{html.escape(layerwise)}</pre>" if layerwise else ""}
+</body></html>
+"""

@@ -7,6 +7,10 @@ when the difference is significant at `alpha` AND the whole interval lies above 
 drift on a shared machine that merely nudges the median past the threshold does not count). Parity: a case
 that passed and now fails, or whose rel_l2 grew by more than `error_growth` times (errors under a tenth of
 the budget are floored there, so noise-level changes of a tiny error do not count).
+
+An invalid timing (timing.valid false) on either side makes the case's speed "not comparable": listed, never a
+regression nor an improvement. A case over 10x faster than in OLD is listed "check_timing" (KernelBench's rule:
+marked for review, not failed).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from harness.results import Record
+from harness.timing_view import device_class, invalid_reason, review_notice
 
 DEFAULT_FAIL_ON = 0.05
 DEFAULT_ALPHA = 0.01
@@ -71,7 +76,7 @@ def mann_whitney_p(a: Iterable[float], b: Iterable[float]) -> float:
 @dataclass(frozen=True)
 class CaseChange:
     key: str
-    kind: str  # slower | faster | newly_failing | error_grown | newly_errored | fixed
+    kind: str  # slower | faster | newly_failing | error_grown | newly_errored | fixed | not_comparable | check_timing
     detail: str
 
 
@@ -184,7 +189,13 @@ def _speed_change(key: str, ra: Record, rb: Record, fail_on: float, alpha: float
     ta, tb = ra.timing, rb.timing
     if ta is None or tb is None or not ta.samples_ns or not tb.samples_ns:
         return []
+    invalid = [f"{side}: {why}" for side, r in (("OLD", ra), ("NEW", rb)) if (why := invalid_reason(r))]
+    if invalid:  # a timing that measured less than the work is neither a regression nor an improvement
+        return [CaseChange(key, "not_comparable", "timing invalid in " + "; ".join(invalid))]
     ratio = tb.median_ns / ta.median_ns
+    review = []
+    if device_class(ra) == device_class(rb) and (notice := review_notice(1 / ratio, "the old run")):
+        review = [CaseChange(key, "check_timing", notice)]
     p = mann_whitney_p(ta.samples_ns, tb.samples_ns)
     lo, hi = ratio_interval(ta.samples_ns, tb.samples_ns)
     detail = (
@@ -194,5 +205,5 @@ def _speed_change(key: str, ra: Record, rb: Record, fail_on: float, alpha: float
     if p < alpha and lo > 1 + fail_on:
         return [CaseChange(key, "slower", detail)]
     if p < alpha and hi < 1 / (1 + fail_on):
-        return [CaseChange(key, "faster", detail)]
-    return []
+        return [CaseChange(key, "faster", detail), *review]
+    return review

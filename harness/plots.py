@@ -1,5 +1,5 @@
 """Plots for reports (matplotlib, imported only here): latency against sequence length per backend, roofline,
-and error against dtype per backend. Simulated backends never appear in speed plots.
+and error against dtype per backend. Simulated backends and invalid timings never appear in speed plots.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.results import Record, TimingRecord
+from harness.timing_view import valid_timing
 
 FORMATS = ("png", "svg", "pdf")
 
@@ -33,8 +34,8 @@ def sequence_length(record: Record) -> int | None:
 
 
 def _timed(records: Iterable[Record]) -> list[tuple[Record, TimingRecord]]:
-    """The records timed on a real device, each with its timing."""
-    return [(r, r.timing) for r in records if r.timing is not None and not r.simulated]
+    """The records timed on a real device, each with its timing; an invalid timing is never plotted."""
+    return [(r, t) for r in records if (t := valid_timing(r)) is not None and not r.simulated]
 
 
 def latency_vs_length(records: list[Record]) -> Any:

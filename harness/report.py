@@ -13,13 +13,14 @@ import io
 import math
 import statistics
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from harness.names import REPORT_FORMATS, BadInputError
 from harness.parity_llm import OpError
 from harness.port import against_label, ratio_figure
 from harness.results import ParityRecord, Record
+from harness.timing_view import device_class, invalid_reason, pick_reference, plural, review_notice
 
 FORMATS = REPORT_FORMATS
 
@@ -56,6 +57,9 @@ class Row:
     against: str | None = None  # --against: the baseline the cases were judged against (port.against_label)
     baseline_rel_l2: float | None = None  # the baseline's worst rel_l2 on the same inputs
     error_ratio: float | None = None  # the worst error / baseline error, as --against judged it (port.RatioFigure)
+    device_class: str = ""  # cpu, cuda, npu (timing_view.device_class): speedups are judged within one class
+    timing_invalid: str = ""  # why a timed case's timing is invalid: the row then shows no speed figure at all
+    review: str = ""  # an implausible speedup against the case's reference backend (timing_view.review_notice)
 
 
 def _fold_verdict(statuses: list[str]) -> str:
@@ -84,7 +88,11 @@ def _sections(parity: list[ParityRecord], name: str) -> list[Mapping[str, Any]]:
     return [sec for p in parity if (sec := p.section(name))]
 
 
-def summarize(records: Iterable[Record], *, include_simulated_speed: bool = False) -> list[Row]:
+def summarize(
+    records: Iterable[Record], *, include_simulated_speed: bool = False, baseline: str | None = None
+) -> list[Row]:
+    """The rows; a row with an invalid timing shows its reason and no speed figure (none of its cases is ranked),
+    and one over 10x faster than its case's reference backend (`baseline` first) is marked for review."""
     groups: dict[tuple[str, ...], list[Record]] = {}
     for r in records:
         c = r.case
@@ -96,12 +104,13 @@ def summarize(records: Iterable[Record], *, include_simulated_speed: bool = Fals
         timed = [r.timing for r in recs if r.timing is not None]
         simulated = any(r.simulated for r in recs)
         decode = [d for r in recs if (d := (r.timing_variants or {}).get("decode")) is not None]
-        if simulated and not include_simulated_speed:
+        invalid = [why for r in recs if (why := invalid_reason(r))]
+        if invalid or (simulated and not include_simulated_speed):
             timed, decode = [], []
         dets = [p.deterministic for p in parity if p.deterministic is not None]
         routing, llm = _sections(parity, "routing"), _sections(parity, "llm")
         greedy = [g["min"] for g in _sections(parity, "greedy")]
-        notes = [r.reason for r in recs if r.reason]
+        notes = [r.reason for r in recs if r.reason and r.reason not in invalid]
         median_ns = statistics.median(t.median_ns for t in timed) if timed else None
         one = timed[0] if len(timed) == 1 and None not in (timed[0].ci95_low_ns, timed[0].ci95_high_ns) else None
         ci = (one.ci95_low_ns / 1e3, one.ci95_high_ns / 1e3) if one is not None else (None, None)
@@ -133,9 +142,40 @@ def summarize(records: Iterable[Record], *, include_simulated_speed: bool = Fals
                 against=next((label for p in parity if (label := against_label(p))), None),
                 baseline_rel_l2=_max(p.baseline.metrics.rel_l2 for p in parity if p.baseline is not None),
                 error_ratio=_max(f.ratio for p in parity if (f := ratio_figure(p)) is not None),
+                device_class=next((device_class(r) for r in recs if r.timing is not None), ""),
+                timing_invalid=_invalid_text(invalid, sum(r.timing is not None for r in recs)),
             )
         )
-    return rows
+    return _mark_implausible(rows, baseline)
+
+
+def _invalid_text(reasons: list[str], timed: int) -> str:
+    """`invalid: REASON` text of a row, with how many of its timed cases were invalid when not all."""
+    if not reasons:
+        return ""
+    return reasons[0] + (f" ({len(reasons)} of {timed} timed cases)" if len(reasons) < timed else "")
+
+
+def _case_of(row: Row) -> tuple[str, str, str, str]:
+    return (row.workload, row.preset, row.shape, row.dtype)
+
+
+def _mark_implausible(rows: list[Row], baseline: str | None) -> list[Row]:
+    """Rows over IMPLAUSIBLE_SPEEDUP faster than their case's reference on the same device class, marked."""
+    timed: dict[tuple[str, ...], dict[str, Row]] = {}
+    for row in rows:
+        if row.median_us:
+            timed.setdefault(_case_of(row), {})[row.backend] = row
+    out = []
+    for row in rows:
+        peers = timed.get(_case_of(row), {})
+        ref = pick_reference({b: r.device_class for b, r in peers.items()}, row.device_class, baseline)
+        ref_us = peers[ref].median_us if ref is not None else None
+        if ref is not None and ref != row.backend and ref_us and row.median_us:
+            out.append(replace(row, review=review_notice(ref_us / row.median_us, ref)))
+        else:
+            out.append(row)
+    return out
 
 
 def fmt(value: Any) -> str:
@@ -184,8 +224,11 @@ def table_cells(row: Row) -> list[str]:
         if row.routing_agreement is not None
         else None
     )
+    if row.timing_invalid:  # never a figure: the reason instead
+        values |= {"median_us": f"invalid: {row.timing_invalid}", "tflops": "invalid", "gbps": "invalid"}
+        values |= {"roofline_pct": "invalid", "tokens": "invalid"}
     cells = [fmt(values[name]) for name, _ in TABLE_COLUMNS]
-    cells[-1] = cells[-1][:90]
+    cells[-1] = "; ".join(c for c in (row.review, cells[-1][:90]) if c and c != "-") or "-"
     return cells
 
 
@@ -223,8 +266,17 @@ def table(rows: list[Row], baseline: str | None) -> tuple[list[str], list[list[s
         speed = speedups(rows, baseline)
         header.insert(SPEEDUP_AFTER, f"speedup vs {baseline}")
         for i, row_cells in enumerate(cells):
-            row_cells.insert(SPEEDUP_AFTER, f"{speed[i]:.2f}x" if i in speed else "-")
+            cell = "invalid" if rows[i].timing_invalid else f"{speed[i]:.2f}x" if i in speed else "-"
+            row_cells.insert(SPEEDUP_AFTER, cell)
     return header, cells
+
+
+def left_out(rows: list[Row]) -> str:
+    """` (2 rows with an invalid timing left out: memo-cheat)` after a geometric mean, "" when none."""
+    bad = [r.backend for r in rows if r.timing_invalid]
+    if not bad:
+        return ""
+    return f" ({plural(len(bad), 'row')} with an invalid timing left out: {', '.join(dict.fromkeys(bad))})"
 
 
 def geomean_speedups(rows: list[Row], baseline: str) -> dict[str, float]:
@@ -246,7 +298,7 @@ def to_markdown(rows: list[Row], *, baseline: str | None = None) -> str:
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in row_cells) + " |")
     if baseline is not None:
         means = ", ".join(f"{b} {g:.2f}x" for b, g in geomean_speedups(rows, baseline).items())
-        lines += ["", f"Geometric mean speedup vs {baseline}: {means or '-'}"]
+        lines += ["", f"Geometric mean speedup vs {baseline}: {means or '-'}{left_out(rows)}"]
     return "\n".join(lines) + "\n"
 
 
@@ -326,7 +378,7 @@ def render(
     baseline: str | None = None,
 ) -> str:
     records = list(records)
-    rows = summarize(records, include_simulated_speed=include_simulated_speed)
+    rows = summarize(records, include_simulated_speed=include_simulated_speed, baseline=baseline)
     if fmt_name == "md":
         return to_markdown(rows, baseline=baseline) + layerwise_section(records)
     if fmt_name == "csv":

@@ -16,6 +16,7 @@ from harness.report import (
     geomean_speedups,
     judged_against,
     layerwise_section,
+    left_out,
     speedups,
     table,
 )
@@ -85,10 +86,19 @@ def to_latex(rows: list[Row], *, baseline: str | None = None, caption: str = "Pa
         " & ".join(cols) + r" \\",
         r"\midrule",
     ]
+    footnotes: dict[str, int] = {}  # note text -> its number, in order of first use
+
+    def mark(text: str) -> str:
+        return f"$^{{{footnotes.setdefault(text, len(footnotes) + 1)}}}$"
+
     for i, r in enumerate(rows):
         median = "--" if r.median_us is None else f"{r.median_us:.4g}"
         if r.median_us is not None and r.ci95_low_us is not None:
             median += f" [{r.ci95_low_us:.4g}, {r.ci95_high_us:.4g}]"
+        if r.timing_invalid:
+            median = "invalid" + mark(f"{r.backend}: timing invalid: {r.timing_invalid}")
+        elif r.review:
+            median += mark(f"{r.backend}: {r.review}")
         cells = [
             latex_escape(f"{r.workload} {r.preset}/{r.shape}"),
             latex_escape(r.dtype),
@@ -111,7 +121,12 @@ def to_latex(rows: list[Row], *, baseline: str | None = None, caption: str = "Pa
             lines.append(
                 " & ".join(["Geometric mean", "", latex_escape(backend), *blank, f"{geo:.2f}$\\times$"]) + r" \\"
             )
-    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    if baseline and left_out(rows):
+        lines.append(r"\par\footnotesize " + latex_escape(f"Geometric means:{left_out(rows)}."))
+    for text, number in footnotes.items():
+        lines.append(rf"\par\footnotesize $^{{{number}}}$ {latex_escape(text)}")
+    lines.append(r"\end{table}")
     return "\n".join(lines) + "\n"
 
 
@@ -125,7 +140,7 @@ def to_html(
     head = "".join(f"<th>{html.escape(t)}</th>" for t in header)
     body = []
     for row, row_cells in zip(rows, cells_by_row, strict=True):
-        bad = row.verdict.split()[0] in ("FAIL", "ERROR", "CRASH", "TIMEOUT")
+        bad = row.verdict.split()[0] in ("FAIL", "ERROR", "CRASH", "TIMEOUT") or bool(row.timing_invalid)
         cells = "".join(f"<td>{html.escape(c)}</td>" for c in row_cells)
         body.append(f'<tr class="{"bad" if bad else ""}">{cells}</tr>')
     figures = []

@@ -235,6 +235,16 @@ class TimingRecord:
     def roofline_pct(self) -> float | None:
         return (self._get("roofline") or {}).get("pct")
 
+    @property
+    def valid(self) -> bool:
+        """False when a check of the timed path failed (issue 23); True when absent (files older than the checks)."""
+        return self._get("valid") is not False
+
+    @property
+    def invalid_reason(self) -> str:
+        """The check that made the timing invalid, in one sentence; "" when valid."""
+        return "" if self.valid else str(self._get("invalid_reason") or "no reason recorded")
+
 
 @dataclass(frozen=True)
 class Record:

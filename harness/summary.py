@@ -20,6 +20,7 @@ from typing import Any
 from harness.parity import Failure
 from harness.port import PortVerdict, divergence, port_verdicts
 from harness.results import CaseRef, Record
+from harness.timing_view import invalid_reason, left_out, plural, valid_timing
 
 BASELINE = "torch-cpu"  # speed ratios are against this backend where it was timed
 MAX_LISTED = 20  # failing / errored cases listed in full; the rest are counted (harness report lists all)
@@ -66,8 +67,9 @@ def _speed(records: list[Record], baseline: Mapping[str, float]) -> tuple[float,
     logs = []
     for r in records:
         base = baseline.get(r.case.input_key)
-        if r.timing is not None and base and r.timing.median_ns:
-            logs.append(math.log(base / r.timing.median_ns))
+        timing = valid_timing(r)  # an invalid timing is never averaged
+        if timing is not None and base and timing.median_ns:
+            logs.append(math.log(base / timing.median_ns))
     return (math.exp(sum(logs) / len(logs)), len(logs)) if logs else None
 
 
@@ -113,6 +115,9 @@ def _block(name: str, records: list[Record], baseline: Mapping[str, float], widt
             verb = f"{ratio:.2f}x faster" if ratio >= 1 else f"{1 / ratio:.2f}x slower"
             text = f"{verb} than {BASELINE} (geometric mean of {n} cases timed on both)"
             lines += _wrap(text, width, "  ", "speed   ")
+        elif any(invalid_reason(r) for r in records):
+            n = sum(bool(invalid_reason(r)) for r in records)
+            lines += _wrap(f"not ranked: {plural(n, 'invalid timing')} (reasons below)", width, "  ", "speed   ")
         elif not any(r.timing for r in records):
             lines += ["  speed   not timed"]
     return lines
@@ -142,9 +147,9 @@ def render(records: Iterable[Record], facts: RunFacts, width: int = 80) -> str:
     for r in records:
         by_backend.setdefault(r.case.backend, []).append(r)
     baseline = {
-        r.case.input_key: r.timing.median_ns
+        r.case.input_key: t.median_ns
         for r in by_backend.get(BASELINE, [])
-        if r.timing is not None and r.timing.median_ns
+        if (t := valid_timing(r)) is not None and t.median_ns
     }
     ran = [b for b in by_backend if b not in unavailable]
     head = f"suite {facts.suite}: {len(records)} cases on {len(ran)} backends in {facts.seconds:.0f} s"
@@ -170,7 +175,10 @@ def render(records: Iterable[Record], facts: RunFacts, width: int = 80) -> str:
             lines += _wrap(r.reason or "(no reason recorded)", width, "      ")
         if len(bad) > MAX_LISTED:
             lines += _wrap(f"... and {len(bad) - MAX_LISTED} more: harness report {facts.out_path}", width, "  ")
-    noisy = [r.timing for r in records if r.timing is not None and r.timing.noisy]
+    invalid = left_out(records)
+    if invalid:
+        lines += ["", *_wrap(f"speed ratios: {invalid}", width, "")]
+    noisy = [t for r in records if (t := valid_timing(r)) is not None and t.noisy]
     if noisy:
         reasons = Counter("waited for a core" if "waited" in t.noise else "wide IQR" for t in noisy)
         why = ", ".join(f"{n} {what}" for what, n in reasons.most_common())
@@ -267,6 +275,9 @@ class RunSummary:
                     self.backend(b, recs, ports.get(b)) for b, recs in by_backend.items() if b not in unavailable
                 ],
                 "unavailable": unavailable,
+                "invalid_timings": [
+                    {"case": r.case.key, "reason": why} for r in self.records if (why := invalid_reason(r))
+                ],
                 "failing": [
                     {"case": r.case.key, "status": r.status, "reason": r.reason}
                     for r in self.records

@@ -1,4 +1,5 @@
-"""The LaTeX and HTML writers of `harness report` (the Markdown and CSV ones, and the rows, are in harness.report).
+"""The LaTeX and HTML writers of `harness report` (the Markdown and CSV ones are in harness.report, the rows in
+harness.report_rows).
 
 An invalid timing shows a marker with a footnote that gives its reason; an implausible speedup one that asks for
 review (harness.timing_view).
@@ -10,7 +11,7 @@ import base64
 import html
 from collections.abc import Callable
 
-from harness.report import (
+from harness.report_rows import (
     Row,
     against_caption,
     geomean_speedups,

@@ -179,3 +179,15 @@ def test_plots_leave_the_invalid_timing_out(run) -> None:
         labels = [t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()]
         plots._pyplot().close(fig)
         assert any("twice" in label for label in labels) and not any("memo-cheat" in label for label in labels)
+
+
+def test_device_class_of_records_that_do_not_name_their_device(tmp_path: Path) -> None:
+    from harness.timing_view import device_class
+
+    host = record("plugin-op", 1e6)  # a host-CPU timer records CPU time: only host-CPU backends do
+    gpu = record("ort-cuda", 1e6, device="cuda") | {"environment": {}}
+    gpu["timing"]["method"] = "perf_counter_ns"
+    npu = record("ascend", 1e6, device="npu") | {"environment": {}}
+    del host["environment"]
+    got = [device_class(r) for r in write(tmp_path / "r.jsonl", [host, gpu, npu])]
+    assert got == ["cpu", "cuda", "npu"]

@@ -57,7 +57,9 @@ def test_selftest_catches_each_ascend_fault_and_passes_the_plain_adapter(tmp_pat
     ascend = tuple(c for c in plugin.checks if "ascend" in c.backend)
     with ResultWriter(tmp_path / "r.jsonl") as writer:
         outcomes = selftest.run_selftest(writer, plugins=[selftest.FaultPlugin("test", ascend, plugin.backends)])
-    assert len(outcomes) == 4 and all(o.ok for o in outcomes), [o.problem for o in outcomes]
+    assert len(outcomes) == 5 and all(
+        o.ok for o in outcomes
+    )  # 3 faults, the adapter on parity and timed, [o.problem for o in outcomes]
     assert {o.check.backend for o in outcomes if o.check.expect == "caught"} == {
         "bug-ascend-mask-not-inverted", "bug-ascend-default-scale", "bug-ascend-sparse-mode-2"
     }  # fmt: skip

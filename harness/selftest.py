@@ -171,13 +171,15 @@ def _judge_passes(check: Check, r: Record) -> str:
 
 def _judge_timing_cheat(check: Check, r: Record) -> tuple[str, str]:
     """(problem, matched phrase) for a record of a timing cheat: caught only by an invalid timing whose reason
-    names one of the check's `reasons`, in a record marked failed."""
+    (or one of its `problems`, where the timed path lists every check that failed) names one of the check's
+    `reasons`, in a record marked failed."""
     if r.timing is None:
         return f"{r.case.key} {r.status}, not timed: {(r.reason or '')[:120]}", ""
     valid, reason = _timing_verdict(r.timing)
     if valid:
         return f"{r.case.key} {r.status} with a valid timing (median {r.timing.median_ns} ns)", ""
-    matched = next((p for p in check.reasons if p.lower() in reason.lower()), "")
+    named = " | ".join([reason, *(str(p) for p in r.timing.data.get("problems") or ())]).lower()  # every check's
+    matched = next((p for p in check.reasons if p.lower() in named), "")
     if not matched:
         return f"{r.case.key}: timing invalid for another reason: {reason[:160]}", ""
     if r.status != "failed":

@@ -105,6 +105,10 @@ def test_a_timing_cheat_is_caught_only_by_invalid_timings_that_name_its_check() 
     reason = "faster than this device can compute: 326 TFLOP/s against a 0.5 TFLOP/s ceiling (x1.5 margin)"
     caught = judge_check(MEMO_CHECK, [record(timing=invalid(reason)), record(timing=invalid(reason))])
     assert caught.ok and caught.good == 2 and caught.metrics == ("timing: faster than this device",)
+    listed = invalid("timed output differs from the op's untimed output on input set 1") | {
+        "problems": ["timed output differs from the op's untimed output on input set 1", reason]
+    }  # the first reason is another check's; the list of every check that failed names this one
+    assert judge_check(MEMO_CHECK, [record(timing=listed)]).ok
 
     cases = {
         "with a valid timing": record("passed", {"median_ns": 900.0, "valid": True, "invalid_reason": ""}),

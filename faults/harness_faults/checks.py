@@ -133,7 +133,7 @@ CHECKS: tuple[Check, ...] = (
         ("gqa",),
         inputs=("normal",),
         presets=("small",),  # the anchor shape: a cached answer in a microsecond implies ~100+ TFLOP/s on a CPU
-        reasons=("faster than this device can compute",),
+        reasons=("faster than this device can compute", "timed output differs"),  # stale once set 1 is rewritten
     ),
     Check(
         "output buffer returned without recomputation",
@@ -143,7 +143,7 @@ CHECKS: tuple[Check, ...] = (
         ("float32",),
         ("gqa",),
         inputs=("normal",),
-        reasons=("timed output differs",),
+        reasons=("timed output differs", "did not recompute"),
     ),
     Check(
         "writes into its input (keys past the sequence length)",

@@ -198,9 +198,10 @@ def selftest_cmd(out: Path | None, fault_modules: tuple[str, ...]) -> None:
         table.add_column(col, overflow="fold")
 
     def on_check(o: selftest.Outcome) -> None:
-        verdict = ("caught" if o.check.expect == "caught" else "passed") if o.ok else "PROBLEM"
-        console.print(f"{verdict:>8}  {o.check.description}")
-        result = f"{o.good}/{o.cases}" + ("" if o.ok else f": {o.problem}")
+        verdict = ("passed" if o.check.expect == "passes" else "caught") if o.ok else "PROBLEM"
+        verdict = "skipped" if o.skipped else verdict
+        console.print(f"{verdict:>8}  {o.check.description}" + (f" ({o.skipped})" if o.skipped else ""))
+        result = f"skipped: {o.skipped}" if o.skipped else f"{o.good}/{o.cases}" + ("" if o.ok else f": {o.problem}")
         style = None if o.ok else "red"
         table.add_row(
             o.check.description,

@@ -5,7 +5,10 @@ infer-parity-harness-faults, registered under the entry-point group `harness.fau
 `CHECKS` (a tuple of `Check`) and `BACKENDS` (the module or .py file of their backend classes). This is the engine:
 every planted fault runs through the ordinary runner on the cases where it must show, and every correct-but-
 different implementation on the cases it must pass. A fault is caught only if EVERY one of its cases fails (and,
-where a check names a culprit, the layer-wise localization names that layer and op).
+where a check names a culprit, the layer-wise localization names that layer and op). A timing cheat (memoized
+outputs, a stale output buffer, a write into an input, work on a side stream) passes parity by construction: it is
+caught only if EVERY timed case has an invalid timing whose reason names the check meant to catch it; and an honest
+backend checked with timing must have every timing valid.
 """
 
 from __future__ import annotations
@@ -16,12 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from harness.backend import default_registry
+from harness.backend import BackendRegistry, default_registry
 from harness.names import BadInputError
 from harness.plugins import PluginError, entry_points, import_plugin
 from harness.results import Record
 from harness.runner import Runner, RunOptions
 from harness.suites import Suite
+from harness.timing import TimingConfig
 from harness.workload import WorkloadRegistry
 
 if TYPE_CHECKING:
@@ -33,17 +37,40 @@ FAULTS_GROUP = "harness.faults"
 INSTALL_HINT = "pip install --no-deps -e faults/ (make setup does), or name one with --faults MODULE_OR_FILE"
 
 
+EXPECTATIONS = ("caught", "passes", "timing_invalid")
+SELFTEST_TIMING = TimingConfig(budget_s=0.03, warmup_s=0.005, min_samples=3, max_samples=50)  # short: a verdict
+
+
 @dataclass(frozen=True)
 class Check:
+    """One selftest claim: `backend` on these cases is `caught` (parity fails), `passes` (parity passes and, when
+    timed, every timing is valid) or `timing_invalid` (every timed case's timing is flagged invalid, with a reason
+    containing one of `reasons`, case-insensitive)."""
+
     description: str
     backend: str
-    expect: str  # "caught" | "passes"
+    expect: str  # one of EXPECTATIONS
     workloads: tuple[str, ...]
     dtypes: tuple[str, ...] = ("float32", "bfloat16")
     shapes: tuple[str, ...] = ()
     inputs: tuple[str, ...] = ("normal", "stress")
     layerwise: bool = False  # run with layer-wise localization (workloads with layers: the LLMs)
     culprit: tuple[int, str] | None = None  # the (layer, op kind) the localization must name (needs layerwise)
+    presets: tuple[str, ...] = ("tiny",)
+    timed: bool = False  # time the cases (SELFTEST_TIMING); implied by expect="timing_invalid"
+    time_oracles: bool = False  # time reference backends too (cpu-reference)
+    reasons: tuple[str, ...] = ()  # timing_invalid: phrases of the check that must flag it (one must appear)
+    backend_options: tuple[tuple[str, str], ...] = ()  # (option, value) the backend is created with
+
+    def __post_init__(self) -> None:
+        if self.expect not in EXPECTATIONS:
+            raise ValueError(f"Check {self.description!r}: expect {self.expect!r}; one of {', '.join(EXPECTATIONS)}")
+        if self.expect == "timing_invalid" and not self.reasons:
+            raise ValueError(f"Check {self.description!r}: a timing_invalid check names the `reasons` it expects")
+
+    @property
+    def is_timed(self) -> bool:
+        return self.timed or self.expect == "timing_invalid"
 
 
 @dataclass(frozen=True)
@@ -52,7 +79,11 @@ class FaultPlugin:
 
     origin: str
     checks: tuple[Check, ...]
-    backends: str
+    backends: str | tuple[str, ...]  # one module or file, or several
+
+    @property
+    def backend_specs(self) -> tuple[str, ...]:
+        return (self.backends,) if isinstance(self.backends, str) else tuple(self.backends)
 
 
 class NoFaultPluginError(BadInputError):
@@ -71,10 +102,17 @@ def load_fault_plugins(specs: tuple[str, ...] = ()) -> list[FaultPlugin]:
         checks, backends = getattr(module, "CHECKS", None), getattr(module, "BACKENDS", None)
         if not isinstance(checks, tuple) or not all(isinstance(c, Check) for c in checks) or not checks:
             raise PluginError(f"{origin}: a fault plugin module defines CHECKS, a non-empty tuple of selftest.Check")
-        if not isinstance(backends, str):
-            raise PluginError(f"{origin}: a fault plugin module defines BACKENDS, the module or file of its backends")
+        if not (isinstance(backends, str) or _strings(backends)):
+            raise PluginError(
+                f"{origin}: a fault plugin module defines BACKENDS, the module or file of its backends (or a tuple "
+                "of them)"
+            )
         plugins.append(FaultPlugin(origin, checks, backends))
     return plugins
+
+
+def _strings(value: object) -> bool:
+    return isinstance(value, tuple) and bool(value) and all(isinstance(v, str) for v in value)
 
 
 @dataclass(frozen=True)
@@ -84,6 +122,7 @@ class Outcome:
     good: int  # cases that behaved as expected
     metrics: tuple[str, ...]  # failing metrics seen (for faults)
     problem: str  # empty when the check holds
+    skipped: str = ""  # why the check could not run here (its backend is unavailable: no GPU); it still holds
 
     @property
     def ok(self) -> bool:
@@ -100,6 +139,54 @@ def _culprit(record: Record) -> OpError | None:
     return layerwise.culprit if layerwise else None
 
 
+def _timing_verdict(timing: Any) -> tuple[bool, str]:
+    """(valid, invalid_reason) of a timing section; a file from before the checks has no verdict: valid."""
+    data = timing.data if timing is not None else {}
+    return bool(data.get("valid", True)), str(data.get("invalid_reason") or "")
+
+
+def _invalid_timings(record: Record) -> list[str]:
+    """The invalid reasons of the record's timing and timing variants."""
+    sections = [
+        ("timing", record.timing),
+        *((f"timing_variants.{n}", t) for n, t in (record.timing_variants or {}).items()),
+    ]
+    found = []
+    for name, timing in sections:
+        valid, reason = _timing_verdict(timing) if timing is not None else (True, "")
+        if not valid:
+            found.append(f"{name} invalid: {reason or '(no reason given)'}")
+    return found
+
+
+def _judge_passes(check: Check, r: Record) -> str:
+    """Why a record of an honest backend is not a pass ("" when it is)."""
+    if r.status != "passed" or _culprit(r) is not None:
+        return f"{r.case.key} {r.status}: {(r.reason or '')[:120]}"
+    if check.is_timed and r.timing is None:
+        return f"{r.case.key} was not timed"
+    invalid = _invalid_timings(r)
+    return f"{r.case.key} {invalid[0][:160]}" if invalid else ""
+
+
+def _judge_timing_cheat(check: Check, r: Record) -> tuple[str, str]:
+    """(problem, matched phrase) for a record of a timing cheat: caught only by an invalid timing whose reason
+    (or one of its `problems`, where the timed path lists every check that failed) names one of the check's
+    `reasons`, in a record marked failed."""
+    if r.timing is None:
+        return f"{r.case.key} {r.status}, not timed: {(r.reason or '')[:120]}", ""
+    valid, reason = _timing_verdict(r.timing)
+    if valid:
+        return f"{r.case.key} {r.status} with a valid timing (median {r.timing.median_ns} ns)", ""
+    named = " | ".join([reason, *(str(p) for p in r.timing.data.get("problems") or ())]).lower()  # every check's
+    matched = next((p for p in check.reasons if p.lower() in named), "")
+    if not matched:
+        return f"{r.case.key}: timing invalid for another reason: {reason[:160]}", ""
+    if r.status != "failed":
+        return f"{r.case.key}: timing invalid but the case is {r.status}, not failed", matched
+    return "", matched
+
+
 def judge_check(check: Check, records: list[Record]) -> Outcome:
     if not records:
         return Outcome(check, 0, 0, (), "no cases ran")
@@ -108,26 +195,48 @@ def judge_check(check: Check, records: list[Record]) -> Outcome:
     problems = []
     for r in records:
         if check.expect == "passes":
-            if r.status == "passed" and _culprit(r) is None:
-                good += 1
-            else:
-                problems.append(f"{r.case.key} {r.status}: {(r.reason or '')[:120]}")
-            continue
-        if r.status != "failed":
-            problems.append(f"{r.case.key} {r.status}")
-            continue
-        metrics |= _metric_names(r)
-        if check.culprit is not None:
+            problem = _judge_passes(check, r)
+        elif check.expect == "timing_invalid":
+            problem, matched = _judge_timing_cheat(check, r)
+            if matched:
+                metrics.add(f"timing: {matched}")
+        elif r.status != "failed":
+            problem = f"{r.case.key} {r.status}"
+        else:
+            metrics |= _metric_names(r)
             c = _culprit(r)
-            if c is None or (c.layer, c.kind) != check.culprit:
-                problems.append(f"{r.case.key}: localized to {c and (c.layer, c.kind)}")
-                continue
-        good += 1
+            located = check.culprit is None or (c is not None and (c.layer, c.kind) == check.culprit)
+            problem = "" if located else f"{r.case.key}: localized to {c and (c.layer, c.kind)}"
+        if problem:
+            problems.append(problem)
+        else:
+            good += 1
     problem = ""
     if problems:
         label = "falsely failed" if check.expect == "passes" else "slipped through"
         problem = f"{len(problems)} of {len(records)} {label}; first: {problems[0]}"
     return Outcome(check, len(records), good, tuple(sorted(metrics)), problem)
+
+
+def _unavailable_device(registry: BackendRegistry, check: Check) -> str:
+    """Why the check's backend cannot run here when it needs a device this machine lacks (a GPU); "" otherwise.
+    A CPU backend that is unavailable is a broken selftest, not a skip."""
+    cls = registry.get(check.backend)
+    if cls.device == "cpu":
+        return ""
+    availability = registry.probe(check.backend)
+    return "" if availability.available else f"{check.backend} unavailable here: {availability.reason}"
+
+
+def _options(check: Check) -> RunOptions:
+    return RunOptions(
+        parity_only=not check.is_timed,
+        timing=SELFTEST_TIMING,
+        determinism=False,
+        layerwise=check.layerwise,
+        time_oracles=check.time_oracles,
+        backend_options={check.backend: dict(check.backend_options)} if check.backend_options else {},
+    )
 
 
 def run_selftest(
@@ -138,23 +247,27 @@ def run_selftest(
     from harness.results import new_run_id
 
     plugins = load_fault_plugins() if plugins is None else plugins
-    registry = default_registry([p.backends for p in plugins])
+    registry = default_registry([spec for p in plugins for spec in p.backend_specs])
     workloads = WorkloadRegistry.discover()
     outcomes = []
     for check in (c for p in plugins for c in p.checks):
-        suite = Suite(
-            f"selftest:{check.backend}",
-            workloads=check.workloads,
-            dtypes=check.dtypes,
-            shapes=check.shapes,
-            backends=(check.backend,),
-            inputs=check.inputs,
-        )
-        options = RunOptions(parity_only=True, determinism=False, layerwise=check.layerwise)
-        runner = Runner(registry, workloads, options, new_run_id())
-        records: list[Record] = []
-        runner.run(runner.plan(suite), records_out, lambda case, record, _r=records: _r.append(record))
-        outcome = judge_check(check, records)
+        missing = _unavailable_device(registry, check)
+        if missing:
+            outcome = Outcome(check, 0, 0, (), "", skipped=missing)
+        else:
+            suite = Suite(
+                f"selftest:{check.backend}",
+                workloads=check.workloads,
+                presets=check.presets,
+                dtypes=check.dtypes,
+                shapes=check.shapes,
+                backends=(check.backend,),
+                inputs=check.inputs,
+            )
+            runner = Runner(registry, workloads, _options(check), new_run_id())
+            records: list[Record] = []
+            runner.run(runner.plan(suite), records_out, lambda case, record, _r=records: _r.append(record))
+            outcome = judge_check(check, records)
         outcomes.append(outcome)
         if on_check is not None:
             on_check(outcome)

@@ -2,7 +2,8 @@
 cases where a fault must show (every one of them must fail) or a variant must pass.
 
 The fault plugin's entry point (group `harness.faults`) names this module; the selftest engine in harness reads
-`CHECKS` and registers the backends of the file `BACKENDS` names.
+`CHECKS` and registers the backends of the files `BACKENDS` names: the porting faults (backends.py) and the timing
+cheats (cheats.py), whose checks are timed (short: one dtype, normal inputs) and judged on the timing verdict.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from pathlib import Path
 
 from harness.selftest import Check
 
-BACKENDS = str(Path(__file__).with_name("backends.py"))  # by path: the same whether installed or in a checkout
+# by path: the same whether installed or in a checkout
+BACKENDS = tuple(str(Path(__file__).with_name(f)) for f in ("backends.py", "cheats.py"))
 ALL_DTYPES = ("float32", "bfloat16", "float16")
 
 CHECKS: tuple[Check, ...] = (
@@ -120,5 +122,72 @@ CHECKS: tuple[Check, ...] = (
         "passes",
         ("attention.*", "moe.*"),
         ALL_DTYPES,
+    ),
+    # ----- timing cheats: parity passes, the timing must be flagged invalid by the check meant for it -----
+    Check(
+        "memoized on the inputs' data pointers (MLPerf TEST04's target)",
+        "cheat-pointer-memo",
+        "timing_invalid",
+        ("attention.prefill",),
+        ("float32",),
+        ("gqa",),
+        inputs=("normal",),
+        presets=("small",),  # the anchor shape: a cached answer in a microsecond implies ~100+ TFLOP/s on a CPU
+        reasons=("faster than this device can compute", "timed output differs"),  # stale once set 1 is rewritten
+    ),
+    Check(
+        "output buffer returned without recomputation",
+        "cheat-stale-output",
+        "timing_invalid",
+        ("attention.prefill", "attention.decode"),
+        ("float32",),
+        ("gqa",),
+        inputs=("normal",),
+        reasons=("timed output differs", "did not recompute"),
+    ),
+    Check(
+        "writes into its input (keys past the sequence length)",
+        "cheat-writes-input",
+        "timing_invalid",
+        ("attention.decode", "attention.chunked_prefill"),
+        ("float32",),
+        ("gqa",),
+        inputs=("normal",),
+        reasons=("was modified",),
+    ),
+    Check(
+        "CUDA work left on a side stream",
+        "cheat-side-stream",
+        "timing_invalid",
+        ("attention.prefill", "attention.decode"),
+        ("float16",),
+        ("gqa",),
+        inputs=("normal",),
+        presets=("small",),
+        reasons=("work outside the timed stream",),
+        backend_options=(("graphs", "0"),),  # events on the current stream: what the cheat fools
+    ),
+    # ----- honest backends, timed: no timing check may flag them -----
+    *(
+        Check(
+            f"{backend}: honest timings are all valid ({', '.join(workloads)} {'/'.join(presets)})",
+            backend,
+            "passes",
+            workloads,
+            (dtype,),
+            shapes,
+            inputs=("normal",),
+            presets=presets,
+            timed=True,
+            time_oracles=backend == "cpu-reference",
+        )
+        for backend, workloads, dtype, shapes, presets in (
+            ("torch-cpu", ("attention.prefill", "attention.decode", "moe.layer"), "float32", (), ("tiny",)),
+            ("torch-cpu", ("attention.prefill",), "float32", ("gqa",), ("small",)),  # the memo cheat's, honestly
+            ("cpu-reference", ("attention.prefill", "attention.decode"), "float32", (), ("tiny",)),
+            ("ort-cpu", ("attention.prefill", "attention.decode"), "float32", (), ("tiny",)),
+            ("ascend-sim", ("attention.prefill", "attention.decode"), "float32", (), ("tiny",)),
+            ("cuda", ("attention.prefill", "attention.decode", "moe.layer"), "float16", (), ("tiny", "small")),
+        )
     ),
 )

@@ -87,10 +87,12 @@ def mismatch(out: list[torch.Tensor], truth: list[torch.Tensor], budget: Budget 
 
 def identical_for_different_data(first: list[torch.Tensor], second: list[torch.Tensor]) -> bool:
     """True when two outputs of different inputs are bitwise the same and not constant: nothing recomputed."""
-    floats = [(a, b) for a, b in zip(first, second, strict=False) if a.is_floating_point() and a.numel() > 1]
-    return bool(floats) and all(
-        torch.equal(a, b) and bool((a.max() - a.min()) != 0) for a, b in floats if torch.isfinite(a).all()
-    )
+    floats = [
+        (a, b)
+        for a, b in zip(first, second, strict=False)
+        if a.is_floating_point() and a.numel() > 1 and bool(torch.isfinite(a).all())
+    ]
+    return bool(floats) and all(torch.equal(a, b) and bool((a.max() - a.min()) != 0) for a, b in floats)
 
 
 def checksum(t: torch.Tensor) -> tuple[Any, ...]:

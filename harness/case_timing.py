@@ -1,19 +1,24 @@
-"""Timing one case: the bare op bound to its device-resident inputs (rotating among copies of them where the
-backend asks, so repeated calls do not all run on a warm cache), measured with the backend's own timer; FLOP
-and byte counts turned into throughput and % of roofline; and the workload's further timed calls (LLM decode)."""
+"""Timing one case: the bare op bound to its device-resident inputs, rotating over at least two input sets
+(more where the backend asks, so repeated calls do not all run on a warm cache), measured with the backend's own
+timer; checked outside the timed region (outputs, inputs, physical limits: timing_checks.py, ceilings.py) into
+`valid` / `invalid_reason`; FLOP and byte counts turned into throughput and % of roofline; and the workload's
+further timed calls (LLM decode)."""
 
 from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from harness.backend import Backend
 from harness.calibrate import Calibration, load_calibration
+from harness.ceilings import Ceiling, calibrated, quick_host_ceiling, violation
 from harness.dtypes import DTYPES
 from harness.lazy import torch
+from harness.parity import Budget
 from harness.timing import TimingConfig, measure
+from harness.timing_checks import WatchedTimer, checked_sets, modified_inputs
 
 if TYPE_CHECKING:
     from harness.workload import Case, CaseInputs
@@ -27,6 +32,7 @@ class CaseTimer:
     def __init__(self, config: TimingConfig) -> None:
         self.config = config
         self._calibrations: dict[str, Calibration | None] = {}
+        self._unguarded: set[str] = set()
 
     def time(
         self,
@@ -36,17 +42,43 @@ class CaseTimer:
         bound: Callable[[], Any],
         device_call: Callable[..., Any],
         device_name: str,
+        *,
+        inputs: Mapping[str, Any] | None = None,
+        budget: Budget | None = None,
     ) -> dict[str, Any]:
-        """The record's `timing` (and `timing_variants`) sections for one case."""
+        """The record's `timing` (and `timing_variants`) sections for one case. `inputs` are the device tensors
+        `bound` runs on; with them the timing is checked (harness/timing_checks.py) and says `valid`."""
         workload, shape, config = group.workload, group.shape, self.config
-        rotating, sets = self._rotating(backend, group, bound)
-        measurement = measure(rotating, backend.timer(config), config)
+        checks = None
+        if config.checks and inputs is not None:
+            nbytes = sum(t.numel() * t.element_size() for t in group.tensors.values() if isinstance(t, torch.Tensor))
+            wanted = int(backend.timing_input_sets(nbytes, config)) if config.rotate_inputs else 1
+            checks = checked_sets(backend, group, inputs, bound, wanted, budget)
+            before = checks.rotation.checksums()
+            timer = WatchedTimer(backend.timer(config), checks.rotation, backend)
+            measurement = measure(checks.rotation.fn, timer, config)
+            problems = [
+                f"input {n} was modified by the timed calls"
+                for n in modified_inputs(before, checks.rotation.checksums())
+            ]
+            problems += checks.problems + checks.after_timing(timer.first, backend)
+            sets = len(checks.rotation.sets)
+        else:
+            rotating, sets = self._rotating(backend, group, bound)
+            measurement = measure(rotating, backend.timer(config), config)
+            problems = []
         seconds = measurement.stats.median_ns * 1e-9
         timing = measurement.to_record(workload.flops(shape), workload.bytes_moved(shape, DTYPES[case.dtype].itemsize))
         timing["input_sets"] = sets
         roofline = self._roofline(case, backend, seconds, timing, device_name)
         if roofline is not None:
             timing["roofline"] = roofline
+        if checks is not None:
+            too_fast = violation(self._ceilings(case, backend, device_name), timing["flops"], timing["bytes"], seconds)
+            problems += [too_fast] if too_fast else []
+            timing.update(valid=not problems, invalid_reason=problems[0] if problems else "", problems=problems)
+            if problems:
+                log.warning("%s: timing invalid: %s", case.key, "; ".join(problems))
         tokens = workload.tokens_per_call(shape)
         if tokens:
             timing["tokens_per_s"] = tokens / seconds
@@ -64,15 +96,34 @@ class CaseTimer:
             }
         return sections
 
-    def _roofline(
-        self, case: Case, backend: Backend, seconds: float, timing: dict[str, Any], device_name: str
-    ) -> dict[str, Any] | None:
-        """% of the device's measured roofline, where `harness calibrate` has stored its ceilings."""
+    def _calibration(self, case: Case, backend: Backend, device_name: str) -> Calibration | None:
+        """The backend's stored `harness calibrate` ceilings on this device (loaded once), or None."""
         name = case.backend
         if name not in self._calibrations:
             key = backend.calibration_key()
             self._calibrations[name] = load_calibration(key, device_name) if device_name else None
-        cal = self._calibrations[name]
+        return self._calibrations[name]
+
+    def _ceilings(self, case: Case, backend: Backend, device_name: str) -> list[Ceiling]:
+        """What the guard holds the timing to: the stored calibration, and on the host CPU the quick one."""
+        cal = self._calibration(case, backend, device_name)
+        found = [calibrated(cal)] if cal is not None and cal.matmul_tflops else []
+        if backend.device == "cpu" or backend.simulated:
+            found.append(quick_host_ceiling())
+        elif not found and backend.name not in self._unguarded:
+            self._unguarded.add(backend.name)
+            log.info(
+                "%s: no calibration stored for %s, timings not held to a ceiling (harness calibrate)",
+                backend.name,
+                device_name,
+            )
+        return found
+
+    def _roofline(
+        self, case: Case, backend: Backend, seconds: float, timing: dict[str, Any], device_name: str
+    ) -> dict[str, Any] | None:
+        """% of the device's measured roofline, where `harness calibrate` has stored its ceilings."""
+        cal = self._calibration(case, backend, device_name)
         if cal is None:
             return None
         mode = backend.math_mode(case.dtype)

@@ -66,6 +66,7 @@ class DeviceCall:
         self.args, self.kwargs = group.workload.op_arguments(dev_inputs, group.shape, group.context)
         self._op = getattr(backend, group.workload.op)
         name = group.workload.op
+        self.inputs = dev_inputs  # what `bound()` runs on: timing checksums them
         self.bound: Callable[[], Callable[[], Any]] = functools.cache(
             lambda: backend.bind(name, self.args, self.kwargs)
         )
@@ -200,8 +201,20 @@ class CaseExecutor:
             self.saved_out.save(case, group, dict(judged.outputs))
         if self._timed(case, backend):
             device = str(self._environment(case.backend, backend)["backend"].get("device_name", ""))
-            sections = self._timer.time(case, group, backend, on_device.bound(), on_device.device, device)
-            fields["timing"] = TimingRecord(sections["timing"])
+            budget = group.workload.budget(case.dtype, group.shape, self.options.budget_overrides)
+            sections = self._timer.time(
+                case,
+                group,
+                backend,
+                on_device.bound(),
+                on_device.device,
+                device,
+                inputs=on_device.inputs,
+                budget=budget,
+            )
+            fields["timing"] = timing = TimingRecord(sections["timing"])
+            if not timing.valid and fields["status"] == "passed":  # a number that cannot be trusted fails the case
+                fields.update(status="failed", reason=timing.invalid_reason)
             if "timing_variants" in sections:
                 fields["timing_variants"] = {n: TimingRecord(t) for n, t in sections["timing_variants"].items()}
         fields["memory"] = backend.memory_stats() or None

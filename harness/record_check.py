@@ -63,6 +63,8 @@ TIMING = Obj(
         "noisy": Maybe(bool),
         "noise": Maybe(str),
         "roofline": Maybe(Obj({"pct": Maybe(Number)})),
+        "valid": Maybe(bool),  # issue 23: the timed path's checks
+        "invalid_reason": Maybe(str),
     },
     ("median_ns",),
 )

@@ -52,3 +52,9 @@ def test_sharing_benchmark_runs_alone_in_a_row_and_at_once(capsys) -> None:
     assert bench.main(["--threads", "1", "--args", args]) == 0
     printed = capsys.readouterr().out
     assert "3 in a row" in printed and "3 at once" in printed and "at once / in a row" in printed
+
+
+def test_timing_checks_benchmark_prints_the_median_with_checks_on_beside_off(capsys) -> None:
+    assert load("timing_checks").main(["--rounds", "1", "--time-budget", "0.01"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("on/off") >= 3 and "valid: False" not in printed

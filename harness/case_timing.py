@@ -76,6 +76,8 @@ class CaseTimer:
         if checks is not None:
             too_fast = violation(self._ceilings(case, backend, device_name), timing["flops"], timing["bytes"], seconds)
             problems += [too_fast] if too_fast else []
+            timer_finding = measurement.notes.get("invalid_reason")  # a device timer's own check (cuda's streams)
+            problems += [timer_finding] if timer_finding else []
             timing.update(valid=not problems, invalid_reason=problems[0] if problems else "", problems=problems)
             if problems:
                 log.warning("%s: timing invalid: %s", case.key, "; ".join(problems))

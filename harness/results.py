@@ -230,9 +230,6 @@ class TimingRecord:
     flops = property(lambda self: self._get("flops"))
     bytes = property(lambda self: self._get("bytes"))
     tokens_per_s = property(lambda self: self._get("tokens_per_s"))
-    # issue 23: False when a check of the timed path failed (outputs, inputs, physical limits); older files: True
-    valid = property(lambda self: self._get("valid") is not False)
-    invalid_reason = property(lambda self: self._get("invalid_reason") or "")
 
     @property
     def roofline_pct(self) -> float | None:

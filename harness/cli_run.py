@@ -124,6 +124,17 @@ from harness.suites import BUILTIN_SUITES
     help="LLM workloads: localize the first layer and op whose own error exceeds its budget.",
 )
 @click.option(
+    "--invariance",
+    is_flag=True,
+    help="Attention, MoE, LLM: also run each batch row (token subset, shorter chunk) alone and record whether the "
+    "output is bitwise the same (costs extra calls; a difference is reported, not failed).",
+)
+@click.option(
+    "--require-invariance",
+    is_flag=True,
+    help="Implies --invariance; a part whose output differs from the whole batch's fails the case.",
+)
+@click.option(
     "--model",
     "model_path",
     type=click.Path(file_okay=False, dir_okay=True),

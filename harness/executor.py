@@ -16,7 +16,7 @@ import traceback
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
-from harness import parity
+from harness import invariance, parity
 from harness.backend import Availability, Backend, BackendRegistry, UnsupportedCaseError
 from harness.case_timing import CaseTimer
 from harness.dtypes import DTYPES
@@ -195,8 +195,13 @@ class CaseExecutor:
         if judged.parity.metrics is None:  # malformed output: the verdict alone says why
             fields.update(status="failed", reason=judged.parity.verdict.reason, parity=judged.parity)
             return
-        fields["parity"] = self._with_determinism(judged, backend, on_device)
+        fields["parity"] = self._with_invariance(
+            self._with_determinism(judged, backend, on_device), judged, backend, group
+        )
         fields.update(status="passed" if judged.passed else "failed", reason=judged.parity.verdict.reason)
+        section = fields["parity"].section("invariance")
+        if self.options.require_invariance and section and section["invariant"] is False and judged.passed:
+            fields.update(status="failed", reason=invariance.failure_reason(dict(section)))
         if self.saved_out is not None and judged.outputs:
             self.saved_out.save(case, group, dict(judged.outputs))
         if self._timed(case, backend):
@@ -232,6 +237,13 @@ class CaseExecutor:
         first = map_tensors(on_device.bound()(), backend.to_host)
         second = map_tensors(on_device.bound()(), backend.to_host)
         return dataclasses.replace(judged.parity, deterministic=parity.all_bitwise_equal(first, second))
+
+    def _with_invariance(self, section: Any, judged: Judgement, backend: Backend, group: CaseInputs) -> Any:
+        """--invariance: the parts of the case run alone, compared with its own output (harness.invariance)."""
+        if not (self.options.invariance or self.options.require_invariance):
+            return section
+        found = invariance.check(group, judged.outputs.get("out"), lambda part: DeviceCall(backend, part).call)
+        return dataclasses.replace(section, details={**section.details, "invariance": found})
 
     # ----- records -----
     def record(self, case: Case, group: CaseInputs | None, **fields: Any) -> Record:

@@ -53,6 +53,8 @@ class RunFlags:
     against_ratio: float = DEFAULT_AGAINST_RATIO
     budgets: tuple[str, ...] = ()
     layerwise: bool = False
+    invariance: bool = False
+    require_invariance: bool = False
     model_path: str | None = None
     isolate: bool = False
     case_timeout: float | None = None  # None: not given (RunRequest's default applies)
@@ -78,6 +80,8 @@ class RunFlags:
             against_ratio=self.checked_against_ratio(),
             budget_overrides=self.budget_overrides(),
             layerwise=self.layerwise,
+            invariance=self.invariance or self.require_invariance,
+            require_invariance=self.require_invariance,
             model_path=self.model_path,
             backend_options=self.resolved_backend_options(chosen),
         )

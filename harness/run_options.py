@@ -24,6 +24,8 @@ class RunOptions:
     budget_overrides: Mapping[str, float] | None = None
     layerwise: bool = False  # workloads that can: per-layer localization (propagated and teacher-forced)
     model_path: str | None = None  # --model: a user's checkpoint directory instead of seeded weights
+    invariance: bool = False  # also run each part of a case alone (Workload.invariance_parts) and compare
+    require_invariance: bool = False  # a part whose output differs from the whole's fails the case
     # --backend-option: backend name -> option -> raw value, given to that backend's constructor and recorded
     backend_options: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 

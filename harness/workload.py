@@ -192,6 +192,17 @@ class TimingVariant:
     tokens: int | None = None
 
 
+@dataclass(frozen=True)
+class InvariancePart:
+    """A part of a case that also runs alone (--invariance): a batch row, the first tokens, a shorter prefill
+    chunk. `index` picks the part's rows out of the whole call's primary output (tensor[index])."""
+
+    name: str
+    shape: Any
+    tensors: Mapping[str, torch.Tensor]
+    index: tuple[slice, ...]
+
+
 class Workload(abc.ABC):
     """A named op invocation with shape presets. Subclasses implement the abstract methods for their shape type."""
 
@@ -375,6 +386,15 @@ class Workload(abc.ABC):
     def timing_variants(self, device_call: Call, group: CaseInputs) -> dict[str, TimingVariant]:
         """Further calls to time beside the main one; `device_call(**overrides)` runs the op on the device."""
         return {}
+
+    def invariance_parts(self, group: CaseInputs) -> tuple[InvariancePart, ...]:
+        """The parts of a case to run alone for --invariance; () (the default): not applicable."""
+        return ()
+
+    def invariance_output(self, call: Call, group: CaseInputs) -> Any:
+        """The primary output of a part run alone, as `collect` names it "out"; a workload whose `collect`
+        does more than the primary output needs (LLM decode) overrides this."""
+        return self.collect(call, group).get("out")
 
     def cast_inputs(self, tensors: Mapping[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
         """Round the user's floating tensors to the case dtype (float32-only inputs to float32); ints stay."""

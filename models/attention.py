@@ -14,8 +14,9 @@ from typing import Any, ClassVar
 
 from harness import ops
 from harness.lazy import torch
+from harness.models.invariance_parts import attention_parts
 from harness.models.shapes import ATTENTION_MODELS, AttentionDims
-from harness.workload import Workload, WorkloadError, random_tensor
+from harness.workload import CaseInputs, InvariancePart, Workload, WorkloadError, random_tensor
 
 KINDS = ("prefill", "chunked_prefill", "decode", "sliding_window")
 
@@ -90,6 +91,9 @@ class AttentionWorkload(Workload):
         kv_tokens = sum(shape.lens())
         elems = shape.b * shape.hq * shape.sq * (shape.d + shape.dv) + shape.hkv * kv_tokens * (shape.d + shape.dv)
         return float(elems * itemsize)
+
+    def invariance_parts(self, group: CaseInputs) -> tuple[InvariancePart, ...]:
+        return attention_parts(group.shape, group.tensors)
 
     def reduction_length(self, shape: AttentionShape) -> int:
         return max(max(shape.lens(), default=1), shape.d)

@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 
 from harness import ops, parity, parity_llm
 from harness.lazy import nn, torch
+from harness.models.invariance_parts import sequences
 from harness.models.llm_bind import LlmModel, new_cache
 from harness.models.llm_config import (
     ARCHS,
@@ -35,6 +36,7 @@ from harness.workload import (
     Call,
     CaseInputs,
     Evaluation,
+    InvariancePart,
     Outputs,
     TimingVariant,
     Workload,
@@ -226,6 +228,12 @@ class LlmWorkload(Workload):
 
     # -- judgement --
     saved_outputs: ClassVar[tuple[str, ...]] = ("out", "decode.logits", "decode.chosen")
+
+    def invariance_parts(self, group: CaseInputs) -> tuple[InvariancePart, ...]:
+        return sequences(group.shape, group.tensors)
+
+    def invariance_output(self, call: Call, group: CaseInputs) -> Any:
+        return call()  # the prefill logits alone: decode is judged on the whole batch
 
     def collect(self, call: Call, group: CaseInputs) -> Outputs:
         """Prefill logits ("out"), then a teacher-forced decode from the first half of the stream: the backend

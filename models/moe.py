@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 
 from harness import ops, parity, parity_routing
 from harness.lazy import torch
+from harness.models.invariance_parts import first_tokens
 from harness.models.shapes import MOE_MODELS, MoeDims
 from harness.names import OPS
 from harness.op_types import Routing, moe_kwargs
@@ -22,6 +23,7 @@ from harness.workload import (
     Call,
     CaseInputs,
     Evaluation,
+    InvariancePart,
     Outputs,
     Workload,
     WorkloadError,
@@ -98,6 +100,9 @@ class _MoeWorkload(Workload):
 
     def op_kwargs(self, shape: MoeShape) -> dict[str, Any]:
         return {"spec": shape.dims.spec}
+
+    def invariance_parts(self, group: CaseInputs) -> tuple[InvariancePart, ...]:
+        return first_tokens(group.shape, group.tensors) if self.op == "moe" else ()  # route: judged as routing
 
     def reduction_length(self, shape: MoeShape) -> int:
         return max(shape.dims.h, shape.dims.f, shape.dims.shared_f)

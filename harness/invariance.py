@@ -11,10 +11,11 @@ The record's `parity.invariance` section: `invariant` (every part bitwise equal;
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from harness.lazy import torch
+from harness.results import Record
 from harness.workload import Call, CaseInputs, InvariancePart
 
 CallFor = Callable[[CaseInputs], Call]  # the case's backend op on a part's inputs
@@ -69,3 +70,11 @@ def failure_reason(section: dict[str, Any]) -> str:
     first = next(f for f in section["parts"] if not f["bitwise_equal"])
     what = first.get("problem") or f"max abs difference {first['max_abs_diff']:.3g}"
     return f"not batch invariant: part {first['part']} run alone differs from the whole call ({what})"
+
+
+def tally(records: Iterable[Record]) -> tuple[int, int, float | None]:
+    """(cases not invariant, cases checked, the largest difference) over records with an invariance section."""
+    found = [s for r in records if r.parity is not None and (s := r.parity.section("invariance"))]
+    checked = [s for s in found if s.get("invariant") is not None]
+    diffs = [s["max_abs_diff"] for s in checked if s.get("max_abs_diff") is not None]
+    return sum(s["invariant"] is False for s in checked), len(checked), max(diffs, default=None)

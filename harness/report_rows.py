@@ -55,6 +55,8 @@ class Row:
     error_ratio: float | None = None  # the worst error / baseline error, as --against judged it (port.RatioFigure)
     device_class: str = ""  # cpu, cuda, npu (timing_view.device_class): speedups are judged within one class
     timing_invalid: str = ""  # why a timed case's timing is invalid: the row then shows no speed figure at all
+    invariant: bool | None = None  # --invariance: every part of every case bitwise equal run alone (None: not run)
+    invariance_diff: float | None = None  # the largest difference between a part alone and in the whole call
     review: str = ""  # an implausible speedup against the case's reference backend (timing_view.review_notice)
 
 
@@ -105,6 +107,7 @@ def summarize(
             timed, decode = [], []
         dets = [p.deterministic for p in parity if p.deterministic is not None]
         routing, llm = _sections(parity, "routing"), _sections(parity, "llm")
+        invariance = [i for i in _sections(parity, "invariance") if i.get("invariant") is not None]
         greedy = [g["min"] for g in _sections(parity, "greedy")]
         notes = [r.reason for r in recs if r.reason and r.reason not in invalid]
         median_ns = statistics.median(t.median_ns for t in timed) if timed else None
@@ -118,6 +121,8 @@ def summarize(
                 rel_l2=_max(m.rel_l2 for m in metrics),
                 worst_row_rel_l2=_max(m.worst_row_rel_l2 for m in metrics),
                 deterministic=all(dets) if dets else None,
+                invariant=all(i["invariant"] for i in invariance) if invariance else None,
+                invariance_diff=_max(i.get("max_abs_diff") for i in invariance),
                 routing_agreement=min(r["agreement"] for r in routing) if routing else None,
                 near_ties=sum(r["near_ties"] for r in routing) if routing else None,
                 routing_unexplained=sum(r["unexplained"] for r in routing) if routing else None,
@@ -192,6 +197,7 @@ TABLE_COLUMNS = (
     ("rel_l2", "rel_l2 (max)"),
     ("worst_row_rel_l2", "worst row"),
     ("deterministic", "bitwise"),
+    ("invariant", "batch-invariant"),
     ("routing", "routing agree / near-ties / unexplained"),
     ("llm", "top-1 / KL / greedy"),
     ("median_us", "median us"),
@@ -212,6 +218,9 @@ def table_cells(row: Row) -> list[str]:
         if row.top1_agreement is not None
         else None
     )
+    values["invariant"] = (
+        f"NO ({fmt(row.invariance_diff)})" if row.invariant is False else row.invariant
+    )  # --invariance: "yes", "NO (largest difference)", "-" when not run or not applicable
     values["tokens"] = (
         f"{row.prefill_tokens_per_s:.4g} / {fmt(row.decode_tokens_per_s)}" if row.prefill_tokens_per_s else None
     )

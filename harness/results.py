@@ -2,7 +2,8 @@
 
 One JSON object per case, appended and flushed as the case ends, so a crash loses at most the case in flight.
 Readers skip a truncated last line (a killed writer) with a warning and refuse files from a newer schema.
-Schema history: 1 the first; 2 adds `backend_options` (read from a version-1 line as {}).
+Schema history: 1 the first; 2 adds `backend_options` (read from a version-1 line as {}). `parity.invariance`
+(--invariance) is a parity details section like `routing`: no version change, absent from older files.
 """
 
 from __future__ import annotations
@@ -202,6 +203,11 @@ class ParityRecord:
         """A workload section (`routing`, `llm`, `greedy`, `decode`...) or None when the workload wrote none."""
         value = self.details.get(name)
         return value if isinstance(value, Mapping) else None
+
+    @property
+    def invariance(self) -> Mapping[str, Any] | None:
+        """The --invariance section (harness.invariance), or None when the run did not ask for it."""
+        return self.section("invariance")
 
     @property
     def layerwise(self) -> Layerwise | None:

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from harness import invariance
 from harness.parity import Failure
 from harness.port import PortVerdict, divergence, port_verdicts
 from harness.results import CaseRef, Record
@@ -104,6 +105,12 @@ def _block(name: str, records: list[Record], baseline: Mapping[str, float], widt
         where = divergence(r)
         if where is not None:
             lines += _wrap(where, width, "  ", "layers  ")
+    not_invariant, checked, diff = invariance.tally(records)
+    if checked:
+        text = f"{not_invariant} of {checked} cases not batch invariant" + (
+            f" (largest difference {_figure(diff)})" if not_invariant and diff is not None else ""
+        )
+        lines += _wrap(text, width, "  ", "batch   ")
     if any(r.simulated for r in records):
         lines += ["  speed   simulated: timings say nothing about the real device"]
     elif name == BASELINE and baseline:
@@ -250,8 +257,15 @@ class RunSummary:
                 "divergence": divergence(r),
             }
         port_data = None if port is None else port.to_dict()
-        return {"backend": name, "verdict": _status_verdict(counts), "counts": dict(counts), "worst": worst} | (
-            {"port": port_data} if self.facts.against is not None else {}
+        not_invariant, checked, diff = invariance.tally(records)
+        return (
+            {"backend": name, "verdict": _status_verdict(counts), "counts": dict(counts), "worst": worst}
+            | ({"port": port_data} if self.facts.against is not None else {})
+            | (
+                {"invariance": {"checked": checked, "not_invariant": not_invariant, "max_abs_diff": diff}}
+                if checked
+                else {}
+            )
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -141,6 +141,20 @@ def _presets(tiny: dict[str, Any], small: dict[str, Any], real: dict[str, Any]) 
     }
 
 
+def _with_variants(
+    base: dict[str, dict[str, AttentionShape]], **variants: dict[str, dict[str, AttentionShape]]
+) -> dict[str, dict[str, AttentionShape]]:
+    """Presets holding the base shapes plus each variant's under `<shape>-<variant>`: one workload, every path
+    (a window applied only on one path must meet the others)."""
+    return {
+        preset: {
+            **shapes,
+            **{f"{name}-{suffix}": shape for suffix, v in variants.items() for name, shape in v[preset].items()},
+        }
+        for preset, shapes in base.items()
+    }
+
+
 def workloads() -> list[Workload]:
     """The built-in attention workloads (the `harness.workloads` entry point)."""
     return [
@@ -173,11 +187,26 @@ def workloads() -> list[Workload]:
         ),
         AttentionWorkload(
             "sliding_window",
-            _presets(
-                dict(b=2, sq=64, skv=64, window=16),
-                dict(b=1, sq=1024, skv=1024, window=256),
-                dict(b=1, sq=8192, skv=8192, window=4096),
+            _with_variants(
+                _presets(
+                    dict(b=2, sq=64, skv=64, window=16),
+                    dict(b=1, sq=1024, skv=1024, window=256),
+                    dict(b=1, sq=8192, skv=8192, window=4096),
+                ),
+                # decode over a ragged cache: one length under the window (nothing cut), the others over it
+                decode=_presets(
+                    dict(b=3, sq=1, skv=64, kv_lens=(64, 23, 9), window=16),
+                    dict(b=4, sq=1, skv=2048, kv_lens=(2048, 1500, 777, 100), window=256),
+                    dict(b=4, sq=1, skv=32768, kv_lens=(32768, 30000, 9000, 2000), window=4096),
+                ),
+                # chunked prefill: the window slides with the bottom-right aligned diagonal (Sq < Skv, ragged)
+                chunked=_presets(
+                    dict(b=2, sq=16, skv=64, kv_lens=(64, 40), window=16),
+                    dict(b=2, sq=128, skv=1024, kv_lens=(1024, 700), window=256),
+                    dict(b=2, sq=2048, skv=8192, kv_lens=(8192, 5000), window=4096),
+                ),
             ),
-            "causal attention limited to the last w keys (Mistral-style sliding window)",
+            "causal attention limited to the last w keys (Mistral-style sliding window): prefill (Sq = Skv), "
+            "decode (`*-decode`: Sq = 1, ragged kv_lens) and chunked prefill (`*-chunked`: Sq < Skv, ragged)",
         ),
     ]

@@ -22,6 +22,8 @@ CASES = {
     "chunked-ragged": (2, 4, 2, 16, 64, 32, 32, True, None, (64, 40)),
     "decode-mqa-dv": (2, 4, 1, 1, 64, 32, 16, True, None, (64, 23)),
     "window": (2, 4, 2, 64, 64, 32, 32, True, 16, None),
+    "window-decode": (3, 4, 2, 1, 64, 32, 32, True, 16, (64, 23, 9)),  # attention.sliding_window's decode shapes
+    "window-chunked": (2, 4, 2, 16, 64, 32, 32, True, 16, (64, 40)),
     "lower-right": (2, 4, 2, 16, 64, 32, 32, True, None, None),
     "empty-sequence": (2, 4, 2, 16, 64, 32, 32, False, None, (64, 0)),
     "more-queries-than-keys": (2, 4, 2, 20, 8, 32, 32, True, None, None),
@@ -208,7 +210,7 @@ def test_gpu_timer_replays_a_graph_and_falls_back_to_events_for_a_host_sync() ->
 
 
 @needs_gpu
-@pytest.mark.parametrize("name", ["lower-right", "window", "chunked-ragged"])
+@pytest.mark.parametrize("name", ["lower-right", "window", "chunked-ragged", "window-decode", "window-chunked"])
 def test_flash_native_modes_are_bottom_right_aligned(name: str) -> None:
     case = CASES[name]
     q, k, v = (t.to("cuda", torch.bfloat16) for t in _inputs(case))

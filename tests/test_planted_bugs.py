@@ -97,4 +97,5 @@ def test_blockwise_online_softmax_passes(harness_cli) -> None:
     )
     assert run.exit_code == 0, run.output
     assert set(verdicts(run).values()) == {"passed"}
-    assert len(run.records) == 4 * 2 * 3 * 2 * 2  # workloads x shapes x dtypes x distributions x seeds
+    # (3 workloads x 2 shapes + sliding_window's 6: square, decode, chunked) x dtypes x distributions x seeds
+    assert len(run.records) == (3 * 2 + 6) * 3 * 2 * 2

@@ -98,6 +98,18 @@ class DroppedToken(TorchCpu):
         return out
 
 
+class WindowOnPrefillOnly(TorchCpu):
+    """Applies the sliding window only on the prefill path (Sq == Skv): decode and chunked prefill attend to the
+    whole cache, as a port whose decode kernel never got the window argument wired through."""
+
+    name: ClassVar[str] = "bug-window-prefill-only"
+
+    def attention(self, q, k, v, *, causal=False, window=None, scale=None, kv_lens=None):  # type: ignore[override]
+        if q.shape[2] != k.shape[2]:
+            window = None  # the bug: the decode / chunked path drops the window
+        return super().attention(q, k, v, causal=causal, window=window, scale=scale, kv_lens=kv_lens)
+
+
 BLOCK = 16
 
 

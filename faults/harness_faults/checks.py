@@ -15,6 +15,8 @@ from harness.selftest import Check
 # by path: the same whether installed or in a checkout
 BACKENDS = tuple(str(Path(__file__).with_name(f)) for f in ("backends.py", "cheats.py"))
 ALL_DTYPES = ("float32", "bfloat16", "float16")
+# attention.sliding_window's shapes off the prefill path (tiny preset): decode and chunked prefill
+WINDOW_OFF_PREFILL = ("gqa-decode", "mqa-decode", "gqa-chunked", "mqa-chunked")
 
 CHECKS: tuple[Check, ...] = (
     Check(
@@ -23,6 +25,22 @@ CHECKS: tuple[Check, ...] = (
         "caught",
         ("attention.chunked_prefill", "attention.decode"),
         ALL_DTYPES,
+    ),
+    Check(
+        "sliding window applied only when Sq == Skv (decode / chunked prefill see the whole cache)",
+        "bug-window-prefill-only",
+        "caught",
+        ("attention.sliding_window",),
+        ALL_DTYPES,
+        WINDOW_OFF_PREFILL,
+    ),
+    Check(
+        "the same fault passes the prefill-only window shapes (why the decode / chunked ones exist)",
+        "bug-window-prefill-only",
+        "passes",
+        ("attention.sliding_window",),
+        ALL_DTYPES,
+        ("gqa", "mqa"),
     ),
     Check("GQA head h reads kv head h % Hkv", "bug-wrong-gqa", "caught", ("attention.*",), ALL_DTYPES, ("gqa",)),
     Check(

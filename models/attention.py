@@ -139,6 +139,8 @@ def _presets(tiny: dict[str, Any], small: dict[str, Any], real: dict[str, Any]) 
 
 def workloads() -> list[Workload]:
     """The built-in attention workloads (the `harness.workloads` entry point)."""
+    from harness.models import paged_attention  # imports this module: import it when called
+
     return [
         AttentionWorkload(
             "prefill",
@@ -176,4 +178,5 @@ def workloads() -> list[Workload]:
             ),
             "causal attention limited to the last w keys (Mistral-style sliding window)",
         ),
+        *paged_attention.workloads(),  # the block-table form: models/paged_attention.py
     ]

@@ -1,0 +1,96 @@
+"""Paged decode: attention's block-table input form (vLLM / SGLang / FIA serving caches).
+
+The same ragged decode as `attention.decode`, but k and v arrive as a pool of physical blocks [num_blocks,
+block_size, Hkv, D] in shuffled order, with a block_table [B, max_blocks] listing each sequence's blocks in logical
+order (harness/paged.py has the contract). Lengths end inside a block, so the last partial block matters, and the
+physical order differs from the logical one, so a kernel walking the pool instead of the table fails.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from harness import ops, paged
+from harness.lazy import torch
+from harness.models.attention import AttentionShape, AttentionWorkload
+from harness.models.shapes import ATTENTION_MODELS, AttentionDims
+from harness.workload import Workload, WorkloadError, generator
+
+
+@dataclass(frozen=True)
+class PagedShape(AttentionShape):
+    """A decode shape with its cache in blocks of `block_size` tokens; Skv is max_blocks * block_size."""
+
+    block_size: int = 16
+
+    def describe(self) -> str:
+        return f"{super().describe()} bs{self.block_size}"
+
+
+class PagedDecodeWorkload(AttentionWorkload):
+    """attention.paged_decode: Sq = 1 over a paged, ragged KV cache."""
+
+    def __init__(self, presets: Mapping[str, Mapping[str, PagedShape]], description: str) -> None:
+        Workload.__init__(self, "attention.paged_decode", presets, description)
+        self.kind = "paged_decode"
+
+    def make_inputs(
+        self, shape: PagedShape, dtype: torch.dtype, seed: int, distribution: str
+    ) -> dict[str, torch.Tensor]:
+        s = shape
+        # The same values as the contiguous decode's k and v, then laid out in shuffled physical blocks.
+        contiguous = super().make_inputs(s, dtype, seed, distribution)
+        mb = s.skv // s.block_size
+        spare = s.b  # free blocks in the pool, as a serving pool has
+        order = torch.randperm(s.b * mb + spare, generator=generator(seed, "block_order", distribution))
+        k, table = paged.paginate(contiguous["k"], s.block_size, order, spare)
+        v, _ = paged.paginate(contiguous["v"], s.block_size, order, spare)
+        return {"q": contiguous["q"], "k": k, "v": v, "kv_lens": contiguous["kv_lens"], "block_table": table}
+
+    def bytes_moved(self, shape: PagedShape, itemsize: int) -> float:
+        table = shape.b * (shape.skv // shape.block_size) * 4  # int32 block table
+        return super().bytes_moved(shape, itemsize) + table
+
+    def shape_from_inputs(self, tensors: Mapping[str, torch.Tensor], template: PagedShape) -> PagedShape:
+        self.check_input_names(tensors)
+        q, k, v = tensors["q"], tensors["k"], tensors["v"]
+        table, kv_lens = tensors.get("block_table"), tensors.get("kv_lens")
+        if table is None:
+            raise WorkloadError(f"{self.name}: input block_table: required (the paged form), shape [B, max_blocks]")
+        try:
+            paged.check_paged_inputs(q, k, v, table, kv_lens)
+        except ops.ContractError as exc:
+            raise WorkloadError(f"{self.name}: {exc}") from None
+        assert kv_lens is not None
+        B, Hq, Sq, D = q.shape
+        if Sq != 1:
+            raise WorkloadError(
+                f"{self.name}: input q: expected shape [{B}, {Hq}, 1, {D}] (decode: Sq = 1), got {list(q.shape)}"
+            )
+        bs, hkv, dv = k.shape[1], k.shape[2], v.shape[3]
+        lens = tuple(int(x) for x in kv_lens.tolist())
+        skv = table.shape[1] * bs
+        return replace(template, b=B, hq=Hq, hkv=hkv, sq=1, skv=skv, d=D, dv=dv, kv_lens=lens, block_size=bs)
+
+
+def _shapes(dims: Mapping[str, AttentionDims], block_sizes: tuple[int, ...], **kw: Any) -> dict[str, PagedShape]:
+    return {
+        f"{name}_bs{bs}": PagedShape(hq=d.hq, hkv=d.hkv, d=d.d, dv=d.dv, scale=d.scale, sq=1, block_size=bs, **kw)
+        for name, d in dims.items()
+        for bs in block_sizes
+    }
+
+
+def workloads() -> list[Workload]:
+    """The paged decode workload; lengths end inside blocks (and one on a block boundary)."""
+    from harness.models.attention import SMALL, TINY  # the same head geometry as the contiguous forms
+
+    real_lens = (32768, 30000, 32768, 28001, 32768, 31000, 32768, 32767)
+    presets = {
+        "tiny": _shapes(TINY, (16, 64), b=3, skv=128, kv_lens=(128, 23, 70)),
+        "small": _shapes(SMALL, (64, 128), b=4, skv=2048, kv_lens=(2048, 1500, 777, 2047)),
+        "real": _shapes(ATTENTION_MODELS, (128,), b=8, skv=32768, kv_lens=real_lens),
+    }
+    return [PagedDecodeWorkload(presets, "one new token per sequence over a paged KV cache (block_table, shuffled)")]

@@ -13,7 +13,7 @@ from types import ModuleType
 from typing import Any, ClassVar
 
 from harness import ops
-from harness.backend import Availability
+from harness.backend import Availability, UnsupportedCaseError
 from harness.lazy import F, torch
 from harness.op_types import Experts, Routing, RoutingSpec, SharedExpert
 from harness.timing import Timer, TimingConfig
@@ -129,11 +129,21 @@ class Ascend(TorchBackend):
         window: int | None = None,
         scale: float | None = None,
         kv_lens: torch.Tensor | None = None,
+        block_table: torch.Tensor | None = None,
     ) -> torch.Tensor:
         B, _, Sq, D = q.shape
-        Skv, Dv = k.shape[2], v.shape[3]
+        Dv = v.shape[3]
         # Ascend's ops default to scale 1.0, not 1/sqrt(D): always pass the contract's scale explicitly.
         scale_value = 1.0 / math.sqrt(D) if scale is None else float(scale)
+        if block_table is not None:
+            if q.dtype == torch.float32 or Dv != D or Sq != 1 or window is not None:  # Sq = 1: causal or not alike
+                raise UnsupportedCaseError(
+                    "paged KV goes through FIA's block_table, wired here for fp16 / bf16 decode (Sq = 1) with D == Dv"
+                )
+            assert kv_lens is not None, "attention: kv_lens is required with block_table"
+            out = self._fused_infer_paged(q, k, v, block_table, kv_lens, scale=scale_value)
+            return out.masked_fill((kv_lens.to(q.device) == 0)[:, None, None, None], 0.0)
+        Skv = k.shape[2]
         if q.dtype == torch.float32 or Dv != D:
             out = self._fusion_attention(q, k, v, causal=causal, window=window, scale=scale_value, kv_lens=kv_lens)
         else:
@@ -177,6 +187,35 @@ class Ascend(TorchBackend):
             )
         out, _ = self.tnpu.npu_fused_infer_attention_score(q, k, v, **kwargs)
         return out
+
+    def _fused_infer_paged(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        block_table: torch.Tensor,
+        kv_lens: torch.Tensor,
+        *,
+        scale: float,
+    ) -> torch.Tensor:
+        """FIA decode over a paged cache, BSH: the contract's [num_blocks, block_size, Hkv, D] cache is FIA's
+        (num_blocks, block_size, H_kv) as a view (no copy); q [B, Hq, 1, D] -> [B, 1, Hq * D]. Sq = 1 sees every
+        valid key (bottom-right causal), so no mask or sparse mode is passed."""
+        B, Hq, Sq, D = q.shape
+        nb, bs, hkv, _ = k.shape
+        out, _ = self.tnpu.npu_fused_infer_attention_score(
+            q.transpose(1, 2).reshape(B, Sq, Hq * D),
+            k.reshape(nb, bs, hkv * D),
+            v.reshape(nb, bs, hkv * v.shape[3]),
+            actual_seq_lengths_kv=[int(n) for n in kv_lens.tolist()],
+            block_table=block_table.to(torch.int32),
+            block_size=bs,
+            num_heads=Hq,
+            num_key_value_heads=hkv,
+            input_layout="BSH",
+            scale=scale,
+        )  # [B, 1, Hq * Dv]
+        return out.view(B, Sq, Hq, -1).transpose(1, 2)  # [B, Hq, 1, Dv]
 
     def _fusion_attention(
         self,

@@ -10,8 +10,12 @@ form, and paged attention is contiguous attention on it (bitwise, in the referen
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from typing import Any
+
 from harness.lazy import torch
-from harness.op_types import require
+from harness.op_types import ContractError, require
 
 
 def check_paged_inputs(
@@ -104,3 +108,20 @@ def paginate(
     if spare:
         cache[order[B * mb :]] = logical[:1].expand(spare, -1, -1, -1)
     return cache, order[: B * mb].reshape(B, mb).to(torch.int32)
+
+
+def gathering(attention: Callable[..., Any]) -> Callable[..., Any]:
+    """An attention method written for the contiguous form, made to take the paged form too: a block_table's
+    cache is gathered in logical order first (torch-cpu's way). For plugins and the planted faults, whose own
+    mistake then shows on the paged form as on the contiguous one."""
+
+    @functools.wraps(attention)
+    def wrapper(self: Any, q: Any, k: Any, v: Any, *, block_table: Any = None, kv_lens: Any = None, **kw: Any) -> Any:
+        if block_table is not None:
+            if kv_lens is None:
+                raise ContractError("attention input kv_lens: required with block_table")
+            k, v = to_contiguous(k, v, block_table, kv_lens)  # [B, Hkv, MB*BS, D]
+        return attention(self, q, k, v, kv_lens=kv_lens, **kw)
+
+    del wrapper.__wrapped__  # inspect.signature must show block_table (harness.backend.check_accepts reads it)
+    return wrapper

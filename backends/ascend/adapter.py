@@ -12,7 +12,7 @@ import math
 from types import ModuleType
 from typing import Any, ClassVar
 
-from harness import ops
+from harness import ops, paged
 from harness.backend import Availability, UnsupportedCaseError
 from harness.lazy import F, torch
 from harness.op_types import Experts, Routing, RoutingSpec, SharedExpert
@@ -136,13 +136,14 @@ class Ascend(TorchBackend):
         # Ascend's ops default to scale 1.0, not 1/sqrt(D): always pass the contract's scale explicitly.
         scale_value = 1.0 / math.sqrt(D) if scale is None else float(scale)
         if block_table is not None:
-            if q.dtype == torch.float32 or Dv != D or Sq != 1 or window is not None:  # Sq = 1: causal or not alike
-                raise UnsupportedCaseError(
-                    "paged KV goes through FIA's block_table, wired here for fp16 / bf16 decode (Sq = 1) with D == Dv"
-                )
-            assert kv_lens is not None, "attention: kv_lens is required with block_table"
-            out = self._fused_infer_paged(q, k, v, block_table, kv_lens, scale=scale_value)
-            return out.masked_fill((kv_lens.to(q.device) == 0)[:, None, None, None], 0.0)
+            if kv_lens is None:
+                raise UnsupportedCaseError("a paged cache (block_table) needs kv_lens (FIA's actual_seq_lengths_kv)")
+            if q.dtype != torch.float32 and Dv == D and Sq == 1 and window is None:  # Sq = 1: causal or not alike
+                out = self._fused_infer_paged(q, k, v, block_table, kv_lens, scale=scale_value)
+                return out.masked_fill((kv_lens.to(q.device) == 0)[:, None, None, None], 0.0)
+            # FIA's block_table path is wired for fp16 / bf16 decode with D == Dv; npu_fusion_attention (fp32,
+            # D != Dv) takes no block table: gather the pages in logical order, then the contiguous path.
+            k, v = paged.to_contiguous(k, v, block_table, kv_lens)  # [B, Hkv, MB*BS, D]
         Skv = k.shape[2]
         if q.dtype == torch.float32 or Dv != D:
             out = self._fusion_attention(q, k, v, causal=causal, window=window, scale=scale_value, kv_lens=kv_lens)

@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 
 from harness import ops
 from harness.lazy import torch
+from harness.models import paged_attention
 from harness.models.shapes import ATTENTION_MODELS, AttentionDims
 from harness.workload import Workload, WorkloadError, random_tensor
 
@@ -139,9 +140,7 @@ def _presets(tiny: dict[str, Any], small: dict[str, Any], real: dict[str, Any]) 
 
 def workloads() -> list[Workload]:
     """The built-in attention workloads (the `harness.workloads` entry point)."""
-    from harness.models import paged_attention  # imports this module: import it when called
-
-    return [
+    built = [
         AttentionWorkload(
             "prefill",
             _presets(
@@ -178,5 +177,6 @@ def workloads() -> list[Workload]:
             ),
             "causal attention limited to the last w keys (Mistral-style sliding window)",
         ),
-        *paged_attention.workloads(),  # the block-table form: models/paged_attention.py
     ]
+    decode = next(w for w in built if w.name == "attention.decode")
+    return [*built, paged_attention.paged_decode(decode, TINY, SMALL)]  # the block-table form

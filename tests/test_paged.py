@@ -89,8 +89,9 @@ def test_pool_order_is_never_ascending_within_a_sequence() -> None:
 def test_workload_inputs_match_the_contiguous_decode() -> None:
     by_name = {w.name: w for w in workloads()}
     wl = by_name["attention.paged_decode"]
-    shape = wl.presets["tiny"]["gqa_bs64"]
+    shape = wl.presets["tiny"]["gqa_bs64"]  # "gqa": block size 16
     assert isinstance(shape, PagedShape) and shape.block_size == 64
+    assert wl.presets["tiny"]["gqa"].block_size == 16
     inputs = wl.make_inputs(shape, torch.float32, 0, "normal")
     assert inputs["k"].shape[1:] == (64, 2, 32) and inputs["block_table"].dtype == torch.int32
     gathered = paged.gather(inputs["k"], inputs["block_table"], inputs["kv_lens"])  # [B, Hkv, Skv, D]

@@ -97,4 +97,5 @@ def test_blockwise_online_softmax_passes(harness_cli) -> None:
     )
     assert run.exit_code == 0, run.output
     assert set(verdicts(run).values()) == {"passed"}
-    assert len(run.records) == 4 * 2 * 3 * 2 * 2  # workloads x shapes x dtypes x distributions x seeds
+    # (contiguous workloads x 2 shapes + paged_decode's 4 block-size shapes) x dtypes x distributions x seeds
+    assert len(run.records) == (4 * 2 + 4) * 3 * 2 * 2

@@ -48,8 +48,11 @@ class CpuReference(Backend):
         window: int | None = None,
         scale: float | None = None,
         kv_lens: torch.Tensor | None = None,
+        block_table: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        out = ops.attention(q, k, v, causal=causal, window=window, scale=scale, kv_lens=kv_lens)
+        out = ops.attention(
+            q, k, v, causal=causal, window=window, scale=scale, kv_lens=kv_lens, block_table=block_table
+        )
         return out.to(q.dtype)
 
     def rms_norm(self, x: torch.Tensor, w: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:

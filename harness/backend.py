@@ -223,8 +223,10 @@ class Backend(abc.ABC):
         window: int | None = None,
         scale: float | None = None,
         kv_lens: torch.Tensor | None = None,
+        block_table: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """[B,Hq,Sq,D] x [B,Hkv,Skv,D] x [B,Hkv,Skv,Dv] -> [B,Hq,Sq,Dv]; see harness.ops.attention."""
+        """[B,Hq,Sq,D] x [B,Hkv,Skv,D] x [B,Hkv,Skv,Dv] -> [B,Hq,Sq,Dv]; see harness.ops.attention. With a
+        block_table, k and v are a paged cache (harness/paged.py): handle it, or raise UnsupportedCaseError."""
 
     def rms_norm(self, x: torch.Tensor, w: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
         raise NotImplementedError(f"{self.name} does not implement rms_norm")
@@ -446,3 +448,14 @@ def default_registry(plugins: Iterable[str] = ()) -> BackendRegistry:
     for spec in plugins:
         registry.load_plugin(spec)
     return registry
+
+
+def check_accepts(backend: Backend, op: str, kwargs: Mapping[str, Any]) -> None:
+    """Raise UnsupportedCaseError when the backend's op has no parameter for an optional input the case passes
+    (an op written before `block_table` existed): a skip naming the input, not a TypeError deep in the call."""
+    params = inspect.signature(getattr(backend, op)).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    missing = [n for n, value in kwargs.items() if value is not None and n not in params]
+    if missing:
+        raise UnsupportedCaseError(f"{backend.name}.{op} does not take {', '.join(missing)}")

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from harness import invariance, parity
-from harness.backend import Availability, Backend, BackendRegistry, UnsupportedCaseError
+from harness.backend import Availability, Backend, BackendRegistry, UnsupportedCaseError, check_accepts
 from harness.case_timing import CaseTimer
 from harness.dtypes import DTYPES
 from harness.host import host_environment
@@ -64,6 +64,7 @@ class DeviceCall:
         self.backend = backend
         dev_inputs = {n: backend.to_device(t) for n, t in group.tensors.items()}
         self.args, self.kwargs = group.workload.op_arguments(dev_inputs, group.shape, group.context)
+        check_accepts(backend, group.workload.op, self.kwargs)  # an op without block_table: a skip, not an error
         self._op = getattr(backend, group.workload.op)
         name = group.workload.op
         self.inputs = dev_inputs  # what `bound()` runs on: timing checksums them

@@ -55,10 +55,11 @@ OPS: dict[str, OpSpec] = {
         OpSpec(
             "attention",
             ("q", "k", "v"),
-            ("kv_lens",),
-            "q [B,Hq,Sq,D], k [B,Hkv,Skv,D], v [B,Hkv,Skv,Dv] -> [B,Hq,Sq,Dv]; GQA, bottom-right causal, window",
-            {"q": "B,Hq,Sq,D", "k": "B,Hkv,Skv,D", "v": "B,Hkv,Skv,Dv", "kv_lens": "B"},
-            ("kv_lens",),
+            ("kv_lens", "block_table"),
+            "q [B,Hq,Sq,D], k [B,Hkv,Skv,D], v [B,Hkv,Skv,Dv] -> [B,Hq,Sq,Dv]; GQA, bottom-right causal, window;"
+            " paged: k/v [num_blocks,block_size,Hkv,D], block_table [B,max_blocks], kv_lens required",
+            {"q": "B,Hq,Sq,D", "k": "B,Hkv,Skv,D", "v": "B,Hkv,Skv,Dv", "kv_lens": "B", "block_table": "B,MaxBlocks"},
+            ("kv_lens", "block_table"),
         ),
         OpSpec("rms_norm", ("x", "w"), (), "x [..., H], w [H] -> x / rms(x) * w"),
         OpSpec("rope", ("x", "cos", "sin"), (), "x [..., S, D], cos/sin broadcastable to x; half or interleave"),

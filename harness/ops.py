@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from harness import paged
 from harness.lazy import torch
 from harness.names import ROPE_STYLES
 
@@ -113,11 +114,17 @@ def attention(
     window: int | None = None,
     scale: float | None = None,
     kv_lens: torch.Tensor | None = None,
+    block_table: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Reference scaled dot-product attention in float64; returns [B, Hq, Sq, Dv] float64.
 
-    GQA: query head h reads kv head h // (Hq / Hkv). Rows that see no key return zeros.
+    GQA: query head h reads kv head h // (Hq / Hkv). Rows that see no key return zeros. With a block_table, k
+    and v are a paged cache, gathered in logical order first (harness/paged.py).
     """
+    if block_table is not None:
+        paged.check_paged_inputs(q, k, v, block_table, kv_lens)
+        assert kv_lens is not None
+        k, v = paged.to_contiguous(k, v, block_table, kv_lens)
     check_attention_inputs(q, k, v, causal=causal, window=window, kv_lens=kv_lens)
     B, Hq, Sq, D = q.shape
     Hkv, Skv = k.shape[1], k.shape[2]

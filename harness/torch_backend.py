@@ -9,7 +9,7 @@ from __future__ import annotations
 import platform
 from typing import Any, ClassVar
 
-from harness import ops
+from harness import ops, paged
 from harness.backend import Backend
 from harness.lazy import F, torch
 from harness.op_types import Experts, Routing, RoutingSpec, SharedExpert
@@ -46,7 +46,11 @@ class TorchBackend(Backend):
         window: int | None = None,
         scale: float | None = None,
         kv_lens: torch.Tensor | None = None,
+        block_table: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        if block_table is not None:  # paged: gather in logical order, then the contiguous path
+            assert kv_lens is not None, "attention: kv_lens is required with block_table"
+            k, v = paged.to_contiguous(k, v, block_table, kv_lens)  # [B, Hkv, MB*BS, D]
         B, Hq, Sq, _ = q.shape
         Hkv, Skv = k.shape[1], k.shape[2]
         # SDPA's is_causal is top-left aligned: only safe when the alignments coincide (Sq == Skv, no padding).

@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 
 from harness import ops
 from harness.lazy import torch
+from harness.models import paged_attention
 from harness.models.invariance_parts import attention_parts
 from harness.models.shapes import ATTENTION_MODELS, AttentionDims
 from harness.workload import CaseInputs, InvariancePart, Workload, WorkloadError, random_tensor
@@ -157,7 +158,7 @@ def _with_variants(
 
 def workloads() -> list[Workload]:
     """The built-in attention workloads (the `harness.workloads` entry point)."""
-    return [
+    built = [
         AttentionWorkload(
             "prefill",
             _presets(
@@ -210,3 +211,5 @@ def workloads() -> list[Workload]:
             "decode (`*-decode`: Sq = 1, ragged kv_lens) and chunked prefill (`*-chunked`: Sq < Skv, ragged)",
         ),
     ]
+    decode = next(w for w in built if w.name == "attention.decode")
+    return [*built, paged_attention.paged_decode(decode, TINY, SMALL)]  # the block-table form

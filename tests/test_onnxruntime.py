@@ -89,7 +89,10 @@ def test_io_binding_path_computes_the_same_as_plain_feeds(harness_cli) -> None:
         "--distribution", "normal", "-b", "ort-cpu-iobinding", "--plugin", plugin("cpu_variants"), "--parity-only",
     )  # fmt: skip
     assert run.exit_code == 0, run.output
-    assert {r["status"] for r in run.records} == {"passed"} and len(run.records) == 14
+    paged = [r for r in run.records if r["case"]["workload"] == "attention.paged_decode"]  # ORT: no block table
+    assert paged and all(r["status"] == "skipped" and "block_table" in r["reason"] for r in paged)
+    rest = [r for r in run.records if r not in paged]
+    assert {r["status"] for r in rest} == {"passed"} and len(rest) == 14
 
 
 def test_bound_call_is_the_session_alone_and_still_computes(tmp_path: Path, monkeypatch) -> None:

@@ -103,6 +103,7 @@ def test_workload_selection_by_glob() -> None:
     assert [w.name for w in registry.select(["attention.*"])] == [
         "attention.chunked_prefill",
         "attention.decode",
+        "attention.paged_decode",
         "attention.prefill",
         "attention.sliding_window",
     ]

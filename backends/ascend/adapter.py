@@ -12,8 +12,8 @@ import math
 from types import ModuleType
 from typing import Any, ClassVar
 
-from harness import ops
-from harness.backend import Availability
+from harness import ops, paged
+from harness.backend import Availability, UnsupportedCaseError
 from harness.lazy import F, torch
 from harness.op_types import Experts, Routing, RoutingSpec, SharedExpert
 from harness.timing import Timer, TimingConfig
@@ -129,11 +129,22 @@ class Ascend(TorchBackend):
         window: int | None = None,
         scale: float | None = None,
         kv_lens: torch.Tensor | None = None,
+        block_table: torch.Tensor | None = None,
     ) -> torch.Tensor:
         B, _, Sq, D = q.shape
-        Skv, Dv = k.shape[2], v.shape[3]
+        Dv = v.shape[3]
         # Ascend's ops default to scale 1.0, not 1/sqrt(D): always pass the contract's scale explicitly.
         scale_value = 1.0 / math.sqrt(D) if scale is None else float(scale)
+        if block_table is not None:
+            if kv_lens is None:
+                raise UnsupportedCaseError("a paged cache (block_table) needs kv_lens (FIA's actual_seq_lengths_kv)")
+            if q.dtype != torch.float32 and Dv == D and Sq == 1 and window is None:  # Sq = 1: causal or not alike
+                out = self._fused_infer_paged(q, k, v, block_table, kv_lens, scale=scale_value)
+                return out.masked_fill((kv_lens.to(q.device) == 0)[:, None, None, None], 0.0)
+            # FIA's block_table path is wired for fp16 / bf16 decode with D == Dv; npu_fusion_attention (fp32,
+            # D != Dv) takes no block table: gather the pages in logical order, then the contiguous path.
+            k, v = paged.to_contiguous(k, v, block_table, kv_lens)  # [B, Hkv, MB*BS, D]
+        Skv = k.shape[2]
         if q.dtype == torch.float32 or Dv != D:
             out = self._fusion_attention(q, k, v, causal=causal, window=window, scale=scale_value, kv_lens=kv_lens)
         else:
@@ -177,6 +188,35 @@ class Ascend(TorchBackend):
             )
         out, _ = self.tnpu.npu_fused_infer_attention_score(q, k, v, **kwargs)
         return out
+
+    def _fused_infer_paged(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        block_table: torch.Tensor,
+        kv_lens: torch.Tensor,
+        *,
+        scale: float,
+    ) -> torch.Tensor:
+        """FIA decode over a paged cache, BSH: the contract's [num_blocks, block_size, Hkv, D] cache is FIA's
+        (num_blocks, block_size, H_kv) as a view (no copy); q [B, Hq, 1, D] -> [B, 1, Hq * D]. Sq = 1 sees every
+        valid key (bottom-right causal), so no mask or sparse mode is passed."""
+        B, Hq, Sq, D = q.shape
+        nb, bs, hkv, _ = k.shape
+        out, _ = self.tnpu.npu_fused_infer_attention_score(
+            q.transpose(1, 2).reshape(B, Sq, Hq * D),
+            k.reshape(nb, bs, hkv * D),
+            v.reshape(nb, bs, hkv * v.shape[3]),
+            actual_seq_lengths_kv=[int(n) for n in kv_lens.tolist()],
+            block_table=block_table.to(torch.int32),
+            block_size=bs,
+            num_heads=Hq,
+            num_key_value_heads=hkv,
+            input_layout="BSH",
+            scale=scale,
+        )  # [B, 1, Hq * Dv]
+        return out.view(B, Sq, Hq, -1).transpose(1, 2)  # [B, Hq, 1, Dv]
 
     def _fusion_attention(
         self,

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
 
-from harness import ops
+from harness import ops, paged
 from harness.lazy import torch
 
 __version__ = "2.13.0+sim"
@@ -69,6 +69,40 @@ def _to_bnsd(t: torch.Tensor, layout: str, heads: int) -> torch.Tensor:
         S, B, H = t.shape
         return t.view(S, B, heads, H // heads).permute(1, 2, 0, 3)
     raise NotImplementedError(f"input_layout {layout!r} is not modelled by the simulator")
+
+
+def _paged_to_bnsd(
+    cache: torch.Tensor,
+    block_table: torch.Tensor,
+    block_size: int,
+    lens_kv: list[int] | None,
+    layout: str,
+    heads: int,
+) -> torch.Tensor:
+    """FIA's paged KV (ascend-api.md): cache (num_blocks, block_size, H_kv) for BSH / BSND, (num_blocks, KV_N,
+    block_size, D) for BNSD; block_table int32 [B, max_blocks]; actual_seq_lengths_kv required. Each sequence
+    reads the first ceil(len / block_size) entries of its row, in order -> [B, KV_N, max_blocks * block_size, D]."""
+    if lens_kv is None:
+        raise ValueError("npu_fused_infer_attention_score: block_table needs actual_seq_lengths_kv")
+    if block_table.dtype != torch.int32 or block_table.dim() != 2:
+        raise TypeError(
+            f"block_table: expected int32 [B, max_blocks], got {block_table.dtype} {list(block_table.shape)}"
+        )
+    if not 0 < block_size <= 512:
+        raise ValueError(f"block_size must lie in [1, 512] with a block_table, got {block_size}")
+    if layout == "BNSD":
+        if cache.dim() != 4 or cache.shape[2] != block_size:
+            raise ValueError(f"paged BNSD cache: expected (num_blocks, KV_N, {block_size}, D), got {list(cache.shape)}")
+        blocks = cache.transpose(1, 2)  # (num_blocks, block_size, KV_N, D)
+    elif layout in ("BSH", "BSND"):
+        if cache.dim() != 3 or cache.shape[1] != block_size:
+            raise ValueError(
+                f"paged {layout} cache: expected (num_blocks, {block_size}, H_kv), got {list(cache.shape)}"
+            )
+        blocks = cache.view(cache.shape[0], block_size, heads, cache.shape[2] // heads)
+    else:
+        raise NotImplementedError(f"paged KV in input_layout {layout!r} is not modelled by the simulator")
+    return paged.gather(blocks, block_table, torch.tensor(lens_kv, dtype=torch.long))
 
 
 def _from_bnsd(t: torch.Tensor, layout: str) -> torch.Tensor:
@@ -329,8 +363,8 @@ def npu_fused_infer_attention_score(
     _no_float64(query, key, value)
     if query.dtype not in (torch.float16, torch.bfloat16) and not _ACCUMULATE.get():
         raise TypeError(f"npu_fused_infer_attention_score: query dtype must be float16 or bfloat16, got {query.dtype}")
-    if pse_shift is not None or block_table is not None or block_size:
-        raise NotImplementedError("pse_shift and paged KV (block_table) are not modelled by the simulator")
+    if pse_shift is not None:
+        raise NotImplementedError("pse_shift is not modelled by the simulator")
     used = {k for k, v in unmodelled.items() if v is not None}
     if used:
         raise NotImplementedError(f"npu_fused_infer_attention_score arguments not modelled: {sorted(used)}")
@@ -353,8 +387,13 @@ def npu_fused_infer_attention_score(
         )
         return out, torch.zeros(1)
     q = _to_bnsd(query, layout_in, num_heads)
-    k = _to_bnsd(key, layout_in, kv_heads)
-    v = _to_bnsd(value, layout_in, kv_heads)
+    if block_table is not None:
+        k, v = (
+            _paged_to_bnsd(t, block_table, block_size, actual_seq_lengths_kv, layout_in, kv_heads) for t in (key, value)
+        )
+    else:
+        k = _to_bnsd(key, layout_in, kv_heads)
+        v = _to_bnsd(value, layout_in, kv_heads)
     B, _, Sq, _ = q.shape
     lens_q = list(actual_seq_lengths) if actual_seq_lengths is not None else [Sq] * B
     lens_kv = list(actual_seq_lengths_kv) if actual_seq_lengths_kv is not None else [k.shape[2]] * B

@@ -15,7 +15,8 @@ import math
 from collections.abc import Iterator, Mapping
 from typing import Any, ClassVar
 
-from harness.backend import Availability, MathMode
+from harness import paged
+from harness.backend import Availability, MathMode, UnsupportedCaseError
 from harness.backend_options import BackendOption
 from harness.lazy import torch
 from harness.op_types import Experts, Routing, SharedExpert
@@ -181,7 +182,12 @@ class Cuda(TorchBackend):
         window: int | None = None,
         scale: float | None = None,
         kv_lens: torch.Tensor | None = None,
+        block_table: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        if block_table is not None:  # paged: gathered in logical order on the GPU, then the contiguous kernels
+            if kv_lens is None:
+                raise UnsupportedCaseError("a paged cache (block_table) needs kv_lens")
+            k, v = paged.to_contiguous(k, v, block_table, kv_lens)  # [B, Hkv, MB*BS, D]
         out = self._attention(q, k, v, causal=causal, window=window, scale=scale, kv_lens=kv_lens)
         choice = self._attention.last
         if choice is not None:
@@ -190,6 +196,8 @@ class Cuda(TorchBackend):
                 "split_per_sequence": choice.split,
                 "tried": choice.tried,
             }
+            if block_table is not None:
+                self._details["attention"]["paged"] = "gathered in logical order, then the contiguous kernel"
         return out
 
     def experts(self, x: torch.Tensor, experts: Experts, routing: Routing, shared: SharedExpert | None) -> torch.Tensor:

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from harness import ops
+from harness import ops, paged
 from harness.backends.ascend.adapter import AscendSim
 from harness.backends.ort_native import OrtCpuGqa, OrtCpuMoe
 from harness.backends.torch_cpu import TorchCpu
@@ -53,6 +53,7 @@ class WrongGqa(TorchCpu):
 
     name: ClassVar[str] = "bug-wrong-gqa"
 
+    @paged.gathering  # the paged form: gathered, then this fault's contiguous code
     def attention(self, q, k, v, *, causal=False, window=None, scale=None, kv_lens=None):  # type: ignore[override]
         group = q.shape[1] // k.shape[1]
         k_rep = k.repeat(1, group, 1, 1)  # the bug: tile, so query head h reads kv head h % Hkv
@@ -65,6 +66,7 @@ class NaiveSoftmax(TorchCpu):
 
     name: ClassVar[str] = "bug-naive-softmax"
 
+    @paged.gathering  # the paged form: gathered, then this fault's contiguous code
     def attention(self, q, k, v, *, causal=False, window=None, scale=None, kv_lens=None):  # type: ignore[override]
         group = q.shape[1] // k.shape[1]
         k = k.repeat_interleave(group, dim=1)
@@ -82,6 +84,7 @@ class Zeros(TorchCpu):
 
     name: ClassVar[str] = "bug-zeros"
 
+    @paged.gathering  # the paged form: gathered, then this fault's contiguous code
     def attention(self, q, k, v, *, causal=False, window=None, scale=None, kv_lens=None):  # type: ignore[override]
         return torch.zeros(*q.shape[:3], v.shape[-1], dtype=q.dtype)
 
@@ -91,6 +94,7 @@ class DroppedToken(TorchCpu):
 
     name: ClassVar[str] = "bug-dropped-token"
 
+    @paged.gathering  # the paged form: gathered, then this fault's contiguous code
     def attention(self, q, k, v, *, causal=False, window=None, scale=None, kv_lens=None):  # type: ignore[override]
         out = super().attention(q, k, v, causal=causal, window=window, scale=scale, kv_lens=kv_lens)
         out = out.clone()
@@ -119,6 +123,7 @@ class BlockwiseOnline(TorchCpu):
 
     name: ClassVar[str] = "blockwise-online"
 
+    @paged.gathering  # the paged form: gathered, then this fault's contiguous code
     def attention(self, q, k, v, *, causal=False, window=None, scale=None, kv_lens=None):  # type: ignore[override]
         B, Hq, Sq, D = q.shape
         Skv = k.shape[2]
@@ -312,6 +317,7 @@ class AscendDefaultScale(AscendSim):
 
     name: ClassVar[str] = "bug-ascend-default-scale"
 
+    @paged.gathering  # the paged form: gathered, then this fault's contiguous code
     def attention(self, q, k, v, *, causal=False, window=None, scale=None, kv_lens=None):  # type: ignore[override]
         scale = 1.0 if scale is None else scale  # the bug: the op default where the contract says 1/sqrt(D)
         return super().attention(q, k, v, causal=causal, window=window, scale=scale, kv_lens=kv_lens)

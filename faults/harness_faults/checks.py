@@ -13,7 +13,7 @@ from pathlib import Path
 from harness.selftest import Check
 
 # by path: the same whether installed or in a checkout
-BACKENDS = tuple(str(Path(__file__).with_name(f)) for f in ("backends.py", "cheats.py"))
+BACKENDS = tuple(str(Path(__file__).with_name(f)) for f in ("backends.py", "cheats.py", "paged_faults.py"))
 ALL_DTYPES = ("float32", "bfloat16", "float16")
 # attention.sliding_window's shapes off the prefill path (tiny preset): decode and chunked prefill
 WINDOW_OFF_PREFILL = ("gqa-decode", "mqa-decode", "gqa-chunked", "mqa-chunked")
@@ -53,6 +53,20 @@ CHECKS: tuple[Check, ...] = (
     ),
     Check("attention returns zeros", "bug-zeros", "caught", ("attention.*",), ALL_DTYPES),
     Check("last token dropped", "bug-dropped-token", "caught", ("attention.*",), ALL_DTYPES),
+    Check(
+        "paged KV: blocks read in physical, not logical, order",
+        "bug-paged-physical-order",
+        "caught",
+        ("attention.paged_decode",),
+        ALL_DTYPES,
+    ),
+    Check(
+        "paged KV: the last partial block ignored",
+        "bug-paged-partial-block",
+        "caught",
+        ("attention.paged_decode",),
+        ALL_DTYPES,
+    ),
     Check("blockwise online softmax (another order)", "blockwise-online", "passes", ("attention.*",), ALL_DTYPES),
     Check(
         "MoE weights not renormalized",

@@ -1,0 +1,138 @@
+"""Paged decode: attention's block-table input form (vLLM / SGLang / FIA serving caches).
+
+The same ragged decode as `attention.decode`, but k and v arrive as a pool of physical blocks [num_blocks,
+block_size, Hkv, D] in shuffled order, with a block_table [B, max_blocks] listing each sequence's blocks in logical
+order (harness/paged.py has the contract). Lengths end inside a block, so the last partial block matters, and the
+physical order differs from the logical one, so a kernel walking the pool instead of the table fails.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar
+
+from harness import ops, paged
+from harness.lazy import torch
+from harness.models.shapes import ATTENTION_MODELS, AttentionDims
+from harness.workload import Workload, WorkloadError, generator
+
+
+@dataclass(frozen=True)
+class PagedShape:
+    """A decode shape (the fields of models/attention.py's AttentionShape, which the contiguous decode workload
+    reads) with its cache in blocks of `block_size` tokens; Skv is max_blocks * block_size."""
+
+    b: int
+    hq: int
+    hkv: int
+    sq: int
+    skv: int
+    d: int
+    dv: int
+    causal: bool = True
+    window: int | None = None
+    kv_lens: tuple[int, ...] | None = None
+    scale: float | None = None
+    block_size: int = 16
+
+    def describe(self) -> str:
+        text = f"B{self.b} H{self.hq}/{self.hkv} Sq{self.sq} Skv{self.skv} D{self.d}"
+        text += f"/{self.dv}" if self.dv != self.d else ""
+        return text + (f" lens{list(self.kv_lens)}" if self.kv_lens else "") + f" bs{self.block_size}"
+
+    def lens(self) -> list[int]:
+        return list(self.kv_lens) if self.kv_lens is not None else [self.skv] * self.b
+
+
+class PagedDecodeWorkload(Workload):
+    """attention.paged_decode: Sq = 1 over a paged, ragged KV cache. The contiguous decode workload (passed in,
+    so this module does not import models/attention.py) makes the values and counts the work."""
+
+    op: ClassVar[str] = "attention"
+
+    def __init__(self, decode: Workload, presets: Mapping[str, Mapping[str, PagedShape]], description: str) -> None:
+        super().__init__("attention.paged_decode", presets, description)
+        self.decode = decode
+
+    def op_kwargs(self, shape: PagedShape) -> dict[str, Any]:
+        return self.decode.op_kwargs(shape)
+
+    def flops(self, shape: PagedShape) -> float:
+        return self.decode.flops(shape)
+
+    def reduction_length(self, shape: PagedShape) -> int:
+        return self.decode.reduction_length(shape)
+
+    def make_inputs(
+        self, shape: PagedShape, dtype: torch.dtype, seed: int, distribution: str
+    ) -> dict[str, torch.Tensor]:
+        s = shape
+        # The same values as the contiguous decode's k and v, then laid out in shuffled physical blocks.
+        contiguous = self.decode.make_inputs(s, dtype, seed, distribution)
+        mb = s.skv // s.block_size
+        spare = s.b  # free blocks in the pool, as a serving pool has
+        order = torch.randperm(s.b * mb + spare, generator=generator(seed, "block_order", distribution))
+        order = _never_ascending(order, s.lens(), mb, s.block_size)
+        k, table = paged.paginate(contiguous["k"], s.block_size, order, spare)
+        v, _ = paged.paginate(contiguous["v"], s.block_size, order, spare)
+        return {"q": contiguous["q"], "k": k, "v": v, "kv_lens": contiguous["kv_lens"], "block_table": table}
+
+    def bytes_moved(self, shape: PagedShape, itemsize: int) -> float:
+        table = shape.b * (shape.skv // shape.block_size) * 4  # int32 block table
+        return self.decode.bytes_moved(shape, itemsize) + table
+
+    def shape_from_inputs(self, tensors: Mapping[str, torch.Tensor], template: PagedShape) -> PagedShape:
+        self.check_input_names(tensors)
+        q, k, v = tensors["q"], tensors["k"], tensors["v"]
+        table, kv_lens = tensors.get("block_table"), tensors.get("kv_lens")
+        if table is None:
+            raise WorkloadError(f"{self.name}: input block_table: required (the paged form), shape [B, max_blocks]")
+        try:
+            paged.check_paged_inputs(q, k, v, table, kv_lens)
+        except ops.ContractError as exc:
+            raise WorkloadError(f"{self.name}: {exc}") from None
+        assert kv_lens is not None
+        B, Hq, Sq, D = q.shape
+        if Sq != 1:
+            raise WorkloadError(
+                f"{self.name}: input q: expected shape [{B}, {Hq}, 1, {D}] (decode: Sq = 1), got {list(q.shape)}"
+            )
+        bs, hkv, dv = k.shape[1], k.shape[2], v.shape[3]
+        lens = tuple(int(x) for x in kv_lens.tolist())
+        skv = table.shape[1] * bs
+        return replace(template, b=B, hq=Hq, hkv=hkv, sq=1, skv=skv, d=D, dv=dv, kv_lens=lens, block_size=bs)
+
+
+def _never_ascending(order: torch.Tensor, lens: list[int], mb: int, block_size: int) -> torch.Tensor:
+    """The shuffled pool order with each sequence's used blocks (2 or more) never in ascending physical order,
+    so reading the pool in physical order is always wrong (a shuffle alone leaves 2 blocks in order half the time)."""
+    order = order.clone()
+    for b, n in enumerate(lens):
+        used = order[b * mb : b * mb + -(-n // block_size)]  # a view: flipped in place
+        if used.numel() >= 2 and bool((used[1:] > used[:-1]).all()):
+            used.copy_(used.flip(0))
+    return order
+
+
+def _shapes(dims: Mapping[str, AttentionDims], block_sizes: tuple[int, ...], **kw: Any) -> dict[str, PagedShape]:
+    """One shape per geometry and block size; the first block size keeps the geometry's bare name."""
+    return {
+        name if bs == block_sizes[0] else f"{name}_bs{bs}": PagedShape(
+            hq=d.hq, hkv=d.hkv, d=d.d, dv=d.dv, scale=d.scale, sq=1, block_size=bs, **kw
+        )
+        for name, d in dims.items()
+        for bs in block_sizes
+    }
+
+
+def paged_decode(decode: Workload, tiny: Mapping[str, AttentionDims], small: Mapping[str, AttentionDims]) -> Workload:
+    """The paged decode workload over the contiguous `decode` workload; lengths end inside blocks (and one on a
+    block boundary)."""
+    real_lens = (32768, 30000, 32768, 28001, 32768, 31000, 32768, 32767)
+    presets = {
+        "tiny": _shapes(tiny, (16, 64), b=3, skv=128, kv_lens=(128, 23, 70)),
+        "small": _shapes(small, (64, 128), b=4, skv=2048, kv_lens=(2048, 1500, 777, 2047)),
+        "real": _shapes(ATTENTION_MODELS, (128,), b=8, skv=32768, kv_lens=real_lens),
+    }
+    return PagedDecodeWorkload(decode, presets, "one new token per sequence over a paged KV cache (block_table)")

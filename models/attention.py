@@ -9,44 +9,17 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any, ClassVar
 
 from harness import ops
 from harness.lazy import torch
 from harness.models import paged_attention
 from harness.models.invariance_parts import attention_parts
-from harness.models.shapes import ATTENTION_MODELS, AttentionDims
+from harness.models.shapes import ATTENTION_MODELS, AttentionDims, AttentionShape
 from harness.workload import CaseInputs, InvariancePart, Workload, WorkloadError, random_tensor
 
 KINDS = ("prefill", "chunked_prefill", "decode", "sliding_window")
-
-
-@dataclass(frozen=True)
-class AttentionShape:
-    """One attention call's geometry and mask settings."""
-
-    b: int
-    hq: int
-    hkv: int
-    sq: int
-    skv: int
-    d: int
-    dv: int
-    causal: bool = True
-    window: int | None = None
-    kv_lens: tuple[int, ...] | None = None
-    scale: float | None = None
-
-    def describe(self) -> str:
-        text = f"B{self.b} H{self.hq}/{self.hkv} Sq{self.sq} Skv{self.skv} D{self.d}"
-        text += f"/{self.dv}" if self.dv != self.d else ""
-        text += f" w{self.window}" if self.window else ""
-        text += f" lens{list(self.kv_lens)}" if self.kv_lens else ""
-        return text
-
-    def lens(self) -> list[int]:
-        return list(self.kv_lens) if self.kv_lens is not None else [self.skv] * self.b
 
 
 @functools.lru_cache(maxsize=256)

@@ -14,35 +14,18 @@ from typing import Any, ClassVar
 
 from harness import ops, paged
 from harness.lazy import torch
-from harness.models.shapes import ATTENTION_MODELS, AttentionDims
+from harness.models.shapes import ATTENTION_MODELS, AttentionDims, AttentionShape
 from harness.workload import Workload, WorkloadError, generator
 
 
 @dataclass(frozen=True)
-class PagedShape:
-    """A decode shape (the fields of models/attention.py's AttentionShape, which the contiguous decode workload
-    reads) with its cache in blocks of `block_size` tokens; Skv is max_blocks * block_size."""
+class PagedShape(AttentionShape):
+    """A decode shape with its cache in blocks of `block_size` tokens; Skv is max_blocks * block_size."""
 
-    b: int
-    hq: int
-    hkv: int
-    sq: int
-    skv: int
-    d: int
-    dv: int
-    causal: bool = True
-    window: int | None = None
-    kv_lens: tuple[int, ...] | None = None
-    scale: float | None = None
     block_size: int = 16
 
     def describe(self) -> str:
-        text = f"B{self.b} H{self.hq}/{self.hkv} Sq{self.sq} Skv{self.skv} D{self.d}"
-        text += f"/{self.dv}" if self.dv != self.d else ""
-        return text + (f" lens{list(self.kv_lens)}" if self.kv_lens else "") + f" bs{self.block_size}"
-
-    def lens(self) -> list[int]:
-        return list(self.kv_lens) if self.kv_lens is not None else [self.skv] * self.b
+        return super().describe() + f" bs{self.block_size}"
 
 
 class PagedDecodeWorkload(Workload):

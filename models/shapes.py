@@ -83,3 +83,30 @@ MOE_MODELS: dict[str, MoeDims] = {
         shared_f=2048,
     ),
 }
+
+
+@dataclass(frozen=True)
+class AttentionShape:
+    """One attention call's geometry and mask settings."""
+
+    b: int
+    hq: int
+    hkv: int
+    sq: int
+    skv: int
+    d: int
+    dv: int
+    causal: bool = True
+    window: int | None = None
+    kv_lens: tuple[int, ...] | None = None
+    scale: float | None = None
+
+    def describe(self) -> str:
+        text = f"B{self.b} H{self.hq}/{self.hkv} Sq{self.sq} Skv{self.skv} D{self.d}"
+        text += f"/{self.dv}" if self.dv != self.d else ""
+        text += f" w{self.window}" if self.window else ""
+        text += f" lens{list(self.kv_lens)}" if self.kv_lens else ""
+        return text
+
+    def lens(self) -> list[int]:
+        return list(self.kv_lens) if self.kv_lens is not None else [self.skv] * self.b

@@ -165,7 +165,8 @@ CHECKS: tuple[Check, ...] = (
         ("gqa",),
         inputs=("normal",),
         presets=("small",),  # the anchor shape: a cached answer in a microsecond implies ~100+ TFLOP/s on a CPU
-        reasons=("faster than this device can compute", "timed output differs"),  # stale once set 1 is rewritten
+        # stale once set 1 is rewritten, or already on set 1's untimed call when it reuses freed addresses
+        reasons=("faster than this device can compute", "timed output differs", "differs from set 0's output"),
     ),
     Check(
         "output buffer returned without recomputation",

@@ -22,6 +22,7 @@ from harness.dtypes import DTYPES  # re-exported: plugins import it from here
 from harness.lazy import torch
 from harness.names import OPS, BadInputError, unknown_name
 from harness.op_types import Experts, MoeArgs, Routing, RoutingSpec, SharedExpert
+from harness.ops import latent_views
 from harness.plugins import PluginError, entry_points, import_plugin
 from harness.timing import Timer, TimingConfig, WallClockTimer
 
@@ -127,7 +128,10 @@ class Backend(abc.ABC):
     @classmethod
     def implemented_ops(cls) -> frozenset[str]:
         """The contract ops this class overrides; derived, so it cannot drift from the code."""
-        hooks = {op: (op,) for op in OPS} | {"moe": ("moe", "moe_layer", "experts")}  # the default runs route + experts
+        hooks = {op: (op,) for op in OPS} | {
+            "moe": ("moe", "moe_layer", "experts"),  # the default runs route + experts
+            "mla": ("mla", "attention"),  # the default runs attention on views of the latent cache
+        }
         return frozenset(
             op for op in OPS if any(getattr(cls, m, None) is not getattr(Backend, m, None) for m in hooks[op])
         )
@@ -227,6 +231,23 @@ class Backend(abc.ABC):
     ) -> torch.Tensor:
         """[B,Hq,Sq,D] x [B,Hkv,Skv,D] x [B,Hkv,Skv,Dv] -> [B,Hq,Sq,Dv]; see harness.ops.attention. With a
         block_table, k and v are a paged cache (harness/paged.py): handle it, or raise UnsupportedCaseError."""
+
+    def mla(
+        self,
+        q: torch.Tensor,
+        kv: torch.Tensor,
+        *,
+        dv: int,
+        scale: float,
+        causal: bool = True,
+        kv_lens: torch.Tensor | None = None,
+        block_table: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """[B,H,Sq,D] x latent kv [B,Skv,D] -> [B,H,Sq,Dv]; see harness.ops.mla. The default runs this backend's
+        attention with one kv head and the values a view of the latent part; override with a fused MLA kernel."""
+        k, v = latent_views(kv, dv, paged_form=block_table is not None)
+        paged_form = {} if block_table is None else {"block_table": block_table}  # attention written before paging
+        return self.attention(q, k, v, causal=causal, scale=scale, kv_lens=kv_lens, **paged_form)
 
     def rms_norm(self, x: torch.Tensor, w: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
         raise NotImplementedError(f"{self.name} does not implement rms_norm")

@@ -61,6 +61,16 @@ OPS: dict[str, OpSpec] = {
             {"q": "B,Hq,Sq,D", "k": "B,Hkv,Skv,D", "v": "B,Hkv,Skv,Dv", "kv_lens": "B", "block_table": "B,MaxBlocks"},
             ("kv_lens", "block_table"),
         ),
+        OpSpec(
+            "mla",
+            ("q", "kv"),
+            ("kv_lens", "block_table"),
+            "q [B,H,Sq,D], kv [B,Skv,D] (a latent cache: one kv head shared by all H; D = Dv + rope dims) ->"
+            " [B,H,Sq,Dv]: attention with keys kv and values kv[..., :Dv] (absorbed MLA); bottom-right causal;"
+            " paged: kv [num_blocks,block_size,D], block_table [B,max_blocks], kv_lens required",
+            {"q": "B,H,Sq,D", "kv": "B,Skv,D", "kv_lens": "B", "block_table": "B,MaxBlocks"},
+            ("kv_lens", "block_table"),
+        ),
         OpSpec("rms_norm", ("x", "w"), (), "x [..., H], w [H] -> x / rms(x) * w"),
         OpSpec("rope", ("x", "cos", "sin"), (), "x [..., S, D], cos/sin broadcastable to x; half or interleave"),
         OpSpec("swiglu", ("x",), (), "x [..., 2F] -> silu(x[..., :F]) * x[..., F:]"),

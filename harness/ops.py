@@ -158,6 +158,40 @@ def attention(
     return out
 
 
+def latent_views(kv: torch.Tensor, dv: int, *, paged_form: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """MLA's latent cache as attention's k and v, without a copy: one kv head, values its first `dv` columns.
+
+    kv [B, Skv, D] -> k [B, 1, Skv, D], v [B, 1, Skv, Dv]; paged kv [N, BS, D] -> [N, BS, 1, D], [N, BS, 1, Dv]."""
+    require(
+        kv.dim() == 3,
+        f"mla input kv: expected 3 dimensions ([B,Skv,D] or [num_blocks,block_size,D]), got {list(kv.shape)}",
+    )
+    require(0 < dv < kv.shape[-1], f"mla: dv must lie in [1, D-1] (D = {kv.shape[-1]}), got {dv}")
+    k = kv[:, :, None] if paged_form else kv[:, None]
+    return k, k[..., :dv]
+
+
+def mla(
+    q: torch.Tensor,
+    kv: torch.Tensor,
+    *,
+    dv: int,
+    scale: float,
+    causal: bool = True,
+    kv_lens: torch.Tensor | None = None,
+    block_table: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Reference absorbed multi-head latent attention (DeepSeek-V2/V3 decode) in float64: [B, H, Sq, Dv].
+
+    Every query head attends to the one latent head: scores q . kv (latent and rope parts together, so D =
+    Dv + rope dims) times `scale` (the model's 1 / sqrt(qk head dim before absorption), not 1 / sqrt(D)), values
+    the latent part kv[..., :Dv]. With a block_table, kv is a paged cache [num_blocks, block_size, D]."""
+    require(q.dim() == 4, f"mla input q: expected [B,H,Sq,D], got {list(q.shape)}")
+    require(q.shape[-1] == kv.shape[-1], f"mla: q's D ({q.shape[-1]}) and kv's D ({kv.shape[-1]}) must match")
+    k, v = latent_views(kv, dv, paged_form=block_table is not None)
+    return attention(q, k, v, causal=causal, scale=scale, kv_lens=kv_lens, block_table=block_table)
+
+
 def _key_band(first: int, end: int, sq: int, skv: int, lens: list[int], window: int | None) -> slice:
     """The keys query rows [first, end) can see under a window, over every sequence of the batch (all keys
     without one): row i of sequence b sees (i + L_b - Sq - w, i + L_b - Sq]."""

@@ -281,6 +281,14 @@ def compare_cmd(old: Path, new: Path, fail_on: str, alpha: float, error_growth: 
 )
 @click.option("--plot-format", type=click.Choice(["png", "svg", "pdf"]), default="png", show_default=True)
 @click.option(
+    "--table",
+    "table_kind",
+    type=click.Choice(["paper", "rows"]),
+    default=None,
+    help="paper: a row per workload and shape, a column per backend (default for latex); rows: a row per backend "
+    "and case with every field (default for md, csv, html).",
+)
+@click.option(
     "-o",
     "--output",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -294,6 +302,7 @@ def report_cmd(
     baseline: str | None,
     plots_dir: Path | None,
     plot_format: str,
+    table_kind: str | None,
     output: Path | None,
 ) -> None:
     """Summarize result files: backend x case with verdict, key errors, median latency, TFLOP/s.
@@ -307,7 +316,9 @@ def report_cmd(
         records = [r for f in files for r in read_some_records(f)]
         if baseline is not None:
             report_mod.check_baseline(records, baseline, include_simulated_speed=include_simulated_speed)
-    text = report_mod.render(records, fmt_name, include_simulated_speed=include_simulated_speed, baseline=baseline)
+    text = report_mod.render(
+        records, fmt_name, include_simulated_speed=include_simulated_speed, baseline=baseline, table=table_kind
+    )
     if plots_dir is not None:
         from harness import plots
 

@@ -131,7 +131,7 @@ def test_report_labels_the_baseline_and_shows_its_error_and_the_ratio(port_run, 
         assert float(row["baseline_rel_l2"]) == max(r["parity"]["baseline"]["metrics"]["rel_l2"] for r in mine)
         _, ratio = _worst_ratio(mine, row["backend"])
         assert float(row["error_ratio"]) == pytest.approx(ratio)
-    latex = harness_cli("report", str(out), "--format", "latex").output
+    latex = harness_cli("report", str(out), "--format", "latex", "--table", "rows").output
     assert r"Baseline rel\_l2 & Ratio" in latex and "Judged against torch-cpu" in latex
     assert "Judged against torch-cpu" in harness_cli("report", str(out), "--format", "html").output
 

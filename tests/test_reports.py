@@ -48,7 +48,7 @@ def run_file(tmp_path_factory) -> Path:
 
 
 def test_latex_is_a_booktabs_table_with_ci_bold_best_speedups_and_geometric_mean(harness_cli, run_file: Path) -> None:
-    result = harness_cli("report", str(run_file), "--format", "latex", "--baseline", "cpu-reference")
+    result = harness_cli("report", str(run_file), "--format", "latex", "--table", "rows", "--baseline", "cpu-reference")
     assert result.exit_code == 0
     tex = result.output
     assert tex.index(r"\toprule") < tex.index(r"\midrule") < tex.index(r"\bottomrule")
@@ -68,7 +68,9 @@ def test_latex_is_a_booktabs_table_with_ci_bold_best_speedups_and_geometric_mean
 
 @pytest.mark.skipif(shutil.which("pdflatex") is None, reason="pdflatex is not installed here")
 def test_latex_compiles(harness_cli, run_file: Path, tmp_path: Path) -> None:
-    table = harness_cli("report", str(run_file), "--format", "latex", "--baseline", "cpu-reference").output
+    table = harness_cli(
+        "report", str(run_file), "--format", "latex", "--table", "rows", "--baseline", "cpu-reference"
+    ).output
     doc = tmp_path / "t.tex"
     doc.write_text(
         "\\documentclass{article}\\usepackage{booktabs}\\usepackage[margin=1cm,landscape]{geometry}"

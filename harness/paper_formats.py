@@ -101,16 +101,15 @@ def _notes(table: PaperTable, marks: dict[str, str], latex: bool) -> list[str]:
 
 
 def _footnote_marks(table: PaperTable) -> tuple[dict[tuple[int, str], int], list[str]]:
-    """Numbered footnotes for invalid timings and per-cell skips: (row index, backend) -> number, and texts."""
+    """Numbered footnotes for invalid timings, review marks and skips: (row index, backend) -> number, texts."""
     numbers: dict[str, int] = {}
     where: dict[tuple[int, str], int] = {}
     for i, row in enumerate(table.rows):
         for backend, cell in row.cells.items():
-            text = (
-                f"{backend}: timing invalid: {cell.invalid}"
-                if cell.invalid
-                else cell.skip and f"{backend}: {cell.skip}"
-            )
+            if cell.invalid:
+                text = f"{backend}: timing invalid: {cell.invalid}"
+            else:
+                text = f"{backend}: {cell.review}" if cell.review else cell.skip and f"{backend}: {cell.skip}"
             if text:
                 where[(i, backend)] = numbers.setdefault(text, len(numbers) + 1)
     return where, list(numbers)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from harness.results import Record
-from harness.timing_view import invalid_reason, valid_timing
+from harness.timing_view import device_class, invalid_reason, pick_reference, review_notice, valid_timing
 
 # (column label, the shape fields it shows): the first matching entry of each label wins; "a/b" joins two fields.
 DIM_COLUMNS: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -61,6 +61,7 @@ class Cell:
     bold: bool = False
     invalid: str = ""  # why the timing is invalid: no figure is shown
     skip: str = ""  # why the backend skipped this row
+    review: str = ""  # an implausible speedup against the case's reference backend (timing_view.review_notice)
 
 
 @dataclass(frozen=True)
@@ -246,6 +247,7 @@ def _table(
                     speedup=base.median_ns / t.median_ns if base is not None and backend != baseline else None,
                 )
             cells[backend] = cell
+        cells = _mark_implausible(cells, per, baseline)
         best = separated_best({b: (c.median, c.low, c.high) for b, c in cells.items() if c.median is not None})
         if best is not None:
             cells[best] = replace(cells[best], bold=True)
@@ -259,6 +261,18 @@ def _table(
         for r in out_rows
     )
     return PaperTable(sig, backends, unit, decimals, rows_kept, baseline, left)
+
+
+def _mark_implausible(cells: dict[str, Cell], per: dict[str, list[Record]], baseline: str | None) -> dict[str, Cell]:
+    """Cells over 10x faster than the row's reference backend on the same device class, marked for review."""
+    classes = {b: device_class(recs[0]) for b, recs in per.items() if cells[b].median is not None}
+    out = dict(cells)
+    for backend, dc in classes.items():
+        ref = pick_reference(classes, dc, baseline)
+        if ref is not None and ref != backend:
+            notice = review_notice(cells[ref].median / cells[backend].median, ref)  # type: ignore[operator]
+            out[backend] = replace(cells[backend], review=notice)
+    return out
 
 
 def worst_errors(table: PaperTable) -> dict[str, tuple[float, TableRow]]:

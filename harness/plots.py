@@ -1,11 +1,23 @@
-"""Plots for reports (matplotlib, imported only here): latency against sequence length per backend, roofline,
-and error against dtype per backend. Simulated backends and invalid timings never appear in speed plots.
+"""Plots for reports and papers (matplotlib, imported only here), each answering one question:
+- latency: how does latency grow with sequence length? One panel per workload (small multiples), backends as
+  colours; a line joins only cases of one preset and shape family (the same backend, dtype, preset and shape,
+  differing in length), with its CI as a band; a lone case is a point with its CI as error bars. Never a line
+  from one preset to another: their other dimensions differ too.
+- error: how far from float64 is each backend in each dtype? The rel_l2 of every case as a strip (and a box where
+  there are enough cases), per dtype and backend, with the dtype's strictest budget drawn as a dashed line.
+- roofline: how close to the device's limits? Achieved TFLOP/s against arithmetic intensity, with the calibrated
+  ceilings the records were judged against (or those given) drawn.
+Vector output embeds its fonts (TrueType in PDF, glyphs as paths in SVG); the style follows conference figures
+(small serif-free type, no top/right spines, light grid). Simulated backends and invalid timings never appear in
+speed plots (harness.timing_view).
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
-from collections.abc import Iterable
+import math
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +25,26 @@ from harness.results import Record, TimingRecord
 from harness.timing_view import valid_timing
 
 FORMATS = ("png", "svg", "pdf")
+STYLE = {
+    "pdf.fonttype": 42,  # TrueType, embedded: editors and publishers refuse Type 3
+    "ps.fonttype": 42,
+    "svg.fonttype": "path",
+    "font.size": 8,
+    "axes.titlesize": 8,
+    "axes.labelsize": 8,
+    "legend.fontsize": 7,
+    "xtick.labelsize": 7,
+    "ytick.labelsize": 7,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "grid.linewidth": 0.5,
+    "lines.linewidth": 1.2,
+    "lines.markersize": 4,
+    "legend.frameon": False,
+}
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 
 
 def _pyplot() -> Any:
@@ -22,6 +54,21 @@ def _pyplot() -> Any:
     import matplotlib.pyplot as plt
 
     return plt
+
+
+@contextlib.contextmanager
+def _styled() -> Iterator[Any]:
+    plt = _pyplot()
+    with plt.rc_context(STYLE):
+        yield plt
+
+
+def _colours(backends: Iterable[str]) -> dict[str, Any]:
+    """One colour per backend, the same in every panel and plot of a report."""
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab10"]
+    return {b: cmap(i % 10) for i, b in enumerate(sorted(set(backends)))}
 
 
 def sequence_length(record: Record) -> int | None:
@@ -38,111 +85,165 @@ def _timed(records: Iterable[Record]) -> list[tuple[Record, TimingRecord]]:
     return [(r, t) for r in records if (t := valid_timing(r)) is not None and not r.simulated]
 
 
+def _family(record: Record) -> tuple[str, str, str, str]:
+    """What a latency line may join: one backend, dtype, preset and shape (only the length may differ)."""
+    c = record.case
+    return (c.backend, c.dtype, c.preset, c.shape)
+
+
 def latency_vs_length(records: list[Record]) -> Any:
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(9, 4.6))
-    series: dict[str, list[tuple[int, float]]] = {}
-    for r, t in _timed(records):
-        length = sequence_length(r)
-        if length is None:
-            continue
-        label = f"{r.case.backend} {r.case.workload} {r.case.dtype}"
-        series.setdefault(label, []).append((length, t.median_ns / 1e3))
-    backends = sorted({label.split()[0] for label in series})
-    styles = ["-", "--", ":", "-."]
-    for label, points in sorted(series.items()):
-        by_length: dict[int, list[float]] = {}
-        for length, value in points:
-            by_length.setdefault(length, []).append(value)
-        xs = sorted(by_length)  # one point per length: the median over shapes of that length
-        style = styles[backends.index(label.split()[0]) % len(styles)]  # one line style per backend
-        ax.plot(xs, [sorted(by_length[x])[len(by_length[x]) // 2] for x in xs], style, marker="o", label=label)
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xlabel("sequence length (keys / tokens)")
-    ax.set_ylabel("median latency (us)")
-    ax.set_title("Latency against sequence length")
-    if series:
-        ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    ax.grid(True, which="both", alpha=0.3)
-    fig.tight_layout()
+    """Small multiples: one panel per workload, latency (us, log) against sequence length."""
+    timed = [(r, t, n) for r, t in _timed(records) if (n := sequence_length(r)) is not None]
+    workloads = list(dict.fromkeys(r.case.workload for r, _, _ in timed)) or ["(no timed cases)"]
+    colours = _colours(r.case.backend for r, _, _ in timed)
+    shapes = list(dict.fromkeys((r.case.preset, r.case.shape) for r, _, _ in timed))
+    dtypes = {r.case.dtype for r, _, _ in timed}
+    cols = min(3, len(workloads))
+    rows = math.ceil(len(workloads) / cols)
+    with _styled() as plt:
+        fig, axes = plt.subplots(rows, cols, figsize=(2.4 * cols + 1.6, 2.0 * rows), squeeze=False)
+        spare = list(axes.flat[len(workloads) :])
+        for ax in spare:
+            ax.axis("off")
+        handles: dict[str, Any] = {}
+        for ax, workload in zip(axes.flat, workloads, strict=False):
+            families: dict[tuple[str, ...], list[tuple[int, TimingRecord]]] = {}
+            for r, t, n in timed:
+                if r.case.workload == workload:
+                    families.setdefault(_family(r), []).append((n, t))
+            for (backend, dtype, preset, shape), points in families.items():
+                points.sort(key=lambda p: p[0])
+                xs = [n for n, _ in points]
+                ys = [t.median_ns / 1e3 for _, t in points]
+                lo = [(t.ci95_low_ns or t.median_ns) / 1e3 for _, t in points]
+                hi = [(t.ci95_high_ns or t.median_ns) / 1e3 for _, t in points]
+                label = f"{backend} {preset}/{shape}" + (f" {dtype}" if len(dtypes) > 1 else "")
+                style = {"color": colours[backend], "marker": MARKERS[shapes.index((preset, shape)) % len(MARKERS)]}
+                if len(points) > 1:
+                    (line,) = ax.plot(xs, ys, label=label, **style)
+                    ax.fill_between(xs, lo, hi, color=colours[backend], alpha=0.2, linewidth=0)
+                else:
+                    err = [[y - a for y, a in zip(ys, lo, strict=True)], [b - y for y, b in zip(ys, hi, strict=True)]]
+                    line = ax.errorbar(xs, ys, yerr=err, linestyle="none", capsize=2, label=label, **style)
+                handles.setdefault(label, line)
+            ax.set_title(workload)
+            ax.set_yscale("log")
+            lengths = [n for r, _, n in timed if r.case.workload == workload]
+            if lengths and max(lengths) >= 4 * min(lengths):
+                ax.set_xscale("log", base=2)
+            ax.set_xlabel("sequence length (keys / tokens)")
+            ax.set_ylabel("median latency (us)")
+        if handles and spare:  # one legend for every panel, in a spare cell of the grid or beside it
+            spare[0].legend(list(handles.values()), list(handles), loc="upper left")
+        elif handles:
+            fig.legend(list(handles.values()), list(handles), loc="outside right upper")
+        fig.set_layout_engine("constrained")
     return fig
 
 
+def _ceilings(records: list[Record], given: dict[str, float] | None) -> list[tuple[float, float]]:
+    """(peak TFLOP/s, bandwidth GB/s) pairs: the calibrated ceilings the records were judged against, or `given`."""
+    pairs = {
+        (roof["peak_tflops"], roof["bandwidth_gbps"])
+        for r, t in _timed(records)
+        if (roof := t.data.get("roofline")) and roof.get("peak_tflops") and roof.get("bandwidth_gbps")
+    }
+    if given and given.get("tflops") and given.get("gbps"):
+        pairs.add((given["tflops"], given["gbps"]))
+    return sorted(pairs)
+
+
 def roofline(records: list[Record], ceilings: dict[str, float] | None = None) -> Any:
-    """Achieved TFLOP/s against arithmetic intensity; calibrated ceilings (peak TFLOP/s, bandwidth GB/s) when
-    given, otherwise the plot says none were calibrated for this device."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    """Achieved TFLOP/s against arithmetic intensity; calibrated ceilings drawn when present (from the records'
+    timing.roofline or `ceilings`), otherwise the plot says none were calibrated for this device."""
     by_backend: dict[str, list[tuple[float, float]]] = {}
     for r, t in _timed(records):
         if t.tflops and t.bytes:
             by_backend.setdefault(r.case.backend, []).append((t.flops / t.bytes, t.tflops))
-    for backend, points in sorted(by_backend.items()):
-        ax.scatter([p[0] for p in points], [p[1] for p in points], label=backend, s=14)
-    if ceilings and ceilings.get("tflops") and ceilings.get("gbps"):
-        xs = [2.0**i for i in range(-4, 12)]
-        ax.plot(xs, [min(ceilings["tflops"], x * ceilings["gbps"] / 1e3) for x in xs], "k--", label="ceiling")
-    else:
-        ax.text(
-            0.02,
-            0.95,
-            "no calibrated ceilings for this device (harness calibrate)",
-            transform=ax.transAxes,
-            fontsize=7,
-            va="top",
-        )
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xlabel("arithmetic intensity (FLOP / byte)")
-    ax.set_ylabel("achieved TFLOP/s")
-    ax.set_title("Roofline")
-    if by_backend:
-        ax.legend(fontsize=7)
-    ax.grid(True, which="both", alpha=0.3)
-    fig.tight_layout()
+    colours = _colours(by_backend)
+    with _styled() as plt:
+        fig, ax = plt.subplots(figsize=(4.2, 2.8))
+        for backend, points in sorted(by_backend.items()):
+            ax.scatter([p[0] for p in points], [p[1] for p in points], label=backend, s=14, color=colours[backend])
+        pairs = _ceilings(records, ceilings)
+        intensities = [p[0] for pts in by_backend.values() for p in pts] or [1.0]
+        xs = [
+            2.0**i
+            for i in range(math.floor(math.log2(min(intensities))) - 1, math.ceil(math.log2(max(intensities))) + 3)
+        ]
+        for peak, gbps in pairs:
+            ax.plot(xs, [min(peak, x * gbps / 1e3) for x in xs], "k--", linewidth=0.8)
+            ax.annotate(
+                f"{peak:.0f} TFLOP/s, {gbps / 1e3:.2f} TB/s", (xs[-1], peak), ha="right", va="bottom", fontsize=6
+            )
+        if not pairs:
+            ax.text(0.02, 0.95, "no calibrated ceilings for this device (harness calibrate)", transform=ax.transAxes,
+                    fontsize=7, va="top")  # fmt: skip
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("arithmetic intensity (FLOP / byte)")
+        ax.set_ylabel("achieved TFLOP/s")
+        if by_backend:
+            ax.legend()
+        fig.set_layout_engine("constrained")
     return fig
 
 
 DTYPE_ORDER = ("float64", "float32", "float16", "bfloat16")
 
 
-def error_vs_dtype(records: list[Record]) -> Any:
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    by_backend: dict[str, dict[str, float]] = {}
+def error_distribution(records: list[Record]) -> Any:
+    """rel_l2 of every judged case per dtype and backend (strip, and a box from five cases), budget lines drawn."""
+    errors: dict[tuple[str, str], list[float]] = {}
+    budgets: dict[str, float] = {}
+    simulated = {r.case.backend for r in records if r.simulated}
     for r in records:
-        metrics = r.parity.metrics if r.parity is not None else None
-        if metrics is None:
+        p = r.parity
+        if p is None or p.metrics is None:
             continue
-        worst = by_backend.setdefault(r.case.backend, {})
-        worst[r.case.dtype] = max(worst.get(r.case.dtype, 0.0), metrics.rel_l2)
-    dtypes = [d for d in DTYPE_ORDER if any(d in w for w in by_backend.values())]
-    for i, (backend, worst) in enumerate(sorted(by_backend.items())):
-        xs = [dtypes.index(d) + 0.08 * (i - len(by_backend) / 2) for d in dtypes if d in worst]
-        ax.scatter(
-            xs,
-            [max(worst[d], 1e-17) for d in dtypes if d in worst],
-            label=backend + (" (simulated)" if any(r.simulated for r in records if r.case.backend == backend) else ""),
-        )
-    ax.set_xticks(range(len(dtypes)), dtypes)
-    ax.set_yscale("log")
-    ax.set_ylabel("worst rel_l2 against float64")
-    ax.set_title("Error against dtype")
-    if by_backend:
-        ax.legend(fontsize=7)
-    ax.grid(True, axis="y", which="both", alpha=0.3)
-    fig.tight_layout()
+        errors.setdefault((r.case.dtype, r.case.backend), []).append(max(p.metrics.rel_l2, 1e-17))
+        if p.budget is not None and p.budget.rel_l2:
+            budgets[r.case.dtype] = min(budgets.get(r.case.dtype, math.inf), p.budget.rel_l2)
+    dtypes = [d for d in DTYPE_ORDER if any(k[0] == d for k in errors)]
+    dtypes += sorted({k[0] for k in errors} - set(dtypes))
+    backends = sorted({k[1] for k in errors})
+    colours = _colours(backends)
+    width = 0.8 / max(1, len(backends))
+    with _styled() as plt:
+        fig, ax = plt.subplots(figsize=(max(3.2, 1.1 * len(dtypes) * max(1, len(backends)) ** 0.5 + 1.5), 2.8))
+        for i, dtype in enumerate(dtypes):
+            for j, backend in enumerate(backends):
+                values = errors.get((dtype, backend))
+                if not values:
+                    continue
+                x = i - 0.4 + width * (j + 0.5)
+                if len(values) >= 5:
+                    ax.boxplot(values, positions=[x], widths=width * 0.8, showfliers=False, manage_ticks=False)
+                jitter = [x + width * 0.3 * ((k * 0.618) % 1 - 0.5) for k in range(len(values))]
+                label = backend + (" (simulated)" if backend in simulated else "")
+                ax.scatter(jitter, values, s=8, color=colours[backend], alpha=0.8, label=label if i == 0 else None)
+            if dtype in budgets:
+                ax.hlines(budgets[dtype], i - 0.45, i + 0.45, colors="k", linestyles="--", linewidth=0.8,
+                          label="budget (strictest)" if i == 0 else None)  # fmt: skip
+        ax.set_xticks(range(len(dtypes)), dtypes)
+        ax.set_xlim(-0.6, len(dtypes) - 0.4)
+        ax.set_yscale("log")
+        ax.set_ylabel("rel_l2 against float64")
+        if errors:
+            ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        fig.set_layout_engine("constrained")
     return fig
 
 
-PLOTS = {"latency": latency_vs_length, "roofline": roofline, "error": error_vs_dtype}
+error_vs_dtype = error_distribution  # the earlier name
+PLOTS = {"latency": latency_vs_length, "roofline": roofline, "error": error_distribution}
 
 
 def render(fig: Any, fmt: str) -> bytes:
     buf = io.BytesIO()
-    fig.savefig(buf, format=fmt, dpi=110, bbox_inches="tight")
-    _pyplot().close(fig)
+    with _styled() as plt:
+        fig.savefig(buf, format=fmt, dpi=150, bbox_inches="tight")
+        plt.close(fig)
     return buf.getvalue()
 
 

@@ -103,7 +103,7 @@ def test_an_invalid_baseline_timing_makes_no_ratio(tmp_path: Path) -> None:
 @pytest.mark.parametrize("fmt", ["md", "csv", "latex", "html"])
 def test_every_report_format_shows_the_reason_and_no_figure_of_the_invalid_timing(run, fmt: str) -> None:
     _, records = run
-    text = render(records, fmt, baseline="torch-cpu")
+    text = render(records, fmt, baseline="torch-cpu", table="rows")  # the paper table: tests/test_paper_table.py
     shown = {"latex": CHEAT_WHY.replace("%", r"\%"), "html": CHEAT_WHY}.get(fmt, CHEAT_WHY)
     assert shown in text
     rows = text.split("<tr") if fmt == "html" else [line for line in text.splitlines() if not line.startswith("\\par")]
@@ -138,7 +138,7 @@ def test_implausible_speedup_is_marked_for_review_and_a_plausible_one_is_not(run
         gpu = next(line for line in md.splitlines() if "| gpu-kernel |" in line)
         assert "check the timing" not in gpu  # another device class: 20x faster than a CPU is plausible
         assert "| pass 1/1 |" in row["too-fast"]  # marked for review, not failed
-    latex = render(records, "latex", baseline="torch-cpu")
+    latex = render(records, "latex", baseline="torch-cpu")  # the paper table
     assert "too-fast: 20x faster than torch-cpu" in latex and "twice: " not in latex
     csv = render(records, "csv")
     assert "check the timing" in next(line for line in csv.splitlines() if "too-fast" in line)
@@ -176,7 +176,8 @@ def test_plots_leave_the_invalid_timing_out(run) -> None:
     _, records = run
     for make in (plots.latency_vs_length, plots.roofline):
         fig = make(records)
-        labels = [t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()]
+        legends = [ax.get_legend() for ax in fig.axes if ax.get_legend()] + list(fig.legends)
+        labels = [t.get_text() for legend in legends for t in legend.get_texts()]
         plots._pyplot().close(fig)
         assert any("twice" in label for label in labels) and not any("memo-cheat" in label for label in labels)
 

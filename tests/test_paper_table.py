@@ -138,3 +138,19 @@ def test_paper_latex_compiles(tmp_path: Path) -> None:
         ["pdflatex", "-interaction=nonstopmode", doc.name], cwd=tmp_path, capture_output=True, check=False
     )
     assert proc.returncode == 0 and (tmp_path / "t.pdf").exists(), proc.stdout[-2000:]
+
+
+def test_markdown_rows_report_summarizes_skip_rows_in_one_note() -> None:
+    from harness.report import render
+
+    raw = _raw()
+    skips = []
+    for i, backend in enumerate(("ort-cuda", "ascend") * 5):
+        rec = copy.deepcopy(raw[i]) | {"status": "skipped", "reason": f"{backend} is unavailable", "timing": None}
+        rec["case"] = rec["case"] | {"backend": backend, "key": rec["case"]["key"] + f"-{backend}"}
+        skips.append(rec | {"parity": None})
+    md = render(_records(raw + skips), "md")
+    table_lines = [line for line in md.splitlines() if line.startswith("| ")]
+    assert len(table_lines) == 1 + len(raw)  # header + the rows that ran; no skip row
+    assert "6 skipped rows not shown (ort-cuda 3, ascend 3)" in md  # seeds fold: 10 records, 6 rows
+    assert md.count("is unavailable") == 2

@@ -222,7 +222,12 @@ class CaseExecutor:
             if not timing.valid and fields["status"] == "passed":  # a number that cannot be trusted fails the case
                 fields.update(status="failed", reason=timing.invalid_reason)
             if "timing_variants" in sections:
-                fields["timing_variants"] = {n: TimingRecord(t) for n, t in sections["timing_variants"].items()}
+                fields["timing_variants"] = variants = {
+                    n: TimingRecord(t) for n, t in sections["timing_variants"].items()
+                }
+                bad = next((t.invalid_reason for t in variants.values() if not t.valid), "")
+                if bad and fields["status"] == "passed":  # so does one of its further timed calls (LLM decode)
+                    fields.update(status="failed", reason=bad)
         fields["memory"] = backend.memory_stats() or None
         fields["compile"] = backend.compile_stats() or None
         fields["implementation"] = backend.case_details() or None

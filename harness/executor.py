@@ -54,6 +54,23 @@ def nonfinite_problem(inputs: Mapping[str, Any]) -> str | None:
     return "non-finite inputs: " + "; ".join(bad) + " (parity needs finite inputs)" if bad else None
 
 
+def own_copy(backend: Backend, t: Any) -> Any:
+    """`t` on the backend's device in storage of its own: the group's host tensors serve every backend of the
+    group, and `to_device` on the host may hand back the very tensor (or a view), so a backend writing into its
+    inputs would change them for the backends after it. Only then is the host tensor cloned (on a device, the
+    move already copies: no extra device memory)."""
+    moved = backend.to_device(t)
+    if isinstance(t, torch.Tensor) and moved.device == t.device and _overlaps(moved, t):
+        moved = backend.to_device(t.clone())
+    return moved
+
+
+def _overlaps(a: torch.Tensor, b: torch.Tensor) -> bool:
+    if a.numel() == 0 or b.numel() == 0:
+        return False
+    return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+
+
 class DeviceCall:
     """The op on a group's inputs, moved to the backend's device once (here, and nowhere else for this case):
     `call(**extra)` brings outputs to the host (judging), `device(**extra)` leaves them on the device (timing
@@ -62,7 +79,7 @@ class DeviceCall:
 
     def __init__(self, backend: Backend, group: CaseInputs) -> None:
         self.backend = backend
-        dev_inputs = {n: backend.to_device(t) for n, t in group.tensors.items()}
+        dev_inputs = {n: own_copy(backend, t) for n, t in group.tensors.items()}
         self.args, self.kwargs = group.workload.op_arguments(dev_inputs, group.shape, group.context)
         check_accepts(backend, group.workload.op, self.kwargs)  # an op without block_table: a skip, not an error
         self._op = getattr(backend, group.workload.op)

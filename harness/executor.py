@@ -61,7 +61,7 @@ def own_copy(backend: Backend, t: Any) -> Any:
     move already copies: no extra device memory)."""
     moved = backend.to_device(t)
     if isinstance(t, torch.Tensor) and moved.device == t.device and _overlaps(moved, t):
-        moved = backend.to_device(t.clone())
+        moved = moved.clone()  # on the host: the backend's own storage (one move per case, as before)
     return moved
 
 

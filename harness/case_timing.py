@@ -17,11 +17,11 @@ from harness.ceilings import Ceiling, calibrated, quick_host_ceiling, violation
 from harness.dtypes import DTYPES
 from harness.lazy import torch
 from harness.parity import Budget
-from harness.timing import TimingConfig, measure
-from harness.timing_checks import WatchedTimer, checked_sets, modified_inputs
+from harness.timing import Measurement, TimingConfig, measure
+from harness.timing_checks import CheckedSets, InputSet, WatchedTimer, checked_rotation, checked_sets, modified_inputs
 
 if TYPE_CHECKING:
-    from harness.workload import Case, CaseInputs
+    from harness.workload import Case, CaseInputs, TimingVariant, VariantInputs
 
 log = logging.getLogger(__name__)
 
@@ -54,14 +54,7 @@ class CaseTimer:
             nbytes = sum(t.numel() * t.element_size() for t in group.tensors.values() if isinstance(t, torch.Tensor))
             wanted = int(backend.timing_input_sets(nbytes, config)) if config.rotate_inputs else 1
             checks = checked_sets(backend, group, inputs, bound, wanted, budget)
-            before = checks.rotation.checksums()
-            timer = WatchedTimer(backend.timer(config), checks.rotation, backend)
-            measurement = measure(checks.rotation.fn, timer, config)
-            problems = [
-                f"input {n} was modified by the timed calls"
-                for n in modified_inputs(before, checks.rotation.checksums())
-            ]
-            problems += checks.problems + checks.after_timing(timer.first, backend)
+            measurement, problems = self._measure_checked(backend, checks)
             sets = len(checks.rotation.sets)
         else:
             rotating, sets = self._rotating(backend, group, bound)
@@ -74,13 +67,7 @@ class CaseTimer:
         if roofline is not None:
             timing["roofline"] = roofline
         if checks is not None:
-            too_fast = violation(self._ceilings(case, backend, device_name), timing["flops"], timing["bytes"], seconds)
-            problems += [too_fast] if too_fast else []
-            timer_finding = measurement.notes.get("invalid_reason")  # a device timer's own check (cuda's streams)
-            problems += [timer_finding] if timer_finding else []
-            timing.update(valid=not problems, invalid_reason=problems[0] if problems else "", problems=problems)
-            if problems:
-                log.warning("%s: timing invalid: %s", case.key, "; ".join(problems))
+            self._judge(case, backend, device_name, timing, problems, seconds)
         tokens = workload.tokens_per_call(shape)
         if tokens:
             timing["tokens_per_s"] = tokens / seconds
@@ -91,12 +78,72 @@ class CaseTimer:
         if variants:
             sections["timing_variants"] = {}
         for name, variant in variants.items():
-            m = measure(variant.fn, backend.timer(config), config)
-            sections["timing_variants"][name] = {
-                **m.to_record(variant.flops, variant.bytes_moved),
-                "tokens_per_s": variant.tokens / (m.stats.median_ns * 1e-9) if variant.tokens else None,
-            }
+            sections["timing_variants"][name] = self._variant(case, group, backend, device_name, name, variant, budget)
         return sections
+
+    def _variant(
+        self,
+        case: Case,
+        group: CaseInputs,
+        backend: Backend,
+        device_name: str,
+        name: str,
+        variant: TimingVariant,
+        budget: Budget | None,
+    ) -> dict[str, Any]:
+        """A further timed call's section, checked as the main op is where the variant gives its input sets;
+        its problems name the variant ("decode timing: ...")."""
+        config, made = self.config, variant.make_inputs
+        problems: list[str] = []
+        if config.checks and variant.inputs is not None and made is not None:
+            given = variant.inputs
+            first = InputSet(given.tensors, given.call, 0, given.load)
+            make = lambda host, data: _variant_set(made(host), data)  # noqa: E731
+            checks = checked_rotation(backend, group.tensors, first, make, 2, budget)
+            m, problems = self._measure_checked(backend, checks)
+        else:
+            m = measure(variant.fn, backend.timer(config), config)
+        seconds = m.stats.median_ns * 1e-9
+        section = {
+            **m.to_record(variant.flops, variant.bytes_moved),
+            "tokens_per_s": variant.tokens / seconds if variant.tokens else None,
+        }
+        if config.checks:
+            if variant.inputs is not None and made is not None:
+                section["input_sets"] = 2
+            self._judge(case, backend, device_name, section, problems, seconds, prefix=f"{name} timing: ")
+        return section
+
+    def _measure_checked(self, backend: Backend, checks: CheckedSets) -> tuple[Measurement, list[str]]:
+        """The rotation timed with the backend's timer; what the checks found (inputs checksummed across the timed
+        region, outputs of the first and last timed calls against the untimed ones), all outside the region."""
+        before = checks.rotation.checksums()
+        timer = WatchedTimer(backend.timer(self.config), checks.rotation, backend)
+        measurement = measure(checks.rotation.fn, timer, self.config)
+        problems = [
+            f"input {n} was modified by the timed calls" for n in modified_inputs(before, checks.rotation.checksums())
+        ]
+        problems += checks.problems + checks.after_timing(timer.first, backend)
+        timer_finding = measurement.notes.get("invalid_reason")  # a device timer's own check (cuda's streams)
+        return measurement, problems + ([timer_finding] if timer_finding else [])
+
+    def _judge(
+        self,
+        case: Case,
+        backend: Backend,
+        device_name: str,
+        timing: dict[str, Any],
+        problems: list[str],
+        seconds: float,
+        prefix: str = "",
+    ) -> None:
+        """The physical-limit guard added to `problems`; `valid`, `invalid_reason` and `problems` (each after
+        `prefix`, which names a timing variant) set in `timing`."""
+        too_fast = violation(self._ceilings(case, backend, device_name), timing["flops"], timing["bytes"], seconds)
+        problems = [prefix + p for p in problems + ([too_fast] if too_fast else [])]
+        timing.update(valid=not problems, invalid_reason=problems[0] if problems else "", problems=problems)
+        if problems:
+            log.warning("%s: timing invalid: %s", case.key, "; ".join(problems))
 
     def _calibration(self, case: Case, backend: Backend, device_name: str) -> Calibration | None:
         """The backend's stored `harness calibrate` ceilings on this device (loaded once), or None."""
@@ -151,3 +198,8 @@ def _bound_copy(backend: Backend, group: CaseInputs) -> Callable[[], Any]:
     dev_inputs = {n: backend.to_device(t.clone()) for n, t in group.tensors.items()}
     args, kwargs = group.workload.op_arguments(dev_inputs, group.shape, group.context)
     return backend.bind(group.workload.op, args, kwargs)
+
+
+def _variant_set(given: VariantInputs, data: int) -> InputSet:
+    """A timing variant's input set as the checks rotate over it."""
+    return InputSet(given.tensors, given.call, data, given.load)

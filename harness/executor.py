@@ -54,6 +54,23 @@ def nonfinite_problem(inputs: Mapping[str, Any]) -> str | None:
     return "non-finite inputs: " + "; ".join(bad) + " (parity needs finite inputs)" if bad else None
 
 
+def own_copy(backend: Backend, t: Any) -> Any:
+    """`t` on the backend's device in storage of its own: the group's host tensors serve every backend of the
+    group, and `to_device` on the host may hand back the very tensor (or a view), so a backend writing into its
+    inputs would change them for the backends after it. Only then is the host tensor cloned (on a device, the
+    move already copies: no extra device memory)."""
+    moved = backend.to_device(t)
+    if isinstance(t, torch.Tensor) and moved.device == t.device and _overlaps(moved, t):
+        moved = moved.clone()  # on the host: the backend's own storage (one move per case, as before)
+    return moved
+
+
+def _overlaps(a: torch.Tensor, b: torch.Tensor) -> bool:
+    if a.numel() == 0 or b.numel() == 0:
+        return False
+    return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+
+
 class DeviceCall:
     """The op on a group's inputs, moved to the backend's device once (here, and nowhere else for this case):
     `call(**extra)` brings outputs to the host (judging), `device(**extra)` leaves them on the device (timing
@@ -62,7 +79,7 @@ class DeviceCall:
 
     def __init__(self, backend: Backend, group: CaseInputs) -> None:
         self.backend = backend
-        dev_inputs = {n: backend.to_device(t) for n, t in group.tensors.items()}
+        dev_inputs = {n: own_copy(backend, t) for n, t in group.tensors.items()}
         self.args, self.kwargs = group.workload.op_arguments(dev_inputs, group.shape, group.context)
         check_accepts(backend, group.workload.op, self.kwargs)  # an op without block_table: a skip, not an error
         self._op = getattr(backend, group.workload.op)
@@ -222,7 +239,12 @@ class CaseExecutor:
             if not timing.valid and fields["status"] == "passed":  # a number that cannot be trusted fails the case
                 fields.update(status="failed", reason=timing.invalid_reason)
             if "timing_variants" in sections:
-                fields["timing_variants"] = {n: TimingRecord(t) for n, t in sections["timing_variants"].items()}
+                fields["timing_variants"] = variants = {
+                    n: TimingRecord(t) for n, t in sections["timing_variants"].items()
+                }
+                bad = next((t.invalid_reason for t in variants.values() if not t.valid), "")
+                if bad and fields["status"] == "passed":  # so does one of its further timed calls (LLM decode)
+                    fields.update(status="failed", reason=bad)
         fields["memory"] = backend.memory_stats() or None
         fields["compile"] = backend.compile_stats() or None
         fields["implementation"] = backend.case_details() or None

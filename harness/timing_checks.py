@@ -114,10 +114,14 @@ class InputSet:
     """Device-resident inputs the timed call rotates over: the bound op on them and which data they hold
     (0: the case's, whose untimed output is `truths[0]`; 1: the perturbed copy)."""
 
-    tensors: Mapping[str, Any]
+    tensors: Mapping[str, Any] | Callable[[], Mapping[str, Any]]  # or what the call reads now (a KV cache)
     call: Callable[[], Any]
     data: int
+    load: Callable[[Mapping[str, Any]], None] | None = None  # refill the same storage with other host data
     last: Any = None  # the latest timed call's output on this set (a reference: copied only after timing)
+
+    def current(self) -> Mapping[str, Any]:
+        return self.tensors() if callable(self.tensors) else self.tensors
 
 
 @dataclass
@@ -142,7 +146,7 @@ class Rotation:
         return {
             (i, name): checksum(t)
             for i, s in enumerate(self.sets)
-            for name, t in s.tensors.items()
+            for name, t in s.current().items()
             if isinstance(t, torch.Tensor)
         }
 
@@ -197,11 +201,20 @@ class CheckedSets:
         return found
 
 
-def bound_set(backend: Backend, group: Any, host: Mapping[str, Any]) -> tuple[dict[str, Any], Callable[[], Any]]:
+MakeSet = Callable[[Mapping[str, Any], int], InputSet]  # (host tensors, data index) -> a fresh device set
+
+
+def bound_set(backend: Backend, group: Any, host: Mapping[str, Any], data: int = 0) -> InputSet:
     """The op bound to fresh device copies of `host` (`to_device` may hand back the very tensor on the host)."""
     dev = {n: backend.to_device(t.clone()) if isinstance(t, torch.Tensor) else t for n, t in host.items()}
     args, kwargs = group.workload.op_arguments(dev, group.shape, group.context)
-    return dev, backend.bind(group.workload.op, args, kwargs)
+
+    def load(other: Mapping[str, Any]) -> None:
+        for n, t in dev.items():
+            if isinstance(t, torch.Tensor):
+                t.copy_(other[n])
+
+    return InputSet(dev, backend.bind(group.workload.op, args, kwargs), data, load)
 
 
 def checked_sets(
@@ -212,31 +225,43 @@ def checked_sets(
     n_sets: int,
     budget: Budget | None,
 ) -> CheckedSets:
-    """Set 0: the parity run's own device inputs. Set 1: storage first called on with the case's data, then
-    overwritten in place with the perturbed data, so a result kept per pointer or per bound call is stale.
+    """The main op's sets: set 0 is the parity run's own device inputs (see `checked_rotation`)."""
+    first = InputSet(inputs, bound, 0)
+    return checked_rotation(backend, group.tensors, first, lambda h, d: bound_set(backend, group, h, d), n_sets, budget)
+
+
+def checked_rotation(
+    backend: Backend,
+    host: Mapping[str, Any],
+    first: InputSet,
+    make: MakeSet,
+    n_sets: int,
+    budget: Budget | None,
+) -> CheckedSets:
+    """Set 0: `first`, on the case's data `host`. Set 1: storage first called on with the case's data, then
+    refilled in place with the perturbed data, so a result kept per pointer or per bound call is stale.
     Further sets (a device asking for more, to rotate through its cache): copies of the case's data. The truth
     of the perturbed data comes from one call on storage that never held anything else, freed before set 1 is
     made (two input sets in memory at most)."""
-    truth0 = snapshot(backend, bound())
-    host1 = {n: perturbed(t) for n, t in group.tensors.items()}
-    differs = any(isinstance(t, torch.Tensor) and not torch.equal(t, host1[n]) for n, t in group.tensors.items())
-    fresh, call = bound_set(backend, group, host1)
-    truth1 = snapshot(backend, call())
-    del fresh, call
+    truth0 = snapshot(backend, first.call())
+    host1 = {n: perturbed(t) for n, t in host.items()}
+    differs = any(isinstance(t, torch.Tensor) and not torch.equal(t, host1[n]) for n, t in host.items())
+    probe = make(host1, 1)
+    truth1 = snapshot(backend, probe.call())
+    del probe
     problems = []
     if differs and identical_for_different_data(truth0, truth1):
         problems.append("the op gave the same output for different inputs (input sets 0 and 1): it did not recompute")
-    sets = [InputSet(inputs, bound, 0)]
+    sets = [first]
     for i in range(1, max(2, n_sets)):
-        tensors, call = bound_set(backend, group, group.tensors)
-        warm = snapshot(backend, call())  # untimed: per-tensor memos (and any cheat's) fill here
+        made = make(host, 0)
+        warm = snapshot(backend, made.call())  # untimed: per-tensor memos (and any cheat's) fill here
         why = mismatch(warm, truth0, budget)
         if why:
             problems.append(f"an untimed call on a copy of the inputs (set {i}) differs from set 0's output ({why})")
-        if i == 1:
-            for n, t in tensors.items():
-                if isinstance(t, torch.Tensor):
-                    t.copy_(host1[n])
+        if i == 1 and made.load is not None:
+            made.load(host1)
+            made.data = 1
             backend.synchronize()
-        sets.append(InputSet(tensors, call, 1 if i == 1 else 0))
+        sets.append(made)
     return CheckedSets(Rotation(sets), [truth0, truth1], budget, problems)

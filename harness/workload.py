@@ -183,13 +183,29 @@ def with_outputs(evaluation: Evaluation, outputs: Mapping[str, Any]) -> Evaluati
 
 
 @dataclass(frozen=True)
+class VariantInputs:
+    """One input set of a timing variant, held on the device: what its timed call reads can change from call to
+    call (an LLM's KV cache grows and is cropped back), so `tensors()` says what it reads now, and `load(host)`
+    refills the same storage (the same objects) with other host data: timing checks rotate over such sets
+    (harness/timing_checks.py), as they do over the main op's inputs."""
+
+    call: Callable[[], Any]
+    tensors: Callable[[], Mapping[str, Any]]  # name -> device tensor the call reads (checksummed across timing)
+    load: Callable[[Mapping[str, Any]], None]  # the group's host tensors (or their perturbed copies) -> same storage
+
+
+@dataclass(frozen=True)
 class TimingVariant:
-    """A second timed call of a workload (LLM decode beside prefill), with its own work counts."""
+    """A second timed call of a workload (LLM decode beside prefill), with its own work counts. With `inputs`
+    (the set `fn` runs on) and `make_inputs` (a fresh set from host tensors like the group's), its timing is
+    checked as the main op's is; without them, only against the device's physical limits."""
 
     fn: Callable[[], Any]
     flops: float
     bytes_moved: float
     tokens: int | None = None
+    inputs: VariantInputs | None = None
+    make_inputs: Callable[[Mapping[str, Any]], VariantInputs] | None = None
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from harness.models.llm_config import (
     prepare_config,
     seeded_model,
 )
-from harness.models.llm_decode import DecodeSelfCheckError, decode, reference_decode
+from harness.models.llm_decode import DecodeSelfCheckError, decode, decode_inputs, reference_decode
 from harness.models.llm_layerwise import capture, replay
 from harness.workload import (
     Call,
@@ -39,6 +39,7 @@ from harness.workload import (
     InvariancePart,
     Outputs,
     TimingVariant,
+    VariantInputs,
     Workload,
     WorkloadError,
     WorkloadUnavailableError,
@@ -205,26 +206,22 @@ class LlmWorkload(Workload):
         return shape.batch * shape.seq
 
     def timing_variants(self, device_call: Any, group: CaseInputs) -> dict[str, TimingVariant]:
-        """Decode: one token per sequence through a KV cache holding the prompt (cropped back each call)."""
+        """Decode: one token per sequence through a KV cache holding the prompt (cropped back each call); its
+        input sets (models/llm_decode.py decode_inputs) let the timing checks rotate over two prompts."""
         shape, model = group.shape, group.context
-        try:
-            cache = new_cache(device_call(return_model=True))
-        except NotImplementedError:  # a backend without a torch model (an exported graph) fills a cache too
-            cache = new_cache(model.master)
-        prompt = group.tensors["input_ids"]
-        logits = device_call(input_ids=prompt, cache=cache)
-        step = logits[:, -1].argmax(dim=-1)[:, None]
-        length = prompt.shape[1]
 
-        def decode() -> Any:
-            extra = cache.get_seq_length() - length
-            if extra > 0:
-                cache.crop(-extra)  # back to the prompt, so every timed step sees the same cache length
-            return device_call(input_ids=step, cache=cache)
+        def make(host: Mapping[str, Any]) -> VariantInputs:
+            try:
+                cache = new_cache(device_call(return_model=True))
+            except NotImplementedError:  # a backend without a torch model (an exported graph) fills a cache too
+                cache = new_cache(model.master)
+            return decode_inputs(device_call, cache, host)
 
+        first = make(group.tensors)
         active, total = _param_counts(shape)
         itemsize = model.dtype.itemsize
-        return {"decode": TimingVariant(decode, 2.0 * shape.batch * active, total * itemsize, shape.batch)}
+        flops, nbytes = 2.0 * shape.batch * active, total * itemsize
+        return {"decode": TimingVariant(first.call, flops, nbytes, shape.batch, inputs=first, make_inputs=make)}
 
     # -- judgement --
     saved_outputs: ClassVar[tuple[str, ...]] = ("out", "decode.logits", "decode.chosen")

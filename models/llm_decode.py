@@ -15,12 +15,13 @@ attention silently decoded without a cache, and the reference and every backend 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from harness.lazy import nn, torch
 from harness.models.llm_bind import LlmModel, forward, new_cache
+from harness.workload import VariantInputs
 
 SELF_CHECK_REL_L2 = 1e-9  # float64 cached vs full forward: rounding differences only (seen: ~1e-15)
 
@@ -93,3 +94,40 @@ def _reference_decode(ref: nn.Module, prompt: torch.Tensor, steps: int) -> Refer
     diff = float((trace.logits - at_steps).norm())
     norm = float(at_steps.norm())
     return ReferenceDecode(trace, diff / norm if norm > 0 else float("nan"))
+
+
+def decode_inputs(device_call: Callable[..., Any], cache: Any, host: Mapping[str, Any]) -> VariantInputs:
+    """The decode timing's input set: `cache` holding the prompt `host["input_ids"]` [B, P] (prefilled with
+    `device_call`, the op on the device) and the step token [B, 1] (the prefill's argmax). Each call is one token
+    through the cache, cropped back to the prompt first, so every timed step sees the same cache length. What a
+    step reads (the token and the prompt's keys and values in every layer) is checksummed across the timed
+    region; `load` refills the same cache object and token tensor with another prompt."""
+    length = host["input_ids"].shape[1]
+    step: list[torch.Tensor] = []
+
+    def load(other: Mapping[str, Any]) -> None:
+        cache.reset()  # the same layer objects, emptied: a prefill of the new prompt refills them
+        logits = device_call(input_ids=other["input_ids"], cache=cache)  # [B, P, V]
+        token = logits[:, -1].argmax(dim=-1)[:, None]  # [B, 1]
+        if step:
+            step[0].copy_(token)
+        else:
+            step.append(token)
+
+    def call() -> Any:
+        extra = cache.get_seq_length() - length
+        if extra > 0:
+            cache.crop(-extra)
+        return device_call(input_ids=step[0], cache=cache)  # [B, 1, V]
+
+    def tensors() -> dict[str, Any]:
+        found: dict[str, Any] = {"decode input_ids": step[0]}
+        for i, layer in enumerate(getattr(cache, "layers", [])):
+            for kind in ("keys", "values"):
+                t = getattr(layer, kind, None)
+                if isinstance(t, torch.Tensor):
+                    found[f"KV cache layer {i} {kind}"] = t[..., :length, :]  # the prompt's part: [B, H, P, D]
+        return found
+
+    load(host)
+    return VariantInputs(call, tensors, load)

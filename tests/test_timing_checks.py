@@ -102,3 +102,26 @@ def test_outputs_within_twice_the_budget_match_and_the_perturbed_set_differs() -
     before = checksum(y)
     y[3, 4] += 1e-3
     assert checksum(y) != before
+
+
+def _honest_parity(records: list[dict]) -> dict[tuple[str, str], dict]:
+    """Parity metrics and timing validity of the honest backends' cases, by (workload, backend)."""
+    return {
+        (r["case"]["workload"], r["case"]["backend"]): (r["status"], r["timing"]["valid"], r["parity"]["metrics"])
+        for r in records
+        if r["case"]["backend"] != "input-writer"
+    }
+
+
+def test_a_backend_writing_into_its_inputs_cannot_change_the_others_in_the_same_run(harness_cli) -> None:
+    cases = ("-w", "attention.decode,attention.chunked_prefill", "--preset", "tiny", "--shape", "gqa")
+    cases += ("--dtype", "float32", "--distribution", "normal", "--time-budget", "0.02", "--time-oracles")
+    alone = harness_cli("run", "-b", "torch-cpu,cpu-reference", *cases)
+    assert alone.exit_code == 0, alone.output
+    for order in ("input-writer,torch-cpu,cpu-reference", "torch-cpu,cpu-reference,input-writer"):
+        run = harness_cli("run", "-b", order, "--plugin", CHEATS, *cases)
+        assert run.exit_code == 1, run.output
+        writer = [r for r in run.records if r["case"]["backend"] == "input-writer"]
+        assert len(writer) == 2
+        assert all(r["timing"]["invalid_reason"] == "input q was modified by the timed calls" for r in writer)
+        assert _honest_parity(run.records) == _honest_parity(alone.records)  # the same numbers, all passed, valid

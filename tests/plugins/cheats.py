@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -83,3 +84,35 @@ class TooFast(TorchCpu):
 
     def timer(self, config: TimingConfig | None = None) -> WallClockTimer:
         return _FastTimer(self.synchronize, host_cpu=True)
+
+
+class DecodeMemo(TorchCpu):
+    """Honest prefill; a one-token decode step returns the logits it gave before for the same KV-cache object
+    at the same length (the cache is cropped back each timed step, so after the first it never recomputes)."""
+
+    name: ClassVar[str] = "decode-memo"
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        self._memo: weakref.WeakKeyDictionary[Any, dict[int, torch.Tensor]] = weakref.WeakKeyDictionary()
+
+    def causal_lm(self, model: Any, input_ids: torch.Tensor, *, cache: Any = None, return_model: bool = False) -> Any:
+        if cache is None or return_model or input_ids.shape[1] != 1:
+            return super().causal_lm(model, input_ids, cache=cache, return_model=return_model)
+        seen = self._memo.setdefault(cache, {})
+        length = cache.get_seq_length()
+        if length not in seen:
+            seen[length] = super().causal_lm(model, input_ids, cache=cache)
+        return seen[length]
+
+
+class KvWriter(TorchCpu):
+    """Honest logits; each one-token decode step then scales the first layer's cached keys in place."""
+
+    name: ClassVar[str] = "kv-writer"
+
+    def causal_lm(self, model: Any, input_ids: torch.Tensor, *, cache: Any = None, return_model: bool = False) -> Any:
+        out = super().causal_lm(model, input_ids, cache=cache, return_model=return_model)
+        if cache is not None and not return_model and input_ids.shape[1] == 1:
+            cache.layers[0].keys.mul_(1.0001)
+        return out

@@ -187,15 +187,8 @@ def default_out(run_id: str) -> Path:
 
 
 def launch(request: RunRequest, err: Console) -> RunOutcome:
-    """Run the request, progress and notes on `err`; the summary is returned for the caller to print. Under
-    torchrun (harness/ranks.py) each rank runs its share of the cases (harness/sharded.py)."""
-    from harness.ranks import RankInfo
-
-    ranks = RankInfo.from_env()
-    if ranks is not None:
-        from harness.sharded import launch_rank
-
-        return launch_rank(request, err, ranks)
+    """Run the request in this process, progress and notes on `err`; the summary is returned for the caller to
+    print. (Under torchrun the CLI runs each rank's share instead: harness/sharded.py.)"""
     runner, cases = prepare(request)
     resumed = request.resume is not None
     done = finished_with_parts(request.resume, rerun_errors=request.rerun_errors) if resumed else {}

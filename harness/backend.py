@@ -104,6 +104,10 @@ class Backend(abc.ABC):
        bytes) and `case_details()` (which kernel a case actually ran: recorded as `implementation`).
     9. Register: one line under [project.entry-points."harness.backends"] in your pyproject, or pass the module
        or file with `--plugin`.
+    10. Scale-out (torchrun): `collective_backend` names the torch.distributed backend of your device's process
+       groups ("gloo" on the CPU, "nccl" CUDA, "hccl" Ascend); `place(local_rank)` (classmethod) selects this
+       node's device number `local_rank` for the process (torch.cuda.set_device) before the backend is created,
+       so `device` ("cuda", "npu") means that one. The default does nothing: right for CPU backends.
     """
 
     name: ClassVar[str] = ""
@@ -114,6 +118,14 @@ class Backend(abc.ABC):
     calibration_group: ClassVar[str] = ""  # backends that share a device's ceilings (cuda-*): one calibration
     oracle: ClassVar[bool] = False  # a reference written from the math: timed only when a run asks (--time-oracles)
     options: ClassVar[Mapping[str, BackendOption]] = {}  # --backend-option KEY=VALUE -> constructor keyword KEY
+
+    # ----- scale-out under torchrun (harness/sharded.py; distributed workloads) -----
+    collective_backend: ClassVar[str] = "gloo"  # torch.distributed backend for this device's process groups
+
+    @classmethod  # noqa: B027 - an optional hook, not an abstract method
+    def place(cls, local_rank: int) -> None:
+        """Make this node's device number `local_rank` the process's device for this backend (called once per
+        rank, before the backend is created). CPU backends: nothing to do."""
 
     @classmethod
     @abc.abstractmethod

@@ -184,13 +184,20 @@ def _run(flags: dict[str, Any]) -> None:
     from rich.console import Console
 
     from harness.launch import RunInterruptedError, RunStoppedError, launch
+    from harness.ranks import RankInfo
     from harness.run_flags import RunFlags
 
     console = Console(stderr=True)
     with bad_input_exits():
         request = RunFlags(**flags).request()
+        ranks = RankInfo.from_env()  # under torchrun: this rank's share of the cases (harness/sharded.py)
         try:
-            outcome = launch(request, console)
+            if ranks is None:
+                outcome = launch(request, console)
+            else:
+                from harness.sharded import launch_rank
+
+                outcome = launch_rank(request, console, ranks)
         except RunInterruptedError as exc:
             console.print(str(exc))
             sys.exit(130)

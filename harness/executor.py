@@ -299,6 +299,8 @@ class CaseExecutor:
         if not availability.available:
             return Skip(f"backend {name} unavailable: {availability.reason}")
         if name not in self._instances:
+            if self.options.local_rank is not None:  # a torchrun rank: this node's device number LOCAL_RANK
+                self.backends.get(name).place(self.options.local_rank)
             backend = self.backends.create(name, options=self.options.backend_options.get(name) or None)
             if self.options.threads is not None:
                 backend.set_threads(self.options.threads)

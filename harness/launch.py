@@ -20,8 +20,9 @@ from harness import supervise
 from harness.backend import default_registry
 from harness.display import RunProgress
 from harness.isolate import IsolationSpec
-from harness.results import Record, ResultWriter, finished_records, new_run_id
-from harness.runner import Runner, RunOptions, UsageError
+from harness.parts import finished_with_parts, merge_parts
+from harness.results import Record, ResultWriter, new_run_id
+from harness.runner import Runner, RunOptions, RunSummary, UsageError
 from harness.suites import Suite
 from harness.workload import WorkloadRegistry
 
@@ -146,8 +147,9 @@ def _load_inputs(path: str) -> dict[str, Any]:
         raise UsageError(f"--inputs {path}: cannot read as safetensors: {exc}") from None
 
 
-def prepare(request: RunRequest) -> tuple[Runner, list[Any]]:
-    """The runner and its planned cases; bad input raises a BadInputError (exit 2) before anything runs."""
+def prepare(request: RunRequest, run_id: str | None = None) -> tuple[Runner, list[Any]]:
+    """The runner and its planned cases; bad input raises a BadInputError (exit 2) before anything runs.
+    `run_id`: the run's id where it is shared (the ranks of a torchrun job); a new one by default."""
     if request.rerun_errors and request.resume is None:
         raise UsageError("--rerun-errors goes with --resume FILE")
     if request.resume is not None and request.out is not None and request.out != request.resume:
@@ -163,7 +165,7 @@ def prepare(request: RunRequest) -> tuple[Runner, list[Any]]:
                 f"{', '.join(w.name for w in selected)} (pick one with -w)"
             )
         user_inputs = _load_inputs(request.inputs_file)
-    run_id = new_run_id()
+    run_id = run_id or new_run_id()
     isolation = None
     if request.isolate:
         spec_file = Path(tempfile.mkdtemp(prefix="harness-run-")) / "spec.json"
@@ -180,18 +182,41 @@ class RunOutcome:
     summary: str  # what to print: the summary blocks, or only the final line
 
 
+def default_out(run_id: str) -> Path:
+    return Path("results") / "runs" / f"{run_id}.jsonl"
+
+
 def launch(request: RunRequest, err: Console) -> RunOutcome:
-    """Run the request, progress and notes on `err`; the summary is returned for the caller to print."""
+    """Run the request in this process, progress and notes on `err`; the summary is returned for the caller to
+    print. (Under torchrun the CLI runs each rank's share instead: harness/sharded.py.)"""
     runner, cases = prepare(request)
-    done = finished_records(request.resume, rerun_errors=request.rerun_errors) if request.resume is not None else {}
-    out_path = request.resume or request.out or Path("results") / "runs" / f"{runner.run_id}.jsonl"
+    resumed = request.resume is not None
+    done = finished_with_parts(request.resume, rerun_errors=request.rerun_errors) if resumed else {}
+    out_path = request.resume or request.out or default_out(runner.run_id)
     previous = [done[c.key] for c in cases if c.key in done]
+    plan_keys = [c.key for c in cases]
     cases = [c for c in cases if c.key not in done]
     if request.resume is not None:
         err.print(f"resuming {request.resume}: {len(previous)} cases already recorded, {len(cases)} to run")
-    records: list[Record] = []
     started = time.perf_counter()
-    display = RunProgress(err, len(cases))
+    output = _Output(out_path, "--resume" if resumed else "--out")
+    supervise.note_output(out_path)
+    result, records = sweep(runner, cases, output, RunProgress(err, len(cases)), previous=len(previous))
+    if resumed:  # a sharded run's leftover part files (killed ranks): their records join the file now
+        merge_parts(out_path, plan_keys)
+    if not records and not previous:  # a run that recorded nothing never reports success
+        raise RunStoppedError(f"nothing ran: none of {len(cases)} planned cases was recorded in {out_path}")
+    for record in previous:
+        result.add(record.status)
+    return outcome(request, runner, previous + records, result.exit_code, out_path, time.perf_counter() - started)
+
+
+def sweep(
+    runner: Runner, cases: list[Any], output: Any, display: RunProgress, previous: int = 0
+) -> tuple[RunSummary, list[Record]]:
+    """Run `cases` into `output` (an _Output) with progress on `display`; Ctrl-C and a sys.exit outside a case
+    become RunInterruptedError / RunStoppedError, the records written so far kept."""
+    records: list[Record] = []
     interrupted = _InterruptFlag()
 
     def on_record(case: Any, record: Record) -> None:
@@ -200,13 +225,11 @@ def launch(request: RunRequest, err: Console) -> RunOutcome:
         if interrupted.seen:  # a library swallowed the KeyboardInterrupt (onnxruntime's import does)
             raise KeyboardInterrupt
 
-    output = _Output(out_path, "--resume" if request.resume is not None else "--out")
-    supervise.note_output(out_path)
-
     def on_start(case: Any) -> None:
         supervise.note_case(case.key, output.count)
         display.started(case)
 
+    out_path = output.path
     try:
         with display.shown(), interrupted:
             result = runner.run(cases, output, on_record, on_start=on_start)
@@ -224,26 +247,32 @@ def launch(request: RunRequest, err: Console) -> RunOutcome:
         raise
     output.close()
     supervise.note_case(None, output.count)
-    if not records and not previous:  # a run that recorded nothing never reports success
-        raise RunStoppedError(f"nothing ran: none of {len(cases)} planned cases was recorded in {out_path}")
-    for record in previous:
-        result.add(record.status)
-    everything = previous + records
+    return result, records
+
+
+def outcome(
+    request: RunRequest,
+    runner: Runner,
+    everything: list[Record],
+    exit_code: int,
+    out_path: Path,
+    seconds: float,
+    unavailable: dict[str, str] | None = None,
+) -> RunOutcome:
+    """The summary of the run's records (`everything`: the resumed ones included) as the request asks."""
     facts = summary_mod.RunFacts(
         suite=request.suite.name,
         out_path=str(out_path),
-        seconds=time.perf_counter() - started,
+        seconds=seconds,
         threads=request.options.threads,
         excluded=runner.excluded,
-        unavailable=runner.unavailable(),
+        unavailable=runner.unavailable() if unavailable is None else unavailable,
         against=None if request.options.against is None else str(request.options.against),
         against_ratio=request.options.against_ratio,
     )
     if request.summary_format == "json":
-        return RunOutcome(
-            result.exit_code, summary_mod.RunSummary(tuple(everything), facts, result.exit_code).to_json()
-        )
+        return RunOutcome(exit_code, summary_mod.RunSummary(tuple(everything), facts, exit_code).to_json())
     if not request.summary:
-        return RunOutcome(result.exit_code, summary_mod.final_line(everything, facts))
+        return RunOutcome(exit_code, summary_mod.final_line(everything, facts))
     width = shutil.get_terminal_size((80, 24)).columns  # COLUMNS when set; 80 when not a terminal
-    return RunOutcome(result.exit_code, summary_mod.render(everything, facts, width))
+    return RunOutcome(exit_code, summary_mod.render(everything, facts, width))

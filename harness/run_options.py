@@ -28,6 +28,7 @@ class RunOptions:
     require_invariance: bool = False  # a part whose output differs from the whole's fails the case
     # --backend-option: backend name -> option -> raw value, given to that backend's constructor and recorded
     backend_options: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    local_rank: int | None = None  # under torchrun: the device index each backend places itself on (Backend.place)
 
     def options_for(self, backend: str) -> dict[str, str]:
         """The options the named backend is created with ({} when none)."""

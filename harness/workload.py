@@ -231,6 +231,9 @@ class Workload(abc.ABC):
     distributions: ClassVar[tuple[str, ...]] = DISTRIBUTIONS
     # Whether it has layers to localize an error in (--layerwise); the core asks this, never the name.
     has_layers: ClassVar[bool] = False
+    # Run by every rank of a torchrun job together (a distributed workload's collectives), not sharded: each rank
+    # gets its cases, rank 0 writes the record (harness/shard.py). Single-process runs ignore it.
+    collective: ClassVar[bool] = False
     # The outputs `judge_outputs` needs from a saved run (--against DIR): what `collect` names them.
     saved_outputs: ClassVar[tuple[str, ...]] = ("out",)
 

@@ -62,6 +62,12 @@ class Ascend(TorchBackend):
     device: ClassVar[str] = "npu"
     dtypes: ClassVar[frozenset[str]] = frozenset({"float32", "bfloat16", "float16"})
     description: ClassVar[str] = "Huawei Ascend NPU through torch_npu's fused kernels (FIA, grouped matmul MoE)"
+    collective_backend: ClassVar[str] = "hccl"
+
+    @classmethod
+    def place(cls, local_rank: int) -> None:
+        """npu:LOCAL_RANK for the whole process (torch_npu.npu.set_device), so "npu" means it."""
+        cls.load()[1].set_device(local_rank)
 
     @classmethod
     def load(cls) -> tuple[Any, Any]:
@@ -327,6 +333,11 @@ class AscendSim(Ascend):
     device: ClassVar[str] = "cpu"
     simulated: ClassVar[bool] = True
     description: ClassVar[str] = "the ascend adapter over a CPU simulator of torch_npu (parity only)"
+    collective_backend: ClassVar[str] = "gloo"  # the simulator's collectives run on the CPU
+
+    @classmethod
+    def place(cls, local_rank: int) -> None:
+        """A CPU simulator: nothing to place."""
 
     @classmethod
     def load(cls) -> tuple[Any, Any]:

@@ -73,6 +73,12 @@ class Cuda(TorchBackend):
     kernels: ClassVar[tuple[str, ...]] = AUTO_KERNELS
     calibration_group: ClassVar[str] = "cuda"  # every cuda-* variant runs on the same device ceilings
     options: ClassVar[Mapping[str, BackendOption]] = OPTIONS
+    collective_backend: ClassVar[str] = "nccl"
+
+    @classmethod
+    def place(cls, local_rank: int) -> None:
+        """cuda:LOCAL_RANK for the whole process ("cuda" means the current device everywhere in this backend)."""
+        torch.cuda.set_device(local_rank)
 
     @classmethod
     def probe(cls) -> Availability:

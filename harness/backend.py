@@ -259,6 +259,7 @@ class Backend(abc.ABC):
         attention with one kv head and the values a view of the latent part; override with a fused MLA kernel."""
         k, v = latent_views(kv, dv, paged_form=block_table is not None)
         paged_form = {} if block_table is None else {"block_table": block_table}  # attention written before paging
+        check_accepts(self, "attention", paged_form)  # an attention without block_table: a skip naming it
         return self.attention(q, k, v, causal=causal, scale=scale, kv_lens=kv_lens, **paged_form)
 
     def rms_norm(self, x: torch.Tensor, w: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:

@@ -110,6 +110,17 @@ def paginate(
     return cache, order[: B * mb].reshape(B, mb).to(torch.int32)
 
 
+def never_ascending(order: torch.Tensor, lens: list[int], mb: int, block_size: int) -> torch.Tensor:
+    """The shuffled pool order with each sequence's used blocks (2 or more) never in ascending physical order,
+    so reading the pool in physical order is always wrong (a shuffle alone leaves 2 blocks in order half the time)."""
+    order = order.clone()
+    for b, n in enumerate(lens):
+        used = order[b * mb : b * mb + -(-n // block_size)]  # a view: flipped in place
+        if used.numel() >= 2 and bool((used[1:] > used[:-1]).all()):
+            used.copy_(used.flip(0))
+    return order
+
+
 def gathering(attention: Callable[..., Any]) -> Callable[..., Any]:
     """An attention method written for the contiguous form, made to take the paged form too: a block_table's
     cache is gathered in logical order first (torch-cpu's way). For plugins and the planted faults, whose own

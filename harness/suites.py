@@ -48,6 +48,17 @@ class Suite:
     backend_options: tuple[str, ...] = ()
 
 
+# attention.mla_decode's real shapes (named apart from the other workloads' model names, so only MLA runs them)
+PAPER_MLA_SHAPES = (
+    "mla-b8-s32k",
+    "mla-b32-s8k",
+    "mla-b64-s4k",
+    "mla-b64-s32k",
+    "mla-mtp-b32-s8k",
+    "mla-paged-bs64-b32-s8k",
+    "mla-paged-bs128-b64-s32k",
+)
+
 BUILTIN_SUITES: dict[str, Suite] = {
     s.name: s
     for s in (
@@ -66,10 +77,11 @@ BUILTIN_SUITES: dict[str, Suite] = {
         ),
         Suite(
             "paper",
-            "real model shapes on a GPU (Llama-3-8B attention, Qwen3-30B-A3B and Mixtral MoE layers) in bfloat16",
+            "real model shapes on a GPU (Llama-3-8B attention and paged decode, DeepSeek-V3 absorbed MLA decode at"
+            " four batch / context points, MTP and paged, Qwen3-30B-A3B and Mixtral MoE layers) in bfloat16",
             workloads=("attention.*", "moe.layer", "moe.experts"),
             presets=("real",),
-            shapes=("llama3-8b", "qwen3-moe", "mixtral"),
+            shapes=("llama3-8b", "qwen3-moe", "mixtral", *PAPER_MLA_SHAPES),
             dtypes=("bfloat16",),
             inputs=("normal",),
             timing=TimingConfig(budget_s=1.0, warmup_s=0.2, min_samples=10),

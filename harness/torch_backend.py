@@ -9,7 +9,7 @@ from __future__ import annotations
 import platform
 from typing import Any, ClassVar
 
-from harness import ops, paged
+from harness import ops, paged, torch_mla
 from harness.backend import Backend
 from harness.lazy import F, torch
 from harness.op_types import Experts, Routing, RoutingSpec, SharedExpert
@@ -67,6 +67,31 @@ class TorchBackend(Backend):
             # A row that sees no key is NaN inside SDPA; the contract says zeros.
             out = out.masked_fill(~mask.any(dim=-1, keepdim=True), 0.0)
         return out
+
+    def mla(
+        self,
+        q: torch.Tensor,
+        kv: torch.Tensor,
+        *,
+        dv: int,
+        scale: float,
+        causal: bool = True,
+        kv_lens: torch.Tensor | None = None,
+        block_table: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Absorbed MLA as two GEMMs with the heads folded into rows (harness/torch_mla.py). A subclass that
+        replaces `attention` but not `mla` gets the contract's default instead (its own attention on views of
+        the latent cache), so whatever its attention does, right or wrong, shows on MLA too."""
+        kw: dict[str, Any] = {
+            "dv": dv,
+            "scale": scale,
+            "causal": causal,
+            "kv_lens": kv_lens,
+            "block_table": block_table,
+        }
+        if type(self).attention is not TorchBackend.attention:
+            return super().mla(q, kv, **kw)
+        return torch_mla.absorbed_mla(q, kv, **kw)
 
     def rms_norm(self, x: torch.Tensor, w: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
         return F.rms_norm(x, (x.shape[-1],), w, eps)

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 from harness import ops
 from harness.lazy import torch
-from harness.models import paged_attention
+from harness.models import mla, paged_attention
 from harness.models.invariance_parts import attention_parts
 from harness.models.shapes import ATTENTION_MODELS, AttentionDims, AttentionShape
 from harness.workload import CaseInputs, InvariancePart, Workload, WorkloadError, random_tensor
@@ -185,4 +185,5 @@ def workloads() -> list[Workload]:
         ),
     ]
     decode = next(w for w in built if w.name == "attention.decode")
-    return [*built, paged_attention.paged_decode(decode, TINY, SMALL)]  # the block-table form
+    # the block-table form, and DeepSeek's absorbed MLA decode (op `mla`)
+    return [*built, paged_attention.paged_decode(decode, TINY, SMALL), mla.mla_decode(decode)]

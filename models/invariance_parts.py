@@ -11,7 +11,7 @@ from typing import Any
 from harness.lazy import torch
 from harness.workload import InvariancePart
 
-ATTENTION_INPUTS = frozenset({"q", "k", "v", "kv_lens"})
+ATTENTION_INPUTS = frozenset({"q", "k", "v", "kv", "kv_lens"})  # kv: MLA's latent cache [B, Skv, D]
 MOE_TOKEN_INPUTS = ("x", "route_weights", "route_ids")  # the [T, ...] inputs; weights are shared by every token
 
 
@@ -24,9 +24,9 @@ def attention_parts(shape: Any, tensors: Mapping[str, torch.Tensor]) -> tuple[In
     if shape.b > 1:
         for b in range(shape.b):
             lens = None if shape.kv_lens is None else (shape.kv_lens[b],)
-            rows = {n: t[b : b + 1] for n, t in tensors.items()}  # q [1,Hq,Sq,D], k/v [1,Hkv,Skv,D], kv_lens [1]
+            rows = {n: t[b : b + 1] for n, t in tensors.items()}  # q [1,Hq,Sq,D], k/v [1,Hkv,Skv,D], kv [1,Skv,D]
             parts.append(InvariancePart(f"row{b}", replace(shape, b=1, kv_lens=lens), rows, (slice(b, b + 1),)))
-    if shape.causal and shape.kv_lens is None and shape.sq > 1:
+    if shape.causal and shape.kv_lens is None and shape.sq > 1 and "k" in tensors:
         h = shape.sq // 2
         skv = shape.skv - shape.sq + h  # bottom-right causal: query h-1 sees keys up to skv - sq + h - 1
         chunk = {

@@ -56,7 +56,7 @@ class PagedDecodeWorkload(Workload):
         mb = s.skv // s.block_size
         spare = s.b  # free blocks in the pool, as a serving pool has
         order = torch.randperm(s.b * mb + spare, generator=generator(seed, "block_order", distribution))
-        order = _never_ascending(order, s.lens(), mb, s.block_size)
+        order = paged.never_ascending(order, s.lens(), mb, s.block_size)
         k, table = paged.paginate(contiguous["k"], s.block_size, order, spare)
         v, _ = paged.paginate(contiguous["v"], s.block_size, order, spare)
         return {"q": contiguous["q"], "k": k, "v": v, "kv_lens": contiguous["kv_lens"], "block_table": table}
@@ -85,17 +85,6 @@ class PagedDecodeWorkload(Workload):
         lens = tuple(int(x) for x in kv_lens.tolist())
         skv = table.shape[1] * bs
         return replace(template, b=B, hq=Hq, hkv=hkv, sq=1, skv=skv, d=D, dv=dv, kv_lens=lens, block_size=bs)
-
-
-def _never_ascending(order: torch.Tensor, lens: list[int], mb: int, block_size: int) -> torch.Tensor:
-    """The shuffled pool order with each sequence's used blocks (2 or more) never in ascending physical order,
-    so reading the pool in physical order is always wrong (a shuffle alone leaves 2 blocks in order half the time)."""
-    order = order.clone()
-    for b, n in enumerate(lens):
-        used = order[b * mb : b * mb + -(-n // block_size)]  # a view: flipped in place
-        if used.numel() >= 2 and bool((used[1:] > used[:-1]).all()):
-            used.copy_(used.flip(0))
-    return order
 
 
 def _shapes(dims: Mapping[str, AttentionDims], block_sizes: tuple[int, ...], **kw: Any) -> dict[str, PagedShape]:

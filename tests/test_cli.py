@@ -60,7 +60,7 @@ def test_unknown_backend_exits_2_naming_the_known_ones(harness_cli) -> None:
         (("--preset", "huge"), "no preset 'huge'"),
         (("--distribution", "cauchy"), "unknown input distribution 'cauchy'"),
         (("--seeds", "a,b"), "expected a comma list of integers"),
-        (("--shape", "llama9"), "unknown shape 'llama9' for the selected workloads; shapes: deepseek-v3, gqa"),
+        (("--shape", "llama9"), "unknown shape 'llama9' for the selected workloads; shapes: decode, deepseek-v3, gqa"),
         (("--suite", "nosuite"), "unknown suite 'nosuite'"),
     ],
 )

@@ -12,7 +12,8 @@ import torch
 from harness import ops, paged
 from harness.backend import default_registry
 from harness.models.attention import workloads
-from harness.models.paged_attention import PagedShape, _never_ascending
+from harness.models.paged_attention import PagedShape
+from harness.paged import never_ascending
 
 PAGED_FAULTS = str(Path(__file__).resolve().parents[1] / "faults" / "harness_faults" / "paged_faults.py")
 
@@ -81,7 +82,7 @@ def test_contract_names_a_used_entry_out_of_range_and_missing_lengths() -> None:
 
 def test_pool_order_is_never_ascending_within_a_sequence() -> None:
     order = torch.arange(3 * 8 + 3)  # the worst shuffle: everything in order
-    fixed = _never_ascending(order, [128, 23, 16], 8, 16).view(-1)[: 3 * 8].view(3, 8)
+    fixed = never_ascending(order, [128, 23, 16], 8, 16).view(-1)[: 3 * 8].view(3, 8)
     assert (fixed[0, 1:] < fixed[0, :-1]).any() and (fixed[1, 1:2] < fixed[1, :1]).all()
     assert fixed[2, 0] == 16  # one used block: nothing to reorder
 

@@ -1,7 +1,8 @@
 """`cuda`: torch on an NVIDIA GPU, the fastest correct kernel per case; `cuda-<kernel>`: SDPA pinned to one kernel.
 
 `cuda` times cuDNN, flash and memory-efficient SDPA on each attention shape and keeps the fastest that takes the
-case (attention.py); MoE runs on grouped GEMMs (moe.py); other ops are the generic torch ones on the device.
+case (attention.py); absorbed MLA the faster of two GEMMs and heads-as-rows SDPA (mla.py); MoE runs on grouped
+GEMMs (moe.py); other ops are the generic torch ones on the device.
 `cuda-cudnn`, `cuda-flash`, `cuda-efficient`, `cuda-math` pin attention to one kernel so a report puts them side by
 side. Options (`harness run --backend-option KEY=VALUE`): `tf32` (float32 matmuls on TF32 tensor cores; off by
 default, `--allow-tf32`), `graphs` (time by CUDA-graph replay; on, `--no-graphs`) and `cold_cache` (flush L2 before
@@ -95,6 +96,7 @@ class Cuda(TorchBackend):
 
     def __init__(self, *, tf32: bool = False, graphs: bool = True, cold_cache: bool = False) -> None:
         from harness.backends.cuda.attention import SdpaAttention
+        from harness.backends.cuda.mla import CudaMla
         from harness.backends.cuda.moe import GroupedMoe
 
         self.tf32 = tf32
@@ -103,6 +105,7 @@ class Cuda(TorchBackend):
         torch.backends.cuda.matmul.allow_tf32 = self.tf32
         torch.backends.cudnn.allow_tf32 = self.tf32
         self._attention = SdpaAttention(self.kernels)
+        self._mla = CudaMla(self._attention)
         self._moe = GroupedMoe()
         self._details: dict[str, Any] = {}
         props = torch.cuda.get_device_properties(torch.cuda.current_device())
@@ -204,6 +207,26 @@ class Cuda(TorchBackend):
             }
             if block_table is not None:
                 self._details["attention"]["paged"] = "gathered in logical order, then the contiguous kernel"
+        return out
+
+    def mla(
+        self,
+        q: torch.Tensor,
+        kv: torch.Tensor,
+        *,
+        dv: int,
+        scale: float,
+        causal: bool = True,
+        kv_lens: torch.Tensor | None = None,
+        block_table: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Absorbed MLA: the faster of two GEMMs and heads-as-rows SDPA, per shape (cuda/mla.py)."""
+        out = self._mla(q, kv, dv=dv, scale=scale, causal=causal, kv_lens=kv_lens, block_table=block_table)
+        choice = self._mla.last
+        if choice is not None:
+            self._details["mla"] = {"path": choice.path, "tried": choice.tried}
+            if block_table is not None:
+                self._details["mla"]["paged"] = "gathered in logical order, then the contiguous path"
         return out
 
     def experts(self, x: torch.Tensor, experts: Experts, routing: Routing, shared: SharedExpert | None) -> torch.Tensor:

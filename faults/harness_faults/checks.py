@@ -13,10 +13,17 @@ from pathlib import Path
 from harness.selftest import Check
 
 # by path: the same whether installed or in a checkout
-BACKENDS = tuple(str(Path(__file__).with_name(f)) for f in ("backends.py", "cheats.py", "paged_faults.py"))
+BACKENDS = tuple(
+    str(Path(__file__).with_name(f)) for f in ("backends.py", "cheats.py", "paged_faults.py", "mla_faults.py")
+)
 ALL_DTYPES = ("float32", "bfloat16", "float16")
 # attention.sliding_window's shapes off the prefill path (tiny preset): decode and chunked prefill
 WINDOW_OFF_PREFILL = ("gqa-decode", "mqa-decode", "gqa-chunked", "mqa-chunked")
+# the attention workloads whose tiny shapes leave the scale to the contract's 1/sqrt(D) (attention.mla_decode always
+# passes the model's 1/sqrt(192): a kernel that only mishandles a missing scale is right there)
+DEFAULT_SCALE_WORKLOADS = tuple(
+    f"attention.{kind}" for kind in ("prefill", "chunked_prefill", "decode", "sliding_window", "paged_decode")
+)
 
 CHECKS: tuple[Check, ...] = (
     Check(
@@ -65,6 +72,20 @@ CHECKS: tuple[Check, ...] = (
         "bug-paged-partial-block",
         "caught",
         ("attention.paged_decode",),
+        ALL_DTYPES,
+    ),
+    Check(
+        "MLA: softmax scale 1/sqrt(D = 576) instead of the model's 1/sqrt(192)",
+        "bug-mla-scale",
+        "caught",
+        ("attention.mla_decode",),
+        ALL_DTYPES,
+    ),
+    Check(
+        "MLA: scores over the latent columns only (the 64 rope columns dropped)",
+        "bug-mla-rope-dropped",
+        "caught",
+        ("attention.mla_decode",),
         ALL_DTYPES,
     ),
     Check("blockwise online softmax (another order)", "blockwise-online", "passes", ("attention.*",), ALL_DTYPES),
@@ -137,7 +158,7 @@ CHECKS: tuple[Check, ...] = (
         "Ascend: scale left at the op default 1.0",
         "bug-ascend-default-scale",
         "caught",
-        ("attention.*",),
+        DEFAULT_SCALE_WORKLOADS,
         ("float16", "bfloat16"),
     ),
     Check(

@@ -116,11 +116,11 @@ def _shape(h: int, b: int, skv: int, *, sq: int = 1, kv_lens: tuple[int, ...] | 
 def mla_decode(decode: Workload) -> Workload:
     """The MLA decode workload; `decode` is attention.decode (its FLOP count)."""
     presets = {
-        "tiny": {  # 16 heads (an FIA MLA head count), D 576: milliseconds on a CPU
-            "decode": _shape(16, 2, 64, kv_lens=(64, 23)),
-            "mtp": _shape(16, 2, 64, sq=2, kv_lens=(64, 23)),
-            "paged-bs16": _shape(16, 3, 128, kv_lens=(128, 23, 70), block_size=16),
-            "paged-bs64": _shape(16, 3, 128, kv_lens=(128, 23, 70), block_size=64),
+        "tiny": {  # 32 heads (the smallest count FIA's MLA branch takes), D 576: milliseconds on a CPU
+            "decode": _shape(32, 2, 64, kv_lens=(64, 23)),
+            "mtp": _shape(32, 2, 64, sq=2, kv_lens=(64, 23)),
+            "paged-bs16": _shape(32, 3, 128, kv_lens=(128, 23, 70), block_size=16),
+            "paged-bs64": _shape(32, 3, 128, kv_lens=(128, 23, 70), block_size=64),  # FIA's MLA: 16 or 128 only
         },
         "small": {
             "decode": _shape(64, 4, 2048, kv_lens=(2048, 1500, 777, 2047)),

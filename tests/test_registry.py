@@ -94,8 +94,10 @@ def test_implemented_ops_are_derived_from_overrides() -> None:
         def attention(self, q, k, v, **kw):
             return q
 
-    assert AttentionOnly.implemented_ops() == {"attention"}
-    assert TorchCpu.implemented_ops() == {"attention", "rms_norm", "rope", "swiglu", "route", "moe", "causal_lm"}
+    assert AttentionOnly.implemented_ops() == {"attention", "mla"}  # Backend.mla runs on the backend's attention
+    assert TorchCpu.implemented_ops() == {
+        "attention", "mla", "rms_norm", "rope", "swiglu", "route", "moe", "causal_lm",
+    }  # fmt: skip
 
 
 def test_workload_selection_by_glob() -> None:
@@ -103,6 +105,7 @@ def test_workload_selection_by_glob() -> None:
     assert [w.name for w in registry.select(["attention.*"])] == [
         "attention.chunked_prefill",
         "attention.decode",
+        "attention.mla_decode",
         "attention.paged_decode",
         "attention.prefill",
         "attention.sliding_window",

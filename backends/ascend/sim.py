@@ -17,6 +17,7 @@ from contextvars import ContextVar
 from typing import Any
 
 from harness import ops, paged
+from harness.backends.ascend import sim_mla
 from harness.lazy import torch
 
 __version__ = "2.13.0+sim"
@@ -360,13 +361,12 @@ def npu_fused_infer_attention_score(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The inference fused attention (FIA): (out, softmax_lse). Query fp16 / bf16 only (fp32 rejected).
     Sq == 1 is the incremental (decode) path, same math. Per-sequence lengths through actual_seq_lengths(_kv)."""
+    if any(unmodelled.get(name) is not None for name in sim_mla.ROPE_ARGS):
+        return sim_mla.fused_infer_mla(dict(locals()), _acc())  # the MLA branch: every argument, as passed
     _no_float64(query, key, value)
     if query.dtype not in (torch.float16, torch.bfloat16) and not _ACCUMULATE.get():
         raise TypeError(f"npu_fused_infer_attention_score: query dtype must be float16 or bfloat16, got {query.dtype}")
-    if pse_shift is not None:
-        raise NotImplementedError("pse_shift is not modelled by the simulator")
-    used = {k for k, v in unmodelled.items() if v is not None}
-    if used:
+    if used := {k for k, v in {**unmodelled, "pse_shift": pse_shift}.items() if v is not None}:
         raise NotImplementedError(f"npu_fused_infer_attention_score arguments not modelled: {sorted(used)}")
     kv_heads = num_key_value_heads or num_heads
     layout_in = input_layout.split("_", maxsplit=1)[0]

@@ -90,14 +90,14 @@ def test_paged_form_equals_the_contiguous_form_bitwise(name: str) -> None:
 
 
 def test_work_counts_are_the_absorbed_forms() -> None:
-    s = TINY["decode"]  # B 2, H 16, lens (64, 23)
-    assert WORKLOAD.flops(s) == 2.0 * 16 * (64 + 23) * (576 + 512)
+    s = TINY["decode"]  # B 2, H 32, lens (64, 23)
+    assert WORKLOAD.flops(s) == 2.0 * 32 * (64 + 23) * (576 + 512)
     # the latent cache read once (no separate V), q read and out written
-    assert WORKLOAD.bytes_moved(s, 2) == 2 * (2 * 16 * 1 * (576 + 512) + (64 + 23) * 576)
+    assert WORKLOAD.bytes_moved(s, 2) == 2 * (2 * 32 * 1 * (576 + 512) + (64 + 23) * 576)
     mtp = TINY["mtp"]  # Sq 2, bottom-right causal: query 0 sees L - 1 keys, query 1 all L
-    assert WORKLOAD.flops(mtp) == 2.0 * 16 * (63 + 64 + 22 + 23) * (576 + 512)
+    assert WORKLOAD.flops(mtp) == 2.0 * 32 * (63 + 64 + 22 + 23) * (576 + 512)
     paged = TINY["paged-bs16"]  # + the int32 block table
-    assert WORKLOAD.bytes_moved(paged, 2) == 2 * (3 * 16 * (576 + 512) + (128 + 23 + 70) * 576) + 3 * 8 * 4
+    assert WORKLOAD.bytes_moved(paged, 2) == 2 * (3 * 32 * (576 + 512) + (128 + 23 + 70) * 576) + 3 * 8 * 4
 
 
 @pytest.mark.parametrize("name", list(TINY))

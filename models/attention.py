@@ -184,5 +184,9 @@ def workloads() -> list[Workload]:
             "decode (`*-decode`: Sq = 1, ragged kv_lens) and chunked prefill (`*-chunked`: Sq < Skv, ragged)",
         ),
     ]
-    decode = next(w for w in built if w.name == "attention.decode")
-    return [*built, paged_attention.paged_decode(decode, TINY, SMALL)]  # the block-table form
+    by_name = {w.name: w for w in built}
+    return [  # the block-table forms
+        *built,
+        paged_attention.paged_decode(by_name["attention.decode"], TINY, SMALL),
+        paged_attention.paged_prefill(by_name["attention.chunked_prefill"], TINY, SMALL),
+    ]

@@ -104,6 +104,7 @@ def test_workload_selection_by_glob() -> None:
         "attention.chunked_prefill",
         "attention.decode",
         "attention.paged_decode",
+        "attention.paged_prefill",
         "attention.prefill",
         "attention.sliding_window",
     ]

@@ -17,13 +17,15 @@ BACKENDS = tuple(str(Path(__file__).with_name(f)) for f in ("backends.py", "chea
 ALL_DTYPES = ("float32", "bfloat16", "float16")
 # attention.sliding_window's shapes off the prefill path (tiny preset): decode and chunked prefill
 WINDOW_OFF_PREFILL = ("gqa-decode", "mqa-decode", "gqa-chunked", "mqa-chunked")
+# the paged KV forms (block_table): decode and chunked prefill from the block table
+PAGED = ("attention.paged_decode", "attention.paged_prefill")
 
 CHECKS: tuple[Check, ...] = (
     Check(
         "top-left causal alignment (SDPA is_causal)",
         "bug-top-left-causal",
         "caught",
-        ("attention.chunked_prefill", "attention.decode"),
+        ("attention.chunked_prefill", "attention.decode", "attention.paged_prefill"),
         ALL_DTYPES,
     ),
     Check(
@@ -57,14 +59,14 @@ CHECKS: tuple[Check, ...] = (
         "paged KV: blocks read in physical, not logical, order",
         "bug-paged-physical-order",
         "caught",
-        ("attention.paged_decode",),
+        PAGED,
         ALL_DTYPES,
     ),
     Check(
         "paged KV: the last partial block ignored",
         "bug-paged-partial-block",
         "caught",
-        ("attention.paged_decode",),
+        PAGED,
         ALL_DTYPES,
     ),
     Check("blockwise online softmax (another order)", "blockwise-online", "passes", ("attention.*",), ALL_DTYPES),

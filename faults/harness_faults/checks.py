@@ -226,3 +226,36 @@ CHECKS: tuple[Check, ...] = (
         )
     ),
 )
+
+# ----- batch invariance (--invariance / --require-invariance): a kept-apart block, appended -----
+BACKENDS = (*BACKENDS, str(Path(__file__).with_name("invariance_faults.py")))
+# workloads whose cases split into parts that run alone (batch rows, a shorter causal chunk)
+INVARIANCE_WORKLOADS = ("attention.prefill", "attention.chunked_prefill", "attention.decode")
+CHECKS = (
+    *CHECKS,
+    Check(
+        "split-KV for a lone request (flash-decoding by batch size): parity passes, reported not batch invariant",
+        "bug-batch-variant",
+        "not_invariant",
+        INVARIANCE_WORKLOADS,
+        ("float32",),  # float32 shows the reordering in every case; bf16 / fp16 rounding may hide it in some
+    ),
+    Check(
+        "the same fault fails under --require-invariance",
+        "bug-batch-variant",
+        "caught",
+        INVARIANCE_WORKLOADS,
+        ("float32",),
+        require_invariance=True,
+        reasons=("not batch invariant",),
+    ),
+    Check(
+        "cpu-reference is batch invariant (--require-invariance passes, every case checked)",
+        "cpu-reference",
+        "passes",
+        (*INVARIANCE_WORKLOADS, "moe.layer"),
+        ALL_DTYPES,
+        inputs=("normal",),
+        require_invariance=True,
+    ),
+)

@@ -126,3 +126,18 @@ def test_backends_pass_or_skip_and_faults_fail_via_the_cli(harness_cli) -> None:
     assert faults.exit_code == 1
     assert len(faults.records) == 12 and {r["status"] for r in faults.records} == {"failed"}
     assert all("rel_l2" in r["reason"] for r in faults.records)
+
+
+def test_paper_suite_plans_the_paged_forms_at_real_shapes_and_ci_at_tiny_ones() -> None:
+    from dataclasses import replace
+
+    from harness.planning import Planner
+    from harness.suites import BUILTIN_SUITES
+    from harness.workload import WorkloadRegistry
+
+    planner = Planner(default_registry(), WorkloadRegistry.discover())
+    paper = planner.plan(replace(BUILTIN_SUITES["paper"], backends=("cuda",)))
+    paged = {(c.workload, c.preset, c.shape, c.dtype) for c in paper if "paged" in c.workload}
+    assert paged == {(f"attention.paged_{k}", "real", "llama3-8b", "bfloat16") for k in ("decode", "prefill")}
+    ci = planner.plan(replace(BUILTIN_SUITES["ci"], backends=("torch-cpu",)))
+    assert {c.preset for c in ci if c.workload == "attention.paged_prefill"} == {"tiny"}

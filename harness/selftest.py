@@ -231,7 +231,9 @@ def judge_check(check: Check, records: list[Record]) -> Outcome:
         elif check.reasons and not any(p.lower() in (r.reason or "").lower() for p in check.reasons):
             problem = f"{r.case.key} failed for another reason: {(r.reason or '')[:160]}"
         else:
-            metrics |= _metric_names(r)
+            metrics |= _metric_names(r) | {
+                f"reason: {p}" for p in check.reasons if p.lower() in (r.reason or "").lower()
+            }
             c = _culprit(r)
             located = check.culprit is None or (c is not None and (c.layer, c.kind) == check.culprit)
             problem = "" if located else f"{r.case.key}: localized to {c and (c.layer, c.kind)}"

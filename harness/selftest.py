@@ -8,7 +8,10 @@ different implementation on the cases it must pass. A fault is caught only if EV
 where a check names a culprit, the layer-wise localization names that layer and op). A timing cheat (memoized
 outputs, a stale output buffer, a write into an input, work on a side stream) passes parity by construction: it is
 caught only if EVERY timed case has an invalid timing whose reason names the check meant to catch it; and an honest
-backend checked with timing must have every timing valid.
+backend checked with timing must have every timing valid. A batch-variant kernel (its output depends on the batch it
+is served in, within the parity budgets) passes parity too: it is `not_invariant` only if EVERY case passes parity
+and is reported not batch invariant (`--invariance`); under `--require-invariance` (a check's `require_invariance`)
+it must fail with the invariance reason, and an honest backend must pass with every case checked and invariant.
 """
 
 from __future__ import annotations
@@ -37,15 +40,17 @@ FAULTS_GROUP = "harness.faults"
 INSTALL_HINT = "pip install --no-deps -e faults/ (make setup does), or name one with --faults MODULE_OR_FILE"
 
 
-EXPECTATIONS = ("caught", "passes", "timing_invalid")
+EXPECTATIONS = ("caught", "passes", "timing_invalid", "not_invariant")
 SELFTEST_TIMING = TimingConfig(budget_s=0.03, warmup_s=0.005, min_samples=3, max_samples=50)  # short: a verdict
 
 
 @dataclass(frozen=True)
 class Check:
-    """One selftest claim: `backend` on these cases is `caught` (parity fails), `passes` (parity passes and, when
-    timed, every timing is valid) or `timing_invalid` (every timed case's timing is flagged invalid, with a reason
-    containing one of `reasons`, case-insensitive)."""
+    """One selftest claim: `backend` on these cases is `caught` (the case fails; with `reasons`, for a reason
+    containing one of them), `passes` (parity passes and, when timed, every timing is valid; with
+    `require_invariance`, every case also checked and batch invariant), `timing_invalid` (every timed case's timing
+    is flagged invalid, with a reason containing one of `reasons`, case-insensitive) or `not_invariant` (parity
+    passes and the case is reported not batch invariant, run with --invariance)."""
 
     description: str
     backend: str
@@ -61,6 +66,7 @@ class Check:
     time_oracles: bool = False  # time reference backends too (cpu-reference)
     reasons: tuple[str, ...] = ()  # timing_invalid: phrases of the check that must flag it (one must appear)
     backend_options: tuple[tuple[str, str], ...] = ()  # (option, value) the backend is created with
+    require_invariance: bool = False  # run with --require-invariance (a part alone that differs fails the case)
 
     def __post_init__(self) -> None:
         if self.expect not in EXPECTATIONS:
@@ -159,10 +165,18 @@ def _invalid_timings(record: Record) -> list[str]:
     return found
 
 
+def _invariance(r: Record) -> Any:
+    """The record's batch invariance verdict: True / False, None when not checked (no parts, or not asked)."""
+    section = r.parity.section("invariance") if r.parity is not None else None
+    return section.get("invariant") if section else None
+
+
 def _judge_passes(check: Check, r: Record) -> str:
     """Why a record of an honest backend is not a pass ("" when it is)."""
     if r.status != "passed" or _culprit(r) is not None:
         return f"{r.case.key} {r.status}: {(r.reason or '')[:120]}"
+    if check.require_invariance and _invariance(r) is not True:
+        return f"{r.case.key}: batch invariance not checked (invariant = {_invariance(r)})"
     if check.is_timed and r.timing is None:
         return f"{r.case.key} was not timed"
     invalid = _invalid_timings(r)
@@ -187,6 +201,15 @@ def _judge_timing_cheat(check: Check, r: Record) -> tuple[str, str]:
     return "", matched
 
 
+def _judge_not_invariant(r: Record) -> str:
+    """Why a record of a batch-variant backend is not what its check claims: parity passed (the difference is
+    within the budgets) and batch invariance reported False ("" when so)."""
+    if r.status != "passed":
+        return f"{r.case.key} {r.status} (parity must pass): {(r.reason or '')[:120]}"
+    found = _invariance(r)
+    return "" if found is False else f"{r.case.key}: reported batch invariant = {found}"
+
+
 def judge_check(check: Check, records: list[Record]) -> Outcome:
     if not records:
         return Outcome(check, 0, 0, (), "no cases ran")
@@ -200,10 +223,17 @@ def judge_check(check: Check, records: list[Record]) -> Outcome:
             problem, matched = _judge_timing_cheat(check, r)
             if matched:
                 metrics.add(f"timing: {matched}")
+        elif check.expect == "not_invariant":
+            problem = _judge_not_invariant(r)
+            metrics |= set() if problem else {"invariance"}
         elif r.status != "failed":
             problem = f"{r.case.key} {r.status}"
+        elif check.reasons and not any(p.lower() in (r.reason or "").lower() for p in check.reasons):
+            problem = f"{r.case.key} failed for another reason: {(r.reason or '')[:160]}"
         else:
-            metrics |= _metric_names(r)
+            metrics |= _metric_names(r) | {
+                f"reason: {p}" for p in check.reasons if p.lower() in (r.reason or "").lower()
+            }
             c = _culprit(r)
             located = check.culprit is None or (c is not None and (c.layer, c.kind) == check.culprit)
             problem = "" if located else f"{r.case.key}: localized to {c and (c.layer, c.kind)}"
@@ -235,6 +265,8 @@ def _options(check: Check) -> RunOptions:
         determinism=False,
         layerwise=check.layerwise,
         time_oracles=check.time_oracles,
+        invariance=check.expect == "not_invariant" or check.require_invariance,
+        require_invariance=check.require_invariance,
         backend_options={check.backend: dict(check.backend_options)} if check.backend_options else {},
     )
 

@@ -184,6 +184,10 @@ def workloads() -> list[Workload]:
             "decode (`*-decode`: Sq = 1, ragged kv_lens) and chunked prefill (`*-chunked`: Sq < Skv, ragged)",
         ),
     ]
-    decode = next(w for w in built if w.name == "attention.decode")
-    # the block-table form, and DeepSeek's absorbed MLA decode (op `mla`)
-    return [*built, paged_attention.paged_decode(decode, TINY, SMALL), mla.mla_decode(decode)]
+    by_name = {w.name: w for w in built}
+    return [  # the block-table forms, and DeepSeek's absorbed MLA decode (op `mla`)
+        *built,
+        paged_attention.paged_decode(by_name["attention.decode"], TINY, SMALL),
+        paged_attention.paged_prefill(by_name["attention.chunked_prefill"], TINY, SMALL),
+        mla.mla_decode(by_name["attention.decode"]),
+    ]

@@ -97,6 +97,6 @@ def test_blockwise_online_softmax_passes(harness_cli) -> None:
     )
     assert run.exit_code == 0, run.output
     assert set(verdicts(run).values()) == {"passed"}
-    # (contiguous workloads x 2 shapes + sliding_window's 4 more: decode, chunked + paged_decode's 4 block-size
-    # shapes + mla_decode's 4: decode, mtp, 2 paged) x dtypes x distributions x seeds
-    assert len(run.records) == (4 * 2 + 4 + 4 + 4) * 3 * 2 * 2
+    # (contiguous workloads x 2 shapes + sliding_window's 4 more: decode, chunked + paged_decode's and
+    # paged_prefill's 4 block-size shapes each + mla_decode's 4: decode, mtp, 2 paged) x dtypes x distributions x seeds
+    assert len(run.records) == (4 * 2 + 4 + 4 + 4 + 4) * 3 * 2 * 2

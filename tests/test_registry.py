@@ -107,6 +107,7 @@ def test_workload_selection_by_glob() -> None:
         "attention.decode",
         "attention.mla_decode",
         "attention.paged_decode",
+        "attention.paged_prefill",
         "attention.prefill",
         "attention.sliding_window",
     ]

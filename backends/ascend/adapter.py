@@ -31,6 +31,12 @@ MLA_BLOCK_SIZES = (16, 128)
 MLA_PAGE = 128  # the block size the adapter lays a contiguous latent cache out in (the docs recommend 128)
 
 
+def _fia_pages(sq: int, block_size: int) -> bool:
+    """Whether FIA's own block_table path takes a paged case (ascend-api.md): decode (Sq = 1) with a block size up
+    to 512; the prompt path (Sq > 1, chunked prefill) only with multiples of 128."""
+    return 0 < block_size <= 512 and (sq == 1 or block_size % 128 == 0)
+
+
 def _import_torch_npu() -> tuple[ModuleType, Any]:
     """torch_npu and torch.npu; any exception (ImportError for libhccl.so, RuntimeError...) propagates. Where
     torch_npu is not installed at all, that is said without importing torch (harness list stays fast)."""
@@ -156,11 +162,14 @@ class Ascend(TorchBackend):
         if block_table is not None:
             if kv_lens is None:
                 raise UnsupportedCaseError("a paged cache (block_table) needs kv_lens (FIA's actual_seq_lengths_kv)")
-            if q.dtype != torch.float32 and Dv == D and Sq == 1 and window is None:  # Sq = 1: causal or not alike
-                out = self._fused_infer_paged(q, k, v, block_table, kv_lens, scale=scale_value)
-                return out.masked_fill((kv_lens.to(q.device) == 0)[:, None, None, None], 0.0)
-            # FIA's block_table path is wired for fp16 / bf16 decode with D == Dv; npu_fusion_attention (fp32,
-            # D != Dv) takes no block table: gather the pages in logical order, then the contiguous path.
+            if q.dtype != torch.float32 and Dv == D and window is None and _fia_pages(Sq, k.shape[1]):
+                out = self._fused_infer_paged(q, k, v, block_table, kv_lens, scale=scale_value, causal=causal)
+                skv = block_table.shape[1] * k.shape[1]  # the gathered cache's length
+                visible = ops.visible_keys(Sq, skv, batch=B, causal=causal, kv_lens=kv_lens, device=q.device)
+                return out.masked_fill(~visible.any(dim=-1)[:, None, :, None], 0.0)
+            # FIA's block_table path is wired for fp16 / bf16 with D == Dv, and its prompt path (Sq > 1) only for
+            # block sizes that are multiples of 128 (ascend-api.md); npu_fusion_attention (fp32, D != Dv) takes no
+            # block table: gather the pages in logical order, then the contiguous path.
             k, v = paged.to_contiguous(k, v, block_table, kv_lens)  # [B, Hkv, MB*BS, D]
         Skv = k.shape[2]
         if q.dtype == torch.float32 or Dv != D:
@@ -216,12 +225,19 @@ class Ascend(TorchBackend):
         kv_lens: torch.Tensor,
         *,
         scale: float,
+        causal: bool,
     ) -> torch.Tensor:
-        """FIA decode over a paged cache, BSH: the contract's [num_blocks, block_size, Hkv, D] cache is FIA's
-        (num_blocks, block_size, H_kv) as a view (no copy); q [B, Hq, 1, D] -> [B, 1, Hq * D]. Sq = 1 sees every
-        valid key (bottom-right causal), so no mask or sparse mode is passed."""
+        """FIA over a paged cache, BSH: the contract's [num_blocks, block_size, Hkv, D] cache is FIA's
+        (num_blocks, block_size, H_kv) as a view (no copy); q [B, Hq, Sq, D] -> [B, Sq, Hq * D]. Decode (Sq = 1)
+        sees every valid key, so no mask is passed; a causal prefill chunk (Sq > 1, the last Sq positions of the
+        cache) is sparse mode 3 (bottom-right) with the compressed mask and actual_seq_lengths = Sq."""
         B, Hq, Sq, D = q.shape
         nb, bs, hkv, _ = k.shape
+        masking: dict[str, Any] = {}
+        if Sq > 1 and causal:
+            masking = {"sparse_mode": CAUSAL_SPARSE_MODE, "atten_mask": self.compressed_causal_mask()}
+        if Sq > 1:
+            masking["actual_seq_lengths"] = [Sq] * B
         out, _ = self.tnpu.npu_fused_infer_attention_score(
             q.transpose(1, 2).reshape(B, Sq, Hq * D),
             k.reshape(nb, bs, hkv * D),
@@ -233,8 +249,9 @@ class Ascend(TorchBackend):
             num_key_value_heads=hkv,
             input_layout="BSH",
             scale=scale,
-        )  # [B, 1, Hq * Dv]
-        return out.view(B, Sq, Hq, -1).transpose(1, 2)  # [B, Hq, 1, Dv]
+            **masking,
+        )  # [B, Sq, Hq * Dv]
+        return out.view(B, Sq, Hq, -1).transpose(1, 2)  # [B, Hq, Sq, Dv]
 
     def _fusion_attention(
         self,

@@ -81,8 +81,7 @@ def _paged_to_bnsd(
     heads: int,
 ) -> torch.Tensor:
     """FIA's paged KV (ascend-api.md): cache (num_blocks, block_size, H_kv) for BSH / BSND, (num_blocks, KV_N,
-    block_size, D) for BNSD; block_table int32 [B, max_blocks]; actual_seq_lengths_kv required. Each sequence
-    reads the first ceil(len / block_size) entries of its row, in order -> [B, KV_N, max_blocks * block_size, D]."""
+    block_size, D) for BNSD; each sequence reads the first ceil(len / block_size) entries of its row, in order."""
     if lens_kv is None:
         raise ValueError("npu_fused_infer_attention_score: block_table needs actual_seq_lengths_kv")
     if block_table.dtype != torch.int32 or block_table.dim() != 2:
@@ -103,7 +102,7 @@ def _paged_to_bnsd(
         blocks = cache.view(cache.shape[0], block_size, heads, cache.shape[2] // heads)
     else:
         raise NotImplementedError(f"paged KV in input_layout {layout!r} is not modelled by the simulator")
-    return paged.gather(blocks, block_table, torch.tensor(lens_kv, dtype=torch.long))
+    return paged.gather(blocks, block_table, torch.tensor(lens_kv, dtype=torch.long))  # [B, KV_N, MB * BS, D]
 
 
 def _from_bnsd(t: torch.Tensor, layout: str) -> torch.Tensor:
@@ -387,14 +386,15 @@ def npu_fused_infer_attention_score(
         )
         return out, torch.zeros(1)
     q = _to_bnsd(query, layout_in, num_heads)
-    if block_table is not None:
+    B, _, Sq, _ = q.shape
+    if block_table is None:
+        k, v = (_to_bnsd(t, layout_in, kv_heads) for t in (key, value))
+    elif Sq > 1 and block_size % 128:  # ascend-api.md: the prompt path (Q seq > 1) takes multiples of 128
+        raise ValueError(f"paged KV with Q seq > 1 (prefill): block_size must be a multiple of 128, got {block_size}")
+    else:
         k, v = (
             _paged_to_bnsd(t, block_table, block_size, actual_seq_lengths_kv, layout_in, kv_heads) for t in (key, value)
         )
-    else:
-        k = _to_bnsd(key, layout_in, kv_heads)
-        v = _to_bnsd(value, layout_in, kv_heads)
-    B, _, Sq, _ = q.shape
     lens_q = list(actual_seq_lengths) if actual_seq_lengths is not None else [Sq] * B
     lens_kv = list(actual_seq_lengths_kv) if actual_seq_lengths_kv is not None else [k.shape[2]] * B
     if atten_mask is None and sparse_mode in (0, 1):

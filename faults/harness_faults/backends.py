@@ -32,6 +32,7 @@ class TopLeftCausal(TorchCpu):
 
     name: ClassVar[str] = "bug-top-left-causal"
 
+    @paged.gathering  # the paged form (paged chunked prefill): gathered, then this fault's contiguous code
     def attention(self, q, k, v, *, causal=False, window=None, scale=None, kv_lens=None):  # type: ignore[override]
         B, Hq, Sq, _ = q.shape
         Skv = k.shape[2]

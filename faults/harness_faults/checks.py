@@ -22,15 +22,18 @@ WINDOW_OFF_PREFILL = ("gqa-decode", "mqa-decode", "gqa-chunked", "mqa-chunked")
 # the attention workloads whose tiny shapes leave the scale to the contract's 1/sqrt(D) (attention.mla_decode always
 # passes the model's 1/sqrt(192): a kernel that only mishandles a missing scale is right there)
 DEFAULT_SCALE_WORKLOADS = tuple(
-    f"attention.{kind}" for kind in ("prefill", "chunked_prefill", "decode", "sliding_window", "paged_decode")
+    f"attention.{kind}"
+    for kind in ("prefill", "chunked_prefill", "decode", "sliding_window", "paged_decode", "paged_prefill")
 )
+# the paged KV forms (block_table): decode and chunked prefill from the block table
+PAGED = ("attention.paged_decode", "attention.paged_prefill")
 
 CHECKS: tuple[Check, ...] = (
     Check(
         "top-left causal alignment (SDPA is_causal)",
         "bug-top-left-causal",
         "caught",
-        ("attention.chunked_prefill", "attention.decode"),
+        ("attention.chunked_prefill", "attention.decode", "attention.paged_prefill"),
         ALL_DTYPES,
     ),
     Check(
@@ -64,14 +67,14 @@ CHECKS: tuple[Check, ...] = (
         "paged KV: blocks read in physical, not logical, order",
         "bug-paged-physical-order",
         "caught",
-        ("attention.paged_decode",),
+        PAGED,
         ALL_DTYPES,
     ),
     Check(
         "paged KV: the last partial block ignored",
         "bug-paged-partial-block",
         "caught",
-        ("attention.paged_decode",),
+        PAGED,
         ALL_DTYPES,
     ),
     Check(
@@ -243,5 +246,38 @@ CHECKS: tuple[Check, ...] = (
             ("ascend-sim", ("attention.prefill", "attention.decode"), "float32", (), ("tiny",)),
             ("cuda", ("attention.prefill", "attention.decode", "moe.layer"), "float16", (), ("tiny", "small")),
         )
+    ),
+)
+
+# ----- batch invariance (--invariance / --require-invariance): a kept-apart block, appended -----
+BACKENDS = (*BACKENDS, str(Path(__file__).with_name("invariance_faults.py")))
+# workloads whose cases split into parts that run alone (batch rows, a shorter causal chunk)
+INVARIANCE_WORKLOADS = ("attention.prefill", "attention.chunked_prefill", "attention.decode")
+CHECKS = (
+    *CHECKS,
+    Check(
+        "split-KV for a lone request (flash-decoding by batch size): parity passes, reported not batch invariant",
+        "bug-batch-variant",
+        "not_invariant",
+        INVARIANCE_WORKLOADS,
+        ("float32",),  # float32 shows the reordering in every case; bf16 / fp16 rounding may hide it in some
+    ),
+    Check(
+        "the same fault fails under --require-invariance",
+        "bug-batch-variant",
+        "caught",
+        INVARIANCE_WORKLOADS,
+        ("float32",),
+        require_invariance=True,
+        reasons=("not batch invariant",),
+    ),
+    Check(
+        "cpu-reference is batch invariant (--require-invariance passes, every case checked)",
+        "cpu-reference",
+        "passes",
+        (*INVARIANCE_WORKLOADS, "moe.layer"),
+        ALL_DTYPES,
+        inputs=("normal",),
+        require_invariance=True,
     ),
 )

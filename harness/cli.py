@@ -244,25 +244,79 @@ def _fraction(text: str) -> float:
 @click.option(
     "-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write the summary."
 )
-def compare_cmd(old: Path, new: Path, fail_on: str, alpha: float, error_growth: float, output: Path | None) -> None:
-    """Compare two result files: significant slowdowns and parity regressions per case (exit 1 if any)."""
+@click.option(
+    "--format",
+    "fmt_name",
+    type=click.Choice(["md", "latex", "csv"]),
+    default="md",
+    show_default=True,
+    help="md: the summary with the ratio table; latex: the ratio table alone (booktabs); csv: a line per case.",
+)
+@click.option(
+    "--plots",
+    "plots_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Also write the ratio plot (ratio.FORMAT: NEW/OLD per case with its CI) to this folder.",
+)
+@click.option("--plot-format", type=click.Choice(["png", "svg", "pdf"]), default="png", show_default=True)
+@click.option(
+    "--labels", default=None, metavar="OLD,NEW", help="Names of the two runs in tables and plots (default: stems)."
+)
+def compare_cmd(
+    old: Path,
+    new: Path,
+    fail_on: str,
+    alpha: float,
+    error_growth: float,
+    output: Path | None,
+    fmt_name: str,
+    plots_dir: Path | None,
+    plot_format: str,
+    labels: str | None,
+) -> None:
+    """Compare two result files: the NEW/OLD speed ratio of every case with its 95% CI, significant slowdowns and
+    parity regressions (exit 1 if any)."""
     from harness.compare import compare_runs, no_common_hint
+    from harness.compare_formats import WRITERS
     from harness.results import ResultsError, read_some_records
 
     with bad_input_exits():
         threshold = _fraction(fail_on)
+        names = _compare_labels(labels, old, new)
         old_records, new_records = read_some_records(old), read_some_records(new)
-        result = compare_runs(old_records, new_records, fail_on=threshold, alpha=alpha, error_growth=error_growth)
+        result = compare_runs(
+            old_records, new_records, fail_on=threshold, alpha=alpha, error_growth=error_growth, labels=names
+        )
         if not result.common:
             raise ResultsError(
                 f"{old} and {new} share no case (compare matches cases by key, backend included); they differ "
                 f"in {no_common_hint(old_records, new_records)}"
             )
-    text = result.markdown()
+    text = WRITERS[fmt_name](result)
+    if plots_dir is not None:
+        from harness import plots
+
+        plots_dir.mkdir(parents=True, exist_ok=True)
+        path = plots_dir / f"ratio.{plot_format}"
+        path.write_bytes(plots.render(plots.ratio_plot(result.ratios, names), plot_format))
+        click.echo(f"wrote {path}", err=True)
     if output is not None:
         output.write_text(text)
     click.echo(text, nl=False)
+    if fmt_name != "md" and result.regressions:
+        click.echo(f"{len(result.regressions)} regression(s): see --format md", err=True)
     sys.exit(1 if result.regressions else 0)
+
+
+def _compare_labels(labels: str | None, old: Path, new: Path) -> tuple[str, str]:
+    """--labels OLD,NEW, or the files' stems (OLD and NEW where the stems are equal)."""
+    if labels is None:
+        return (old.stem, new.stem) if old.stem != new.stem else ("OLD", "NEW")
+    parts = [p.strip() for p in labels.split(",")]
+    if len(parts) != 2 or not all(parts):
+        raise click.BadParameter(f"{labels!r}: give two names, OLD,NEW", param_hint="--labels")
+    return parts[0], parts[1]
 
 
 @main.command("report")

@@ -70,11 +70,16 @@ def _cell_text(table: PaperTable, cell: Cell | None, sub: str, bold: Callable[[s
     return "--"
 
 
+def unit_text(unit: str, latex: bool) -> str:
+    """us in LaTeX is the micro sign in math mode; ms stays ms."""
+    return r"$\mu$s" if latex and unit == "us" else unit
+
+
 def _headers(table: PaperTable, backend: str, latex: bool) -> dict[str, str]:
     pct = r"\%" if latex else "%"
     speedup = f"vs {table.baseline}"
     return {
-        "latency": f"{table.unit} [95{pct} CI]".replace("us", r"$\mu$s" if latex else "us", 1),
+        "latency": f"{unit_text(table.unit, latex)} [95{pct} CI]",
         "throughput": f"throughput ({pct} roof)" if table.calibrated else "throughput",
         "speedup": latex_escape(speedup) + r" ($\times$)" if latex else f"{speedup} (x)",
     }

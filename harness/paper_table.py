@@ -179,6 +179,7 @@ def _unit(medians_ns: list[float]) -> tuple[str, int]:
     return ("ms" if unit_ns == 1e6 else "us"), max(0, min(3, digits))
 
 
+latency_unit = _unit  # the same choice for other tables of latencies (harness.compare_formats)
 OPTIONAL_DIMS = ("Dv", "W", "block")  # shown where some row has them; they do not split tables
 LABELS = tuple(dict.fromkeys(label for label, _ in DIM_COLUMNS))
 

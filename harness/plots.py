@@ -19,9 +19,12 @@ import io
 import math
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from harness.results import Record, TimingRecord
+
+if TYPE_CHECKING:
+    from harness.compare import CaseRatio
 from harness.timing_view import valid_timing
 
 FORMATS = ("png", "svg", "pdf")
@@ -231,6 +234,38 @@ def error_distribution(records: list[Record]) -> Any:
         ax.set_ylabel("rel_l2 against float64")
         if errors:
             ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        fig.set_layout_engine("constrained")
+    return fig
+
+
+def ratio_plot(ratios: list[CaseRatio], labels: tuple[str, str] = ("OLD", "NEW")) -> Any:
+    """`harness compare`: NEW/OLD per case, one point with its 95% CI each, one panel per workload (cases as
+    rows, backends as colours), a line at 1.0; significant changes filled, the rest hollow. Invalid timings are
+    never drawn (compare lists them apart)."""
+    shown = sorted((r for r in ratios if not r.invalid and r.ratio), key=lambda r: (r.workload, r.backend, r.label))
+    workloads = list(dict.fromkeys(r.workload for r in shown)) or ["(no case timed in both runs)"]
+    sizes = [max(1, sum(r.workload == w for r in shown)) for w in workloads]
+    colours = _colours(r.backend for r in shown)
+    with _styled() as plt:
+        fig, axes = plt.subplots(
+            len(workloads), 1, figsize=(4.2, 0.9 + 0.22 * sum(sizes) + 0.35 * len(workloads)), sharex=True,
+            squeeze=False, gridspec_kw={"height_ratios": sizes},
+        )  # fmt: skip
+        for ax, workload in zip(axes[:, 0], workloads, strict=True):
+            cases = [r for r in shown if r.workload == workload]
+            for y, r in enumerate(cases):
+                lo, hi = (r.low, r.high) if r.low is not None and r.high is not None else (r.ratio, r.ratio)
+                err = [[r.ratio - lo], [hi - r.ratio]]
+                face = colours[r.backend] if r.change else "white"
+                ax.errorbar([r.ratio], [y], xerr=err, fmt=MARKERS[0], color=colours[r.backend], mfc=face, capsize=2)
+            ax.axvline(1.0, color="k", linewidth=0.8)
+            ax.set_yticks(range(len(cases)), [f"{r.label} {r.backend}" for r in cases])
+            ax.set_ylim(len(cases) - 0.5, -0.5)
+            ax.set_title(workload, loc="left")
+            ax.grid(axis="y", visible=False)
+        axes[-1, 0].set_xscale("log")
+        axes[-1, 0].xaxis.set_major_formatter(lambda v, _: f"{v:g}")  # 0.5, 1, 2: not 10^0
+        axes[-1, 0].set_xlabel(f"{labels[1]} / {labels[0]} latency (95% CI; filled: significant change)")
         fig.set_layout_engine("constrained")
     return fig
 

@@ -120,5 +120,7 @@ def render(
     if fmt_name == "latex":
         return report_formats.to_latex(rows, baseline=baseline)  # --table rows
     if fmt_name == "html":
-        return report_formats.to_html(records, rows, baseline=baseline)
+        from harness import report_html
+
+        return report_html.to_html(records, rows, baseline=baseline, include_simulated_speed=include_simulated_speed)
     raise ValueError(f"report format {fmt_name!r} is not one of: {', '.join(FORMATS)}")

@@ -1,4 +1,4 @@
-"""The LaTeX and HTML writers of `harness report` (the Markdown and CSV ones are in harness.report, the rows in
+"""The LaTeX writer of `harness report` (HTML: harness.report_html; Markdown and CSV: harness.report; the rows:
 harness.report_rows).
 
 An invalid timing shows a marker with a footnote that gives its reason; an implausible speedup one that asks for
@@ -7,8 +7,6 @@ review (harness.timing_view).
 
 from __future__ import annotations
 
-import base64
-import html
 from collections.abc import Callable
 
 from harness.report_rows import (
@@ -16,10 +14,8 @@ from harness.report_rows import (
     against_caption,
     geomean_speedups,
     judged_against,
-    layerwise_section,
     left_out,
     speedups,
-    table,
 )
 from harness.results import Record
 
@@ -134,46 +130,7 @@ def to_latex(rows: list[Row], *, baseline: str | None = None, caption: str = "Pa
 def to_html(
     records: list[Record], rows: list[Row], *, title: str = "harness report", baseline: str | None = None
 ) -> str:
-    """One self-contained page: the table, the layer-wise section, and the plots inlined as PNG (no network)."""
-    from harness import plots
+    """One self-contained page (harness.report_html): summary, inline plots, filterable rows."""
+    from harness import report_html
 
-    header, cells_by_row = table(rows, baseline)
-    head = "".join(f"<th>{html.escape(t)}</th>" for t in header)
-    body = []
-    for row, row_cells in zip(rows, cells_by_row, strict=True):
-        bad = row.verdict.split()[0] in ("FAIL", "ERROR", "CRASH", "TIMEOUT") or bool(row.timing_invalid)
-        cells = "".join(f"<td>{html.escape(c)}</td>" for c in row_cells)
-        body.append(f'<tr class="{"bad" if bad else ""}">{cells}</tr>')
-    figures = []
-    for name, make in plots.PLOTS.items():
-        png = base64.b64encode(plots.render(make(records), "png")).decode()
-        figures.append(
-            f'<figure><img alt="{name} plot" src="data:image/png;base64,{png}"><figcaption>{name}</figcaption></figure>'
-        )
-    env = next((r.environment for r in records if r.environment), {}) or {}
-    env_text = ", ".join(f"{k}: {env[k]}" for k in ("host", "cpu", "python", "torch", "git_commit") if env.get(k))
-    layerwise = layerwise_section(records)
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
-<style>
-body {{ font-family: sans-serif; margin: 1.5em; }}
-table {{ border-collapse: collapse; font-size: 12px; }}
-th, td {{ border: 1px solid #ccc; padding: 3px 6px; text-align: left; }}
-th {{ background: #f0f0f0; }}
-tr.bad td {{ background: #fde2e2; }}
-figure {{ display: inline-block; margin: 0.5em; }}
-img {{ max-width: 640px; }}
-pre {{ white-space: pre-wrap; font-size: 12px; }}
-</style></head><body>
-<h1>{html.escape(title)}</h1>
-<p>{html.escape(env_text)}</p>
-{f"<p>{html.escape(against_caption(rows))}</p>" if judged_against(rows) else ""}
-<h2>Plots</h2>
-{"".join(figures)}
-<h2>Results</h2>
-<table><thead><tr>{head}</tr></thead><tbody>
-{"".join(body)}
-</tbody></table>
-{f"<pre>{html.escape(layerwise)}</pre>" if layerwise else ""}
-</body></html>
-"""
+    return report_html.to_html(records, rows, title=title, baseline=baseline)

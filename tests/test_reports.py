@@ -147,3 +147,53 @@ def test_html_renders_in_headless_chromium_with_its_plots(
     # The table is black, white and grey; the plots' lines and markers are coloured: count coloured pixels.
     colourful = (pixels.max(axis=-1) - pixels.min(axis=-1)) > 0.3
     assert colourful.sum() > 500, f"no plot is visible in the rendered page ({colourful.sum()} coloured pixels)"
+
+
+def _results_table(page: str) -> tuple[list[str], list[tuple[str, list[str]]]]:
+    """The rows table of an HTML report: its headers, and per row its <tr> attributes and cell texts."""
+    section = page[page.index('<section id="results">') :]
+    section = section[: section.index("</table>")]
+    head = section[section.index("<thead>") : section.index("</thead>")]
+    body = section[section.index("<tbody>") :]
+    rows = [
+        (attrs, re.findall(r"<td>(.*?)</td>", cells)) for attrs, cells in re.findall(r"<tr([^>]*)>(.*?)</tr>", body)
+    ]
+    return re.findall(r"<th>(.*?)</th>", head), rows
+
+
+def test_html_summary_first_no_empty_column_and_filters_hide_rows(
+    harness_cli, run_file: Path, tmp_path: Path, chromium: str
+) -> None:
+    from harness.report_rows import summarize, table
+    from harness.results import read_records
+
+    page = tmp_path / "report.html"
+    assert harness_cli("report", str(run_file), "--format", "html", "-o", str(page)).exit_code == 0
+    text = page.read_text()
+    assert text.index('<section id="summary">') < text.index("<h2>Plots</h2>") < text.index('<section id="results">')
+    summary = text[text.index('<section id="summary">') : text.index("</section>")]
+    assert "speedup vs torch-cpu" in summary and re.search(r"<td>cpu-reference</td><td>\d+</td>", summary)
+    headers, rows = _results_table(text)
+    full_header, _ = table(summarize(read_records(run_file)), None)
+    assert len(headers) < len(full_header)  # this run leaves some columns empty (--invariance, LLM...)
+    for i, name in enumerate(headers):  # every column kept says something on some row
+        assert any(cells[i] not in ("-", "") for _, cells in rows), f"column {name!r} is '-' on every row"
+    assert {re.search(r'data-backend="([^"]+)"', a).group(1) for a, _ in rows} == {"cpu-reference", "torch-cpu"}
+    # Pick backend torch-cpu and dtype bfloat16 in the filters, as a reader would, and read the DOM back.
+    script = (
+        "<script>for (const [k, v] of [['backend', 'torch-cpu'], ['dtype', 'bfloat16']]) {"
+        "const s = document.querySelector(`select[data-filter=${k}]`); s.value = v;"
+        "s.dispatchEvent(new Event('change')); }</script>"
+    )
+    clicked = tmp_path / "clicked.html"
+    clicked.write_text(text.replace("</body>", script + "</body>"))
+    cmd = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
+    cmd += ["--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom"]
+    dom = subprocess.run([*cmd, clicked.as_uri()], capture_output=True, text=True, timeout=120, check=False).stdout
+    _, after = _results_table(dom)
+    assert len(after) == len(rows)
+    visible = [a for a, _ in after if "hidden" not in a]
+    assert visible and all('data-backend="torch-cpu"' in a and 'data-dtype="bfloat16"' in a for a in visible)
+    hidden = [a for a, _ in after if "hidden" in a]
+    assert not any('data-backend="torch-cpu"' in a and 'data-dtype="bfloat16"' in a for a in hidden)
+    assert re.search(rf'<span id="shown">{len(visible)}</span>', dom)

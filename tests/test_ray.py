@@ -170,3 +170,25 @@ def test_executor_ray_without_ray_exits_2_naming_the_extra(tmp_path: Path) -> No
     assert done.stderr.strip().splitlines() == [
         "error: --executor ray: Ray is not installed here; pip install 'infer-parity-harness[ray]'"
     ]
+
+
+def test_report_groups_by_the_host_each_case_ran_on(harness_cli, tmp_path: Path) -> None:
+    select = ("-w", "attention.prefill", "--preset", "tiny", "--dtype", "float32", "--distribution", "normal")
+    run = harness_cli("run", *select, "-b", "torch-cpu", "--parity-only")
+    assert run.exit_code == 0 and len(run.records) == 2
+    first, second = run.records
+    second["environment"]["host"] = "npu-node-7"  # as a second node of a cluster would have recorded it
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text("".join(json.dumps(r) + "\n" for r in (first, second)))
+    md = harness_cli("report", str(mixed), "--group-by", "host")
+    assert md.exit_code == 0
+    here = first["environment"]["host"]
+    sections = md.output.split("## host ")[1:]
+    assert sorted(s.splitlines()[0] for s in sections) == sorted([f"{here} (1 records)", "npu-node-7 (1 records)"])
+    assert all(s.count("attention.prefill") == 1 for s in sections)  # each case under its own host only
+    table = harness_cli("report", str(mixed), "--group-by", "host", "--format", "csv").output.splitlines()
+    assert table[0].startswith("host,workload,")
+    assert sorted(line.split(",")[0] + "/" + line.split(",")[3] for line in table[1:]) == sorted(
+        [f"{here}/{first['case']['shape']}", f"npu-node-7/{second['case']['shape']}"]
+    )
+    assert harness_cli("report", str(mixed), "--group-by", "host", "--format", "latex").exit_code == 2

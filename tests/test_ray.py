@@ -192,3 +192,12 @@ def test_report_groups_by_the_host_each_case_ran_on(harness_cli, tmp_path: Path)
         [f"{here}/{first['case']['shape']}", f"npu-node-7/{second['case']['shape']}"]
     )
     assert harness_cli("report", str(mixed), "--group-by", "host", "--format", "latex").exit_code == 2
+
+
+def test_no_module_imports_ray_until_a_run_asks() -> None:
+    code = (
+        "import sys, harness.cli, harness.cli_run, harness.launch, harness.run_flags, harness.ray_executor, "
+        "harness.ray_task; print('ray' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"

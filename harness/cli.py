@@ -343,6 +343,12 @@ def _compare_labels(labels: str | None, old: Path, new: Path) -> tuple[str, str]
     "and case with every field (default for md, csv, html).",
 )
 @click.option(
+    "--group-by",
+    type=click.Choice(["host"]),
+    default=None,
+    help="host: the report once per host that ran cases (md: a section each; csv: a host column).",
+)
+@click.option(
     "-o",
     "--output",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -358,21 +364,26 @@ def report_cmd(
     plot_format: str,
     table_kind: str | None,
     output: Path | None,
+    group_by: str | None = None,
 ) -> None:
     """Summarize result files: backend x case with verdict, key errors, median latency, TFLOP/s.
 
     Formats: md, csv, latex (booktabs, CI, best in bold, geometric mean), html (one self-contained page with the
     plots); --baseline adds speedups to each. A file holding no records exits 2."""
     from harness import report as report_mod
+    from harness import report_hosts
     from harness.results import read_some_records
+
+    def render(recs: list[Any]) -> str:
+        return report_mod.render(
+            recs, fmt_name, include_simulated_speed=include_simulated_speed, baseline=baseline, table=table_kind
+        )
 
     with bad_input_exits():
         records = [r for f in files for r in read_some_records(f)]
         if baseline is not None:
             report_mod.check_baseline(records, baseline, include_simulated_speed=include_simulated_speed)
-    text = report_mod.render(
-        records, fmt_name, include_simulated_speed=include_simulated_speed, baseline=baseline, table=table_kind
-    )
+        text = render(records) if group_by is None else report_hosts.render_by_host(records, fmt_name, render)
     if plots_dir is not None:
         from harness import plots
 

@@ -150,6 +150,28 @@ from harness.suites import BUILTIN_SUITES
     "recorded as timeout (default 600).",
 )
 @click.option(
+    "--executor",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="ray: each case group a task on a Ray cluster (GPU, NPU or CPU resources by backend), records streamed "
+    "home to the one JSONL; needs the [ray] extra.",
+)
+@click.option(
+    "--ray-address",
+    default=None,
+    metavar="ADDR",
+    help="With --executor ray: the cluster to join (default: RAY_ADDRESS, a `ray start` cluster on this machine, "
+    "or a new local instance).",
+)
+@click.option(
+    "--ray-retries",
+    type=click.IntRange(min=0),
+    default=None,
+    help="With --executor ray: resubmit a dead task's unfinished cases this many times before the case in flight "
+    "is recorded as crashed (default 0).",
+)
+@click.option(
     "--resume",
     "resume",
     type=click.Path(dir_okay=False, path_type=Path),

@@ -22,6 +22,7 @@ from harness.display import RunProgress
 from harness.isolate import IsolationSpec
 from harness.parts import finished_with_parts, merge_parts
 from harness.results import Record, ResultWriter, new_run_id
+from harness.run_options import RayConfig
 from harness.runner import Runner, RunOptions, RunSummary, UsageError
 from harness.suites import Suite
 from harness.workload import WorkloadRegistry
@@ -42,6 +43,7 @@ class RunRequest:
     case_timeout: float = 600.0
     summary: bool = True  # False: only the final line (--no-table)
     summary_format: str = "text"  # "json": the summary as one JSON object (summary.RunSummary)
+    ray: RayConfig | None = None  # --executor ray: case groups as tasks on a Ray cluster (harness.ray_executor)
 
 
 class RunInterruptedError(Exception):
@@ -166,10 +168,17 @@ def prepare(request: RunRequest, run_id: str | None = None) -> tuple[Runner, lis
             )
         user_inputs = _load_inputs(request.inputs_file)
     run_id = run_id or new_run_id()
+    spec = IsolationSpec(request.suite, request.plugins, request.inputs_file, run_id, request.case_timeout)
+    if request.ray is not None:  # each group a Ray task (with --isolate: each case a process on its node)
+        from harness.ray_executor import RayRunner
+
+        fanned = RayRunner(
+            registry, workloads, request.options, run_id, spec, request.ray, request.isolate, user_inputs
+        )
+        return fanned, fanned.plan(request.suite)
     isolation = None
     if request.isolate:
         spec_file = Path(tempfile.mkdtemp(prefix="harness-run-")) / "spec.json"
-        spec = IsolationSpec(request.suite, request.plugins, request.inputs_file, run_id, request.case_timeout)
         spec.write(request.options, spec_file)
         isolation = (spec_file, request.case_timeout)
     runner = Runner(registry, workloads, request.options, run_id, user_inputs=user_inputs, isolation=isolation)

@@ -11,7 +11,7 @@ from typing import Any
 
 from harness.launch import RunRequest
 from harness.names import DEFAULT_AGAINST_RATIO, did_you_mean, split_values
-from harness.run_options import RunOptions
+from harness.run_options import RayConfig, RunOptions
 from harness.suites import Suite, SuiteError, check_values, parse_threads, resolve_suite, resolve_threads
 
 # Suite list fields and the flags that override them (`--distribution` overrides the suite's `inputs`).
@@ -62,10 +62,14 @@ class RunFlags:
     rerun_errors: bool = False
     no_table: bool = False
     summary_format: str = "text"
+    executor: str = "local"
+    ray_address: str | None = None
+    ray_retries: int | None = None  # None: not given
     plugins: tuple[str, ...] = ()
 
     def request(self) -> RunRequest:
         self.check_isolation()
+        ray = self.ray_config()
         chosen = self.chosen_suite()
         budget_s = self.checked_time_budget()
         timing = chosen.timing if budget_s is None else replace(chosen.timing, budget_s=budget_s)
@@ -97,6 +101,7 @@ class RunFlags:
             **({} if self.case_timeout is None else {"case_timeout": self.case_timeout}),
             summary=not self.no_table,
             summary_format=self.summary_format,
+            ray=ray,
         )
 
     def chosen_suite(self) -> Suite:
@@ -189,3 +194,16 @@ class RunFlags:
                 f"--case-timeout {self.case_timeout:g} needs --isolate (each case in its own process, which the "
                 "timeout kills); add --isolate or drop --case-timeout"
             )
+
+    def ray_config(self) -> RayConfig | None:
+        """--executor ray and its options: Ray installed here (else exit 2 with the extra to install), and the
+        --ray-* options only with it (they would be silently ignored by a local run)."""
+        if self.executor != "ray":
+            for flag, value in (("--ray-address", self.ray_address), ("--ray-retries", self.ray_retries)):
+                if value is not None:
+                    raise SuiteError(f"{flag} goes with --executor ray; add --executor ray or drop {flag}")
+            return None
+        from harness.ray_executor import require_ray
+
+        require_ray()
+        return RayConfig(address=self.ray_address, retries=self.ray_retries or 0)

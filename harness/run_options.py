@@ -36,6 +36,15 @@ class RunOptions:
 
 
 @dataclass(frozen=True)
+class RayConfig:
+    """--executor ray: the cluster to join (None: RAY_ADDRESS, a `ray start` cluster here, or a new local one)
+    and how many times a dead task's unfinished cases are resubmitted before the case in flight is `crashed`."""
+
+    address: str | None = None
+    retries: int = 0
+
+
+@dataclass(frozen=True)
 class Skip:
     """A case (or a group's inputs, or a baseline) that cannot run here, and why: becomes a `skipped` record,
     or an `error` one when what stops it is broken (a corrupt saved file), which the run's exit code must show."""

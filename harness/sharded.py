@@ -33,7 +33,7 @@ from harness.launch import (
 from harness.parts import finished_with_parts, merge_parts, part_files, part_path
 from harness.ranks import Coordinator, RankInfo, prefix_logs
 from harness.results import Record, new_run_id, read_records
-from harness.runner import RunSummary
+from harness.runner import RunSummary, UsageError
 from harness.shard import Share, flops_cost, shard
 
 # Exit codes from least to most severe: the run's is the worst any rank had.
@@ -69,6 +69,11 @@ class _RankOutput:
 
 def launch_rank(request: RunRequest, err: Console, info: RankInfo) -> RunOutcome:
     """This rank's share of the run; on rank 0 the merged run's summary (an empty one elsewhere)."""
+    if request.ray is not None:
+        raise UsageError(
+            "--executor ray runs a sweep from one driver, and torchrun already gives each rank its share: "
+            "launch one of them (harness run --executor ray, or torchrun ... -m harness run)"
+        )
     if not info.leader:
         prefix_logs(info)
         err = Console(stderr=True, quiet=True)  # progress and notes: rank 0's alone

@@ -50,9 +50,10 @@ def gather_rows(t: torch.Tensor, group: Any, sizes: list[int]) -> torch.Tensor:
 class ExpertParallel:
     """One expert-parallel layer call on a process group."""
 
-    def plan(self, dest: torch.Tensor, world: int) -> tuple[torch.Tensor, list[int]]:
-        """The send order of the flat (token, slot) pairs (grouped by destination rank; within one, any order
-        the receiver can take: this one keeps token order) and the rows for each rank: [N], [world]."""
+    def plan(self, ids: torch.Tensor, dest: torch.Tensor, world: int) -> tuple[torch.Tensor, list[int]]:
+        """The send order of the flat (token, slot) pairs, given each one's expert `ids` and owning rank `dest`
+        ([N] each): grouped by destination rank, and within one any order (the receiver takes each row's expert
+        id with it; this one keeps token order); and the rows for each rank: [N], [world]."""
         order = torch.argsort(dest, stable=True)  # [N] grouped by rank, token-major within
         return order, torch.bincount(dest, minlength=world).tolist()
 
@@ -78,7 +79,7 @@ class ExpertParallel:
         k = routing.ids.shape[1]
         flat = routing.ids.reshape(-1).long()  # [N = T_r * k] expert of each (token, slot)
         dest = owners(flat, held)  # [N]
-        order, send = self.plan(dest, world)
+        order, send = self.plan(flat, dest, world)
         local_ids = flat[order] - torch.tensor(held[:-1], device=flat.device)[dest[order]]  # [N] id on the owner
         recv_t = torch.empty(world, dtype=torch.int64, device=x.device)
         dist.all_to_all_single(recv_t, torch.tensor(send, dtype=torch.int64, device=x.device), group=group)

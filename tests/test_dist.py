@@ -86,7 +86,7 @@ def _env(tmp: Path) -> dict[str, str]:
     paths = [str(ROOT), str(ROOT / "faults")]
     if "dist" not in {ep.name for ep in importlib.metadata.entry_points(group="harness.workloads")}:
         info = tmp / "ep" / "harness_dist_standin-0.dist-info"
-        info.mkdir(parents=True)
+        info.mkdir(parents=True, exist_ok=True)
         (info / "METADATA").write_text("Metadata-Version: 2.1\nName: harness-dist-standin\nVersion: 0\n")
         (info / "entry_points.txt").write_text("[harness.workloads]\ndist = harness.models.dist_workloads:workloads\n")
         paths.append(str(tmp / "ep"))
@@ -152,3 +152,24 @@ def test_planted_distributed_faults_fail_and_a_different_correct_order_passes(tm
     gathered = [r for r in by[("bug-tp-missing-gather", "dist.attention_tp")] if r["case"]["shape"].startswith("gqa")]
     assert gathered and all(r["status"] == "failed" and "rel_l2" in r["reason"] for r in gathered)
     assert all(r["status"] == "passed" for r in by[("ep-expert-sorted", "dist.moe_ep")])
+
+
+@pytest.mark.slow
+def test_an_error_that_grows_with_the_world_size_fails_naming_the_layout(tmp_path: Path) -> None:
+    out = tmp_path / "drift.jsonl"
+    plugin = ROOT / "tests" / "plugins" / "layout_drift.py"
+    run = _torchrun(tmp_path, "-w", "dist.moe_ep", "--preset", "tiny", "--dtype", "float32", "--distribution",
+                    "normal", "-b", "layout-drift", "--plugin", str(plugin), "--out", str(out))  # fmt: skip
+    assert run.returncode == 1, run.stderr[-3000:]
+    records = _records(out)
+    failed = [r for r in records if r["status"] == "failed"]
+    assert len(failed) >= 3 and all(r["reason"].startswith("layout: world size 2 vs 1") for r in failed)
+    assert all(r["parity"]["verdict"]["passed"] for r in records)  # inside the parity budget: the layout caught it
+    report = subprocess.run(
+        [sys.executable, "-m", "harness", "report", str(out)],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=_env(tmp_path),
+    )
+    assert "layout N vs 1" in report.stdout and "2 vs 1: FAIL" in report.stdout

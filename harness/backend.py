@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from harness.backend_options import BackendOption, parse_options
+from harness.collective_ops import CollectiveOps
 from harness.dtypes import DTYPES  # re-exported: plugins import it from here
 from harness.lazy import torch
 from harness.names import OPS, BadInputError, unknown_name
@@ -74,7 +75,7 @@ class UnsupportedCaseError(Exception):
     refuses the shape). The runner records a skip with this message, as for a `supports()` no."""
 
 
-class Backend(abc.ABC):
+class Backend(CollectiveOps, abc.ABC):
     """An execution backend. Implementer's checklist:
 
     1. Subclass (a torch device: subclass `harness.torch_backend.TorchBackend` and override only the ops you
@@ -107,7 +108,9 @@ class Backend(abc.ABC):
     10. Scale-out (torchrun): `collective_backend` names the torch.distributed backend of your device's process
        groups ("gloo" on the CPU, "nccl" CUDA, "hccl" Ascend); `place(local_rank)` (classmethod) selects this
        node's device number `local_rank` for the process (torch.cuda.set_device) before the backend is created,
-       so `device` ("cuda", "npu") means that one. The default does nothing: right for CPU backends.
+       so `device` ("cuda", "npu") means that one. The default does nothing: right for CPU backends. The
+       distributed ops (`moe_ep`, `attention_tp`: harness/collective_ops.py) run on a group of that backend
+       ("" = no collectives: their cases are skipped).
     """
 
     name: ClassVar[str] = ""
@@ -122,7 +125,7 @@ class Backend(abc.ABC):
     # ----- scale-out under torchrun (harness/sharded.py; distributed workloads) -----
     collective_backend: ClassVar[str] = "gloo"  # torch.distributed backend for this device's process groups
 
-    @classmethod  # noqa: B027 - an optional hook, not an abstract method
+    @classmethod
     def place(cls, local_rank: int) -> None:
         """Make this node's device number `local_rank` the process's device for this backend (called once per
         rank, before the backend is created). CPU backends: nothing to do."""
@@ -143,6 +146,8 @@ class Backend(abc.ABC):
         hooks = {op: (op,) for op in OPS} | {
             "moe": ("moe", "moe_layer", "experts"),  # the default runs route + experts
             "mla": ("mla", "attention"),  # the default runs attention on views of the latent cache
+            "moe_ep": ("moe_ep", "experts"),  # distributed defaults (harness/collective_ops.py): own ops + collectives
+            "attention_tp": ("attention_tp", "attention"),
         }
         return frozenset(
             op for op in OPS if any(getattr(cls, m, None) is not getattr(Backend, m, None) for m in hooks[op])
@@ -195,7 +200,7 @@ class Backend(abc.ABC):
         """The name of the mode (of `math_modes()`) this backend's matmuls in `dtype` run in, as configured."""
         return dtype
 
-    def set_threads(self, threads: int) -> None:  # noqa: B027 - an optional hook, not an abstract method
+    def set_threads(self, threads: int) -> None:
         """Use `threads` intra-op threads in thread pools of the backend's own (an ORT session's, say); torch's
         own pool is set by the runner for every backend alike. Called once, before any case."""
 
@@ -224,7 +229,7 @@ class Backend(abc.ABC):
         """Seconds spent compiling / exporting since the last call (reported apart from run time), then reset."""
         return {}
 
-    def reset_memory_stats(self) -> None:  # noqa: B027 - an optional hook, not an abstract method
+    def reset_memory_stats(self) -> None:
         """Reset the peak counters before a case; a no-op where there are none."""
 
     # ----- the ops of the kernel contract (harness/ops.py) -----

@@ -16,7 +16,7 @@ import traceback
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
-from harness import invariance, parity
+from harness import collective, invariance, layout, parity
 from harness.backend import Availability, Backend, BackendRegistry, UnsupportedCaseError, check_accepts
 from harness.case_timing import CaseTimer
 from harness.dtypes import DTYPES
@@ -81,6 +81,8 @@ class DeviceCall:
         self.backend = backend
         dev_inputs = {n: own_copy(backend, t) for n, t in group.tensors.items()}
         self.args, self.kwargs = group.workload.op_arguments(dev_inputs, group.shape, group.context)
+        if group.workload.collective:  # a distributed op: every rank calls it on the backend's process group
+            self.kwargs["group"] = collective.group_for(backend)
         check_accepts(backend, group.workload.op, self.kwargs)  # an op without block_table: a skip, not an error
         self._op = getattr(backend, group.workload.op)
         name = group.workload.op
@@ -220,6 +222,8 @@ class CaseExecutor:
         section = fields["parity"].section("invariance")
         if self.options.require_invariance and section and section["invariant"] is False and judged.passed:
             fields.update(status="failed", reason=invariance.failure_reason(dict(section)))
+        if group.workload.collective:
+            self._with_layout(case, group, backend, on_device, judged, fields)
         if self.saved_out is not None and judged.outputs:
             self.saved_out.save(case, group, dict(judged.outputs))
         if self._timed(case, backend):
@@ -252,6 +256,8 @@ class CaseExecutor:
     def _timed(self, case: Case, backend: Backend) -> bool:
         """Timing is skipped for --parity-only, stress inputs and (unless asked) reference backends."""
         opts = self.options
+        if self.planner.workloads.get(case.workload).collective:  # ranks timing on their own would deadlock
+            return False
         return not opts.parity_only and case.inputs != "stress" and (opts.time_oracles or not backend.oracle)
 
     def _with_determinism(self, judged: Judgement, backend: Backend, on_device: DeviceCall) -> Any:
@@ -267,6 +273,24 @@ class CaseExecutor:
             return section
         found = invariance.check(group, judged.outputs.get("out"), lambda part: DeviceCall(backend, part).call)
         return dataclasses.replace(section, details={**section.details, "invariance": found})
+
+    def _with_layout(
+        self, case: Case, group: CaseInputs, backend: Backend, on_device: DeviceCall, judged: Judgement, fields: Any
+    ) -> None:
+        """A distributed case: its output at world size 1 too (harness/layout.py), failing a case that passed
+        when the error grows with the number of ranks."""
+        single = collective.group_for(backend, "single")
+        budget = group.workload.budget(case.dtype, group.shape, self.options.budget_overrides)
+        found = layout.check(
+            group,
+            judged.outputs.get("out"),
+            lambda **extra: on_device.call(group=single, **extra),
+            collective.world_size(),
+            budget,
+        )
+        fields["parity"] = dataclasses.replace(fields["parity"], details={**fields["parity"].details, "layout": found})
+        if not found["within_budget"] and fields["status"] == "passed":
+            fields.update(status="failed", reason=layout.failure_reason(found))
 
     # ----- records -----
     def record(self, case: Case, group: CaseInputs | None, **fields: Any) -> Record:

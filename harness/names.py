@@ -49,6 +49,21 @@ class OpSpec:
     integer_inputs: tuple[str, ...] = ()  # inputs of an integer dtype (lengths, ids); every other one is floating
 
 
+_MOE_LAYOUTS = {
+    "x": "T,H",
+    "router_w": "E,H",
+    "w_gate": "E,F,H",
+    "w_up": "E,F,H",
+    "w_down": "E,H,F",
+    "bias": "E",
+    "shared_w_gate": "Fs,H",
+    "shared_w_up": "Fs,H",
+    "shared_w_down": "H,Fs",
+    "shared_gate": "1,H",
+    "route_weights": "T,k",
+    "route_ids": "T,k",
+}
+
 OPS: dict[str, OpSpec] = {
     spec.name: spec
     for spec in (
@@ -86,21 +101,25 @@ OPS: dict[str, OpSpec] = {
             ("x", "router_w", "w_gate", "w_up", "w_down"),
             ("bias", "shared_w_gate", "shared_w_up", "shared_w_down", "shared_gate", "route_weights", "route_ids"),
             "x [T,H] -> [T,H]: route, SwiGLU experts, weighted combine, optional (gated) shared expert",
-            {
-                "x": "T,H",
-                "router_w": "E,H",
-                "w_gate": "E,F,H",
-                "w_up": "E,F,H",
-                "w_down": "E,H,F",
-                "bias": "E",
-                "shared_w_gate": "Fs,H",
-                "shared_w_up": "Fs,H",
-                "shared_w_down": "H,Fs",
-                "shared_gate": "1,H",
-                "route_weights": "T,k",
-                "route_ids": "T,k",
-            },
+            _MOE_LAYOUTS,
             ("route_ids",),
+        ),
+        OpSpec(
+            "moe_ep",
+            ("x", "router_w", "w_gate", "w_up", "w_down"),
+            ("bias", "shared_w_gate", "shared_w_up", "shared_w_down", "shared_gate", "route_weights", "route_ids"),
+            "moe across the ranks of a process group (group=): experts partitioned, tokens dispatched with"
+            " all_to_all; x [T,H] -> [T,H] on every rank",
+            _MOE_LAYOUTS,
+            ("route_ids",),
+        ),
+        OpSpec(
+            "attention_tp",
+            ("q", "k", "v"),
+            (),
+            "attention across the ranks of a process group (group=): heads split (GQA groups whole), output"
+            " gathered; q [B,Hq,Sq,D], k [B,Hkv,Skv,D], v [B,Hkv,Skv,Dv] -> [B,Hq,Sq,Dv] on every rank",
+            {"q": "B,Hq,Sq,D", "k": "B,Hkv,Skv,D", "v": "B,Hkv,Skv,Dv"},
         ),
         OpSpec(
             "causal_lm",

@@ -57,6 +57,7 @@ class Row:
     timing_invalid: str = ""  # why a timed case's timing is invalid: the row then shows no speed figure at all
     invariant: bool | None = None  # --invariance: every part of every case bitwise equal run alone (None: not run)
     invariance_diff: float | None = None  # the largest difference between a part alone and in the whole call
+    layout: str | None = None  # dist.* cases: world size N vs 1 (harness/layout.py), e.g. "2 vs 1: equal"
     review: str = ""  # an implausible speedup against the case's reference backend (timing_view.review_notice)
 
 
@@ -123,6 +124,7 @@ def summarize(
                 deterministic=all(dets) if dets else None,
                 invariant=all(i["invariant"] for i in invariance) if invariance else None,
                 invariance_diff=_max(i.get("max_abs_diff") for i in invariance),
+                layout=_layout(_sections(parity, "layout")),
                 routing_agreement=min(r["agreement"] for r in routing) if routing else None,
                 near_ties=sum(r["near_ties"] for r in routing) if routing else None,
                 routing_unexplained=sum(r["unexplained"] for r in routing) if routing else None,
@@ -198,6 +200,7 @@ TABLE_COLUMNS = (
     ("worst_row_rel_l2", "worst row"),
     ("deterministic", "bitwise"),
     ("invariant", "batch-invariant"),
+    ("layout", "layout N vs 1"),
     ("routing", "routing agree / near-ties / unexplained"),
     ("llm", "top-1 / KL / greedy"),
     ("median_us", "median us"),
@@ -208,6 +211,17 @@ TABLE_COLUMNS = (
     ("compile_s", "export s"),
     ("note", "note"),
 )
+
+
+def _layout(sections: list[Mapping[str, Any]]) -> str | None:
+    """The worst layout verdict of a row's dist.* cases: failed, else differing (largest difference), else equal."""
+    if not sections:
+        return None
+    worlds = "/".join(sorted({str(s.get("world_size")) for s in sections}))
+    if not all(s.get("within_budget") for s in sections):
+        return f"{worlds} vs 1: FAIL (error grows)"
+    diffs = [d for s in sections if not s.get("bitwise_equal") and (d := s.get("max_abs_diff")) is not None]
+    return f"{worlds} vs 1: diff {max(diffs):.2g}" if diffs else f"{worlds} vs 1: equal"
 
 
 def table_cells(row: Row) -> list[str]:

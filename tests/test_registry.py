@@ -94,10 +94,11 @@ def test_implemented_ops_are_derived_from_overrides() -> None:
         def attention(self, q, k, v, **kw):
             return q
 
-    assert AttentionOnly.implemented_ops() == {"attention", "mla"}  # Backend.mla runs on the backend's attention
+    # mla and attention_tp have defaults built from attention, moe_ep one built from experts
+    assert AttentionOnly.implemented_ops() == {"attention", "mla", "attention_tp"}
     assert TorchCpu.implemented_ops() == {
-        "attention", "mla", "rms_norm", "rope", "swiglu", "route", "moe", "causal_lm",
-    }  # fmt: skip
+        *("attention", "mla", "attention_tp", "rms_norm", "rope", "swiglu", "route", "moe", "moe_ep", "causal_lm")
+    }
 
 
 def test_workload_selection_by_glob() -> None:

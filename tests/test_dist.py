@@ -1,0 +1,175 @@
+"""Distributed workloads (dist.*): the expert-parallel split and combine on their own, a collective op at world
+size 1 in one process against the single-device reference, and under torchrun with two gloo ranks the whole
+`dist.*` family passing on three backends with its layout verdict recorded, while each planted fault fails
+naming its metric and a correct but differently ordered expert-parallel layer passes."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from harness import ops
+from harness.collective import world_size
+from harness.expert_parallel import ExpertParallel, even_bounds, owners
+from harness.models.dist_moe import DistMoeShape, check_world
+from harness.models.moe import TINY
+from harness.op_types import Experts, MoeArgs, Routing
+from harness.workload import WorkloadUnavailableError
+
+ROOT = Path(__file__).resolve().parents[1]
+FAULTS = ROOT / "faults" / "harness_faults" / "dist_faults.py"
+
+
+def test_even_bounds_and_owners_partition_every_expert_once() -> None:
+    assert even_bounds(10, 3) == [0, 4, 7, 10]
+    assert even_bounds(2, 4) == [0, 1, 2, 2, 2]  # more ranks than items: the last ones hold none
+    ids = torch.arange(10)
+    assert owners(ids, even_bounds(10, 3)).tolist() == [0, 0, 0, 0, 1, 1, 1, 2, 2, 2]
+
+
+def test_plan_groups_by_rank_and_combine_restores_token_order() -> None:
+    ids = torch.tensor([5, 0, 3, 1, 4, 2, 5, 0])  # [N] experts of the flat (token, slot) pairs
+    dest = owners(ids, even_bounds(6, 2))  # experts 0-2 on rank 0, 3-5 on rank 1
+    ep = ExpertParallel()
+    order, send = ep.plan(ids, dest, 2)
+    assert send == [4, 4] and dest[order].tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
+    rows = torch.arange(8.0)[:, None]  # [N, 1] a row per pair, tagged by its pair index
+    back = rows[order]  # what comes back, in send order
+    assert torch.equal(ep.combine(back, order), rows)  # token order again
+    assert not torch.equal(back, rows)  # the send order is not the token order: combining it as is would be wrong
+
+
+def test_moe_ep_at_world_one_matches_the_reference_in_one_process() -> None:
+    from harness.backends.torch_cpu import TorchCpu
+    from harness.collective import group_for
+    from harness.models.moe import _weights
+
+    shape = DistMoeShape(t=16, dims=TINY["deepseek-v3"])
+    w = _weights(shape, torch.float32, 0, "normal")
+    backend = TorchCpu()
+    group = group_for(backend)  # a gloo world of one, made in-process
+    assert world_size() == 1
+    experts = Experts(w["w_gate"], w["w_up"], w["w_down"])
+    out, routing = backend.moe_ep(
+        w["x"], w["router_w"], *experts.tensors(), shape.dims.spec, bias=w["bias"], group=group
+    )
+    forced = Routing(routing.weights.float(), routing.ids)
+    ref = ops.moe(w["x"], w["router_w"], *experts.tensors(), shape.dims.spec, bias=w["bias"], routing=forced)[0]
+    assert out.shape == ref.shape and out.dtype == torch.float32
+    assert float((out.double() - ref).norm() / ref.norm()) < 1e-5
+    args = MoeArgs(w["x"], w["router_w"], experts, shape.dims.spec, w["bias"], None, forced)
+    again, given = ExpertParallel().run(backend, args, group)
+    assert given is forced and torch.equal(again, out)
+
+
+def test_a_shape_made_for_another_world_size_is_a_skip_naming_the_size() -> None:
+    check_world("any", 0)
+    with pytest.raises(WorkloadUnavailableError, match="needs a world of 8 ranks"):
+        check_world("dist.moe_ep real/deepseek-v3-ep8", 8)
+
+
+# ----- under torchrun: two gloo ranks -----
+
+
+def _env(tmp: Path) -> dict[str, str]:
+    """The subprocess environment; while the installed metadata predates the `dist` workload entry point (the
+    shared venv until it is reinstalled), a stand-in distribution on PYTHONPATH declares it."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")}
+    paths = [str(ROOT), str(ROOT / "faults")]
+    if "dist" not in {ep.name for ep in importlib.metadata.entry_points(group="harness.workloads")}:
+        info = tmp / "ep" / "harness_dist_standin-0.dist-info"
+        info.mkdir(parents=True, exist_ok=True)
+        (info / "METADATA").write_text("Metadata-Version: 2.1\nName: harness-dist-standin\nVersion: 0\n")
+        (info / "entry_points.txt").write_text("[harness.workloads]\ndist = harness.models.dist_workloads:workloads\n")
+        paths.append(str(tmp / "ep"))
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(filter(None, [*paths, env.get("PYTHONPATH")])))
+    return env
+
+
+def _torchrun(tmp: Path, *args: str, timeout: float = 150) -> subprocess.CompletedProcess[str]:
+    """`harness run ARGS` under torchrun with two ranks; the whole process group is killed on a timeout."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    command += ["-m", "harness", "run", *args]
+    with subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(tmp),
+        cwd=ROOT,
+        start_new_session=True,
+    ) as proc:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            raise
+    return subprocess.CompletedProcess(command, proc.returncode, out, err)
+
+
+def _records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@pytest.mark.slow
+def test_dist_workloads_pass_on_two_ranks_with_the_layout_recorded(tmp_path: Path) -> None:
+    out = tmp_path / "dist.jsonl"
+    run = _torchrun(tmp_path, "-w", "dist.*", "--preset", "tiny", "-b", "cpu-reference,torch-cpu,ascend-sim",
+                    "--out", str(out))  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    records = _records(out)
+    assert {r["case"]["workload"] for r in records} == {"dist.moe_ep", "dist.attention_tp"}
+    assert all(r["status"] == "passed" for r in records)
+    layouts = [r["parity"]["layout"] for r in records]
+    assert all(lay["world_size"] == 2 and lay["within_budget"] for lay in layouts)
+    assert all({"bitwise_equal", "max_abs_diff", "rel_l2_world", "rel_l2_single"} <= set(lay) for lay in layouts)
+    assert len({r["case"]["key"] for r in records}) == len(records)  # one record per case, whichever rank ran it
+
+
+@pytest.mark.slow
+def test_planted_distributed_faults_fail_and_a_different_correct_order_passes(tmp_path: Path) -> None:
+    out = tmp_path / "faults.jsonl"
+    backends = "bug-ep-split-off,bug-ep-dispatch-order,ep-expert-sorted,bug-tp-missing-gather"
+    run = _torchrun(tmp_path, "-w", "dist.*", "--preset", "tiny", "--dtype", "float32", "--distribution", "normal",
+                    "-b", backends, "--plugin", str(FAULTS), "--out", str(out))  # fmt: skip
+    assert run.returncode == 1, run.stderr[-3000:]
+    by = {}
+    for r in _records(out):
+        by.setdefault((r["case"]["backend"], r["case"]["workload"]), []).append(r)
+    for fault in ("bug-ep-split-off", "bug-ep-dispatch-order"):
+        cases = by[(fault, "dist.moe_ep")]
+        assert all(r["status"] == "failed" and "rel_l2" in r["reason"] for r in cases), fault
+        assert all(not r["parity"]["layout"]["within_budget"] for r in cases)  # worse on 2 ranks than on 1
+    gathered = [r for r in by[("bug-tp-missing-gather", "dist.attention_tp")] if r["case"]["shape"].startswith("gqa")]
+    assert gathered and all(r["status"] == "failed" and "rel_l2" in r["reason"] for r in gathered)
+    assert all(r["status"] == "passed" for r in by[("ep-expert-sorted", "dist.moe_ep")])
+
+
+@pytest.mark.slow
+def test_an_error_that_grows_with_the_world_size_fails_naming_the_layout(tmp_path: Path) -> None:
+    out = tmp_path / "drift.jsonl"
+    plugin = ROOT / "tests" / "plugins" / "layout_drift.py"
+    run = _torchrun(tmp_path, "-w", "dist.moe_ep", "--preset", "tiny", "--dtype", "float32", "--distribution",
+                    "normal", "-b", "layout-drift", "--plugin", str(plugin), "--out", str(out))  # fmt: skip
+    assert run.returncode == 1, run.stderr[-3000:]
+    records = _records(out)
+    failed = [r for r in records if r["status"] == "failed"]
+    assert len(failed) >= 3 and all(r["reason"].startswith("layout: world size 2 vs 1") for r in failed)
+    assert all(r["parity"]["verdict"]["passed"] for r in records)  # inside the parity budget: the layout caught it
+    report = subprocess.run(
+        [sys.executable, "-m", "harness", "report", str(out)],
+        check=False,
+        capture_output=True,
+        text=True,
+        env=_env(tmp_path),
+    )
+    assert "layout N vs 1" in report.stdout and "2 vs 1: FAIL" in report.stdout

@@ -17,7 +17,8 @@ from contextvars import ContextVar
 from typing import Any
 
 from harness import ops, paged
-from harness.backends.ascend import sim_mla
+from harness.backends.ascend import sim_mla, sim_quant
+from harness.backends.ascend.sim_quant import *  # noqa: F403 - the quantized ops, as torch_npu names them
 from harness.lazy import torch
 
 __version__ = "2.13.0+sim"
@@ -529,6 +530,8 @@ def npu_grouped_matmul(
     """MoE form: x = [h [M, K]], weight = [w [E, K, N]], group_type 0, split_item 2 or 3 -> [out [M, N]];
     group_list cumulative (group_list_type 0) or counts (1). Rows past the group total are garbage (NaN here,
     so an adapter that reads them fails loudly)."""
+    if x and x[0].dtype == torch.int8:  # the W8A8 form, in sim_quant.py
+        return sim_quant.grouped_matmul_quant(dict(locals()))  # every argument, as passed
     if len(x) != 1 or len(weight) != 1 or group_type != 0 or split_item not in (2, 3):
         raise NotImplementedError("only the MoE form (one x, one [E,K,N] weight, group_type 0, split_item 2/3)")
     if bias is not None or act_type != 0 or any(v is not None for v in unmodelled.values()):

@@ -18,6 +18,7 @@ from typing import Any
 
 from harness import ops, paged
 from harness.backends.ascend import sim_mla
+from harness.backends.ascend.sim_moe_distribute import npu_moe_distribute_combine, npu_moe_distribute_dispatch  # noqa: F401
 from harness.lazy import torch
 
 __version__ = "2.13.0+sim"

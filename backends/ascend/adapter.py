@@ -14,8 +14,9 @@ from typing import Any, ClassVar
 
 from harness import ops, paged
 from harness.backend import Availability, UnsupportedCaseError
+from harness.backends.ascend.fused_ep import SIM, FusedExpertParallel, grouped_swiglu, limits_for, refusal
 from harness.lazy import F, torch
-from harness.op_types import Experts, Routing, RoutingSpec, SharedExpert
+from harness.op_types import Experts, MoeArgs, Routing, RoutingSpec, SharedExpert
 from harness.timing import Timer, TimingConfig
 from harness.torch_backend import TorchBackend
 
@@ -388,8 +389,7 @@ class Ascend(TorchBackend):
     def experts(self, x: torch.Tensor, experts: Experts, routing: Routing, shared: SharedExpert | None) -> torch.Tensor:
         """npu_moe_init_routing_v2 (counts) -> npu_grouped_matmul(w13) -> npu_swiglu -> npu_grouped_matmul(w2)
         -> npu_moe_token_unpermute(probs), the vllm-ascend order (after the gating of `route`)."""
-        w_gate, w_up, w_down = experts.tensors()
-        T, E = x.shape[0], w_gate.shape[0]
+        T, E = x.shape[0], experts.w_gate.shape[0]
         weights, ids = routing.weights, routing.ids
         expanded, row_idx, counts, _ = self.tnpu.npu_moe_init_routing_v2(
             x,
@@ -399,18 +399,40 @@ class Ascend(TorchBackend):
             expert_tokens_num_type=1,
             expert_tokens_num_flag=True,
         )
-        w13 = torch.cat([w_gate, w_up], dim=1).transpose(1, 2)  # [E, H, 2F]: grouped matmul takes [E, K, N]
-        h = self.tnpu.npu_grouped_matmul(
-            [expanded], [w13], group_list=counts, split_item=2, group_type=0, group_list_type=1
-        )[0]  # [T*k, 2F]
-        h = self.tnpu.npu_swiglu(h, dim=-1)  # [T*k, F]
-        y = self.tnpu.npu_grouped_matmul(
-            [h], [w_down.transpose(1, 2)], group_list=counts, split_item=2, group_type=0, group_list_type=1
-        )[0]  # [T*k, H]
+        y = grouped_swiglu(self.tnpu, expanded, experts, counts)  # [T*k, H]
         out = self.tnpu.npu_moe_token_unpermute(y, row_idx, probs=weights.to(y.dtype))  # [T, H]
         if shared is not None:
             out = (out.float() + shared.apply(x, self._swiglu_mlp).float()).to(x.dtype)
         return out
+
+    def moe_ep(self, x: Any, router_w: Any, w_gate: Any, w_up: Any, w_down: Any, spec: RoutingSpec, *,
+               bias: Any = None, shared: SharedExpert | None = None, routing: Routing | None = None,
+               group: Any = None) -> tuple[torch.Tensor, Routing]:  # fmt: skip
+        """Expert parallel through npu_moe_distribute_dispatch / _combine where the SoC's documented limits allow
+        (backends/ascend/fused_ep.py); elsewhere the contract's default, the reason in case_details()["moe_ep"]."""
+        import torch.distributed as dist
+
+        args = MoeArgs(x, router_w, Experts(w_gate, w_up, w_down), spec, bias, shared, routing)
+        world, name = dist.get_world_size(group), self.npu.get_device_name()
+        limits = self.distribute_limits(name)
+        why = refusal(limits, args, world, name)
+        if why is not None:
+            self._details["moe_ep"] = {"path": "all_to_all_single (Backend.moe_ep default)", "why": why}
+            return super().moe_ep(x, router_w, w_gate, w_up, w_down, spec, bias=bias, shared=shared,
+                                  routing=routing, group=group)  # fmt: skip
+        self._details["moe_ep"] = {"path": "npu_moe_distribute_dispatch -> npu_grouped_matmul -> "
+                                   "npu_moe_distribute_combine", "soc": limits.soc}  # fmt: skip
+        return FusedExpertParallel().run(self, args, group, self.hccl_comm_name(group))
+
+    def distribute_limits(self, device_name: str) -> Any:
+        """The documented limits of the fused EP pair on this SoC (fused_ep.DistributeLimits), None if undocumented."""
+        return limits_for(device_name)
+
+    def hccl_comm_name(self, group: Any) -> str:
+        """group_ep: the HCCL communicator name of `group` for this rank, as the op-plugin docs get it."""
+        import torch.distributed as dist
+
+        return group._get_backend(torch.device(self.device)).get_hccl_comm_name(dist.get_rank())
 
     def _swiglu_mlp(self, x: torch.Tensor, w_gate: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor) -> Any:
         """The shared expert's MLP on npu_swiglu (fused gate / up halves), as the routed experts run: [T, H]."""
@@ -466,3 +488,13 @@ class AscendSim(Ascend):
         from harness.backends.ascend import sim
 
         return sim, sim.npu
+
+    def distribute_limits(self, device_name: str) -> Any:
+        """The rules both SoCs share, without their world-size / H floors (docs/ascend.md)."""
+        return SIM
+
+    def hccl_comm_name(self, group: Any) -> str:
+        """The simulator's stand-in for the HCCL name: the gloo group registered under a name its ops resolve."""
+        from harness.backends.ascend.sim_moe_distribute import comm_name
+
+        return comm_name(group)

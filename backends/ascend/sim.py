@@ -18,6 +18,7 @@ from typing import Any
 
 from harness import ops, paged
 from harness.backends.ascend import sim_mla, sim_quant
+from harness.backends.ascend.sim_moe_distribute import npu_moe_distribute_combine, npu_moe_distribute_dispatch  # noqa: F401
 from harness.backends.ascend.sim_quant import *  # noqa: F403 - the quantized ops, as torch_npu names them
 from harness.lazy import torch
 

@@ -5,13 +5,12 @@ parity section's `format_error` and judged only when the run sets budgets itself
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from harness import parity
 from harness.lazy import torch
 
-if TYPE_CHECKING:
-    from harness.workload import CaseInputs, Evaluation
+CaseInputs = Evaluation = Any  # harness.workload's types (which imports this module)
 
 FORMAT_ERROR = "format_error"  # the record's details key (parity.details.format_error) and the failure prefix
 

@@ -10,15 +10,17 @@ import platform
 from typing import Any, ClassVar
 
 from harness import ops
+from harness import quant as quant_math
 from harness.backend import Availability, Backend
 from harness.lazy import torch
-from harness.op_types import Experts, Routing, RoutingSpec, SharedExpert
+from harness.names import QUANT_FORMATS
+from harness.op_types import Experts, QuantSpec, Routing, RoutingSpec, SharedExpert
 
 
 class CpuReference(Backend):
     name: ClassVar[str] = "cpu-reference"
     device: ClassVar[str] = "cpu"
-    dtypes: ClassVar[frozenset[str]] = frozenset({"float64", "float32", "bfloat16", "float16"})
+    dtypes: ClassVar[frozenset[str]] = frozenset({"float64", "float32", "bfloat16", "float16", *QUANT_FORMATS})
     description: ClassVar[str] = "float64 oracle (harness.ops) on the host CPU, rounded to the case dtype"
     oracle: ClassVar[bool] = True
 
@@ -73,6 +75,15 @@ class CpuReference(Backend):
 
     def experts(self, x: torch.Tensor, experts: Experts, routing: Routing, shared: SharedExpert | None) -> torch.Tensor:
         return ops.experts(x, experts, routing, shared).to(x.dtype)
+
+    def linear(self, x: torch.Tensor, w: torch.Tensor, *, quant: QuantSpec | None = None) -> torch.Tensor:
+        return ops.linear(x, w, quant=quant).to(x.dtype)
+
+    def quant_experts(
+        self, x: torch.Tensor, experts: Experts, routing: Routing, shared: SharedExpert | None, quant: QuantSpec
+    ) -> torch.Tensor:
+        """The format's float64 emulation (harness/quant.py), rounded to the output dtype."""
+        return quant_math.emulated_experts(x, experts, routing, shared, quant).to(x.dtype)
 
     def causal_lm(self, model: Any, input_ids: torch.Tensor, *, cache: Any = None, return_model: bool = False) -> Any:
         return model.run(self, input_ids, cache=cache, return_model=return_model)

@@ -5,13 +5,14 @@ from __future__ import annotations
 from typing import ClassVar
 
 from harness.backend import Availability
+from harness.names import QUANT_FORMATS
 from harness.torch_backend import TorchBackend
 
 
 class TorchCpu(TorchBackend):
     name: ClassVar[str] = "torch-cpu"
     device: ClassVar[str] = "cpu"
-    dtypes: ClassVar[frozenset[str]] = frozenset({"float32", "bfloat16", "float16"})
+    dtypes: ClassVar[frozenset[str]] = frozenset({"float32", "bfloat16", "float16", *QUANT_FORMATS})
     description: ClassVar[str] = "torch CPU kernels (SDPA with an explicit bottom-right mask) in the case dtype"
 
     @classmethod

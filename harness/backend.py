@@ -22,9 +22,10 @@ from harness.collective_ops import CollectiveOps
 from harness.dtypes import DTYPES  # re-exported: plugins import it from here
 from harness.lazy import torch
 from harness.names import OPS, BadInputError, unknown_name
-from harness.op_types import Experts, MoeArgs, Routing, RoutingSpec, SharedExpert
+from harness.op_types import Experts, MoeArgs, QuantSpec, Routing, RoutingSpec, SharedExpert
 from harness.ops import latent_views
 from harness.plugins import PluginError, entry_points, import_plugin
+from harness.quant_ops import QuantOps
 from harness.timing import Timer, TimingConfig, WallClockTimer
 
 if TYPE_CHECKING:
@@ -75,7 +76,7 @@ class UnsupportedCaseError(Exception):
     refuses the shape). The runner records a skip with this message, as for a `supports()` no."""
 
 
-class Backend(CollectiveOps, abc.ABC):
+class Backend(CollectiveOps, QuantOps, abc.ABC):
     """An execution backend. Implementer's checklist:
 
     1. Subclass (a torch device: subclass `harness.torch_backend.TorchBackend` and override only the ops you
@@ -292,19 +293,18 @@ class Backend(CollectiveOps, abc.ABC):
         bias: torch.Tensor | None = None,
         shared: SharedExpert | None = None,
         routing: Routing | None = None,
+        quant: QuantSpec | None = None,
     ) -> tuple[torch.Tensor, Routing]:
         """[T,H] -> ([T,H], the Routing applied); see harness.ops.moe. A given `routing` is applied as is and
-        returned; without one, the Routing the layer chose, so parity can compare decisions token by token.
-
-        The default hands the arguments to `moe_layer` as one MoeArgs."""
-        return self.moe_layer(MoeArgs(x, router_w, Experts(w_gate, w_up, w_down), spec, bias, shared, routing))
+        returned; without one, the Routing the layer chose, so parity can compare decisions token by token. The
+        default hands them to `moe_layer` as one MoeArgs (`moe_layer_quant` with a quantized format `quant`)."""
+        args = MoeArgs(x, router_w, Experts(w_gate, w_up, w_down), spec, bias, shared, routing, quant)
+        return self.moe_layer(args) if quant is None else self.moe_layer_quant(args)
 
     def moe_layer(self, args: MoeArgs) -> tuple[torch.Tensor, Routing]:
         """The MoE layer: routes (unless given a routing) with `route` on `router_logits`, then runs `experts`. A
         backend overrides those two, or this when its kernel routes inside (a fused MoE op, an exported graph)."""
-        routing = args.routing
-        if routing is None:
-            routing = self.route(self.router_logits(args.x, args.router_w), args.spec, bias=args.bias)
+        routing = self.applied_routing(args)  # harness/quant_ops.py
         return self.experts(args.x, args.experts, routing, args.shared), routing
 
     def router_logits(self, x: torch.Tensor, router_w: torch.Tensor) -> torch.Tensor:

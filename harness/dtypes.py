@@ -6,16 +6,17 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 
 from harness.lazy import torch
-from harness.names import DTYPE_NAMES, BadInputError, unknown_name
+from harness.names import DTYPE_NAMES, QUANT_CARRIER, QUANT_FORMATS, BadInputError, unknown_name
 
 
 class _Dtypes(Mapping[str, "torch.dtype"]):
-    """Case dtype name -> torch dtype; the names are known without importing torch (harness list, --help)."""
+    """Case dtype name -> torch dtype; the names are known without importing torch (harness list, --help). A
+    quantized format maps to its carrier (bfloat16): the dtype its inputs are generated in and its output has."""
 
     def __getitem__(self, name: str) -> torch.dtype:
         if name not in DTYPE_NAMES:
             raise KeyError(name)
-        return getattr(torch, name)
+        return getattr(torch, QUANT_CARRIER if name in QUANT_FORMATS else name)
 
     def __contains__(self, name: object) -> bool:
         return name in DTYPE_NAMES
@@ -32,6 +33,11 @@ DTYPES: Mapping[str, torch.dtype] = _Dtypes()
 
 class DtypeError(BadInputError):
     """A dtype the harness has no budget for (an integer dtype, a typo)."""
+
+
+def is_quantized(dtype: str) -> bool:
+    """Whether a case dtype is a quantized format (w8a8, fp8, fp8-block) rather than a float dtype."""
+    return dtype in QUANT_FORMATS
 
 
 def dtype_name(dtype: str | torch.dtype) -> str:

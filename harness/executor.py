@@ -148,6 +148,7 @@ class CaseExecutor:
             else:
                 shape = planner.generated_shape(workload, case)
                 inputs = workload.make_inputs(shape, dtype, case.seed, case.inputs)
+            shape = workload.for_dtype(shape, case.dtype)  # a quantized format rides in the shape
             context = workload.make_context(shape, dtype, case.seed)
         except WorkloadUnavailableError as exc:
             return Skip(str(exc))

@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from harness import parity
+from harness import parity, quant_parity
 from harness.backend import Backend
 from harness.results import Baseline, ParityRecord, VerdictRecord
 from harness.run_options import RunOptions, Skip
@@ -78,6 +78,8 @@ class Judge:
             failures, checks = parity.checks_against(failures, checks, baseline.checks, name, ratio)
             if baseline.checks:
                 details["baseline_checks"] = {c.metric: c.value for c in baseline.checks}
+        if self.options.budget_overrides:  # a quantized case's format error counts only against budgets set by hand
+            failures += quant_parity.format_failures(details, budget)
         verdict = parity.merge(primary.mode, primary, extra=failures, checks=checks)
         section = ParityRecord(
             verdict_record(verdict),

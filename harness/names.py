@@ -16,7 +16,12 @@ from dataclasses import dataclass, field
 # belongs to an unrelated project on the public index).
 DIST_NAME = "infer-parity-harness"
 
-DTYPE_NAMES = ("float64", "float32", "bfloat16", "float16")  # case dtypes (harness.backend.DTYPES maps them)
+FLOAT_DTYPE_NAMES = ("float64", "float32", "bfloat16", "float16")
+# Quantized inference formats (harness/quant.py): case "dtypes" whose inputs and output are bfloat16 (the carrier)
+# and whose matmuls run in the format; each has its own budget row, judged against the format's float64 emulation.
+QUANT_FORMATS = ("w8a8", "fp8", "fp8-block")
+QUANT_CARRIER = "bfloat16"  # the dtype a quantized case's inputs are generated in and its output is returned in
+DTYPE_NAMES = FLOAT_DTYPE_NAMES + QUANT_FORMATS  # case dtypes (harness.backend.DTYPES maps them)
 # Other spellings people type for a name the harness knows, which string similarity alone does not find
 # (`fp16` is closer to nothing than to `float16`): suggested, never accepted silently.
 ALIASES = {
@@ -30,6 +35,11 @@ ALIASES = {
     "fp64": "float64",
     "f64": "float64",
     "double": "float64",
+    "int8": "w8a8",
+    "w8a8_int8": "w8a8",
+    "fp8_e4m3": "fp8",
+    "e4m3": "fp8",
+    "fp8_block": "fp8-block",
 }
 DISTRIBUTIONS = ("normal", "stress")  # input distributions
 REPORT_FORMATS = ("md", "csv", "latex", "html")
@@ -85,6 +95,13 @@ OPS: dict[str, OpSpec] = {
             " paged: kv [num_blocks,block_size,D], block_table [B,max_blocks], kv_lens required",
             {"q": "B,H,Sq,D", "kv": "B,Skv,D", "kv_lens": "B", "block_table": "B,MaxBlocks"},
             ("kv_lens", "block_table"),
+        ),
+        OpSpec(
+            "linear",
+            ("x", "w"),
+            (),
+            "x [T,K], w [N,K] -> x @ w^T [T,N]; quantized formats: quant=QuantSpec (harness/quant.py)",
+            {"x": "T,K", "w": "N,K"},
         ),
         OpSpec("rms_norm", ("x", "w"), (), "x [..., H], w [H] -> x / rms(x) * w"),
         OpSpec("rope", ("x", "cos", "sin"), (), "x [..., S, D], cos/sin broadcastable to x; half or interleave"),

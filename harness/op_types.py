@@ -15,7 +15,7 @@ from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from harness.lazy import F, torch
-from harness.names import ROUTING_SCHEMES
+from harness.names import QUANT_FORMATS, ROUTING_SCHEMES
 
 if TYPE_CHECKING:
     Tensor = torch.Tensor
@@ -115,6 +115,21 @@ class Experts(TensorGroup):
     w_down: Tensor  # [E, H, F]
 
 
+@dataclass(frozen=True)
+class QuantSpec:
+    """A quantized format as an op receives it (`quant=`; harness/quant.py has the math). The op gets the
+    unquantized weights and quantizes them itself by the format's documented rule, as a port does."""
+
+    format: str  # one of QUANT_FORMATS
+    block: int = 128  # fp8-block: weight blocks block x block, activation groups 1 x block
+
+    def __post_init__(self) -> None:
+        require(
+            self.format in QUANT_FORMATS, f"quant: format {self.format!r} is not one of: {', '.join(QUANT_FORMATS)}"
+        )
+        require(_is_int(self.block) and self.block >= 1, f"quant: block must be an integer >= 1, got {self.block!r}")
+
+
 @dataclass(frozen=True, eq=False)
 class MoeArgs:
     """One MoE layer call's arguments as one value: what Backend.moe hands to `moe_layer`, the hook a kernel
@@ -127,6 +142,7 @@ class MoeArgs:
     bias: Tensor | None = None  # [E]: selection bias (sigmoid_group_topk)
     shared: SharedExpert | None = None
     routing: Routing | None = None  # given: apply it as is (and return it)
+    quant: QuantSpec | None = None  # a quantized format (Backend.moe_layer_quant), None: the case dtype
 
 
 def swiglu_mlp(x: Tensor, w_gate: Tensor, w_up: Tensor, w_down: Tensor) -> Tensor:

@@ -15,6 +15,7 @@ import math
 from typing import Any
 
 from harness import paged
+from harness import quant as quant_math
 from harness.lazy import torch
 from harness.names import ROPE_STYLES
 
@@ -23,6 +24,7 @@ from harness.op_types import (
     ContractError,
     Experts,
     MoeArgs,  # noqa: F401 - re-exported with the others
+    QuantSpec,
     Routing,
     RoutingSpec,
     SharedExpert,
@@ -383,6 +385,7 @@ def moe(
     bias: torch.Tensor | None = None,
     shared: SharedExpert | None = None,
     routing: Routing | None = None,
+    quant: QuantSpec | None = None,
 ) -> tuple[torch.Tensor, Routing]:
     """Reference MoE layer in float64: [T, H] -> ([T, H], the Routing applied: `routing` itself when given).
 
@@ -393,6 +396,8 @@ def moe(
     if routing is None:
         logits = x.detach().to("cpu", torch.float64) @ router_w.detach().to("cpu", torch.float64).T  # [T, E]
         routing = route(logits, spec, bias=bias)
+    if quant is not None:  # the float64 emulation of the quantized experts (routing stays unquantized)
+        return quant_math.emulated_experts(x, Experts(w_gate, w_up, w_down), routing, shared, quant), routing
     return experts(x, Experts(w_gate, w_up, w_down), routing, shared), routing
 
 
@@ -411,6 +416,18 @@ def experts(x: torch.Tensor, weights: Experts, routing: Routing, shared: SharedE
     if shared is not None:
         out = out + shared.map(lambda t: t.detach().to("cpu", torch.float64)).apply(x64, _swiglu_mlp)  # [T, H]
     return out
+
+
+def linear(x: torch.Tensor, w: torch.Tensor, *, quant: QuantSpec | None = None) -> torch.Tensor:
+    """Reference projection in float64: x [T, K] @ w [N, K]^T -> [T, N]; with `quant`, the float64 emulation
+    of exactly that format's computation (harness/quant.py)."""
+    require(
+        x.dim() == 2 and w.dim() == 2 and x.shape[1] == w.shape[1],
+        f"linear: x [T, K] and w [N, K] expected, got {list(x.shape)} and {list(w.shape)}",
+    )
+    if quant is not None:
+        return quant_math.emulated_linear(x.detach().cpu(), w.detach().cpu(), quant)
+    return x.detach().to("cpu", torch.float64) @ w.detach().to("cpu", torch.float64).T
 
 
 # ----- whole models -----

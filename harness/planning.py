@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.backend import BackendRegistry, RegistryError
-from harness.dtypes import DTYPES
+from harness.dtypes import DTYPES, is_quantized
 from harness.lazy import torch
 from harness.names import BadInputError, did_you_mean, unknown_name
 from harness.saved import SavedOutputs, SavedOutputsError
@@ -104,7 +104,7 @@ class Planner:
                 dists = [USER_INPUTS] if user else [d for d in suite.inputs if d in w.distributions]
                 seeds = [0] if user else list(suite.seeds)
                 for shape in shapes:
-                    for dtype in suite.dtypes:
+                    for dtype in (d for d in suite.dtypes if not is_quantized(d) or d in w.quant_formats):
                         for dist in dists:
                             for seed in seeds:
                                 cases += [Case(w.name, preset, shape, dtype, dist, seed, b, w.op) for b in backends]

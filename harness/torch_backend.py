@@ -9,10 +9,10 @@ from __future__ import annotations
 import platform
 from typing import Any, ClassVar
 
-from harness import ops, paged, torch_mla
+from harness import ops, paged, torch_mla, torch_quant
 from harness.backend import Backend
 from harness.lazy import F, torch
-from harness.op_types import Experts, Routing, RoutingSpec, SharedExpert
+from harness.op_types import Experts, QuantSpec, Routing, RoutingSpec, SharedExpert
 
 
 class TorchBackend(Backend):
@@ -132,6 +132,14 @@ class TorchBackend(Backend):
         if shared is not None:
             combined += shared.apply(x).float()  # [T, H]
         return combined.to(x.dtype)
+
+    def linear(self, x: torch.Tensor, w: torch.Tensor, *, quant: QuantSpec | None = None) -> torch.Tensor:
+        return x @ w.T if quant is None else torch_quant.linear(x, w, quant)
+
+    def quant_experts(
+        self, x: torch.Tensor, experts: Experts, routing: Routing, shared: SharedExpert | None, quant: QuantSpec
+    ) -> torch.Tensor:
+        return torch_quant.experts(x, experts, routing, shared, quant)
 
     def causal_lm(self, model: Any, input_ids: torch.Tensor, *, cache: Any = None, return_model: bool = False) -> Any:
         """The workload model in the case dtype on this device, with this backend's ops bound into it."""

@@ -15,8 +15,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
-from harness import ops, parity
-from harness.dtypes import DTYPES
+from harness import ops, parity, quant_parity
+from harness.dtypes import DTYPES, is_quantized
 from harness.lazy import torch
 from harness.names import DISTRIBUTIONS, OPS, BadInputError, did_you_mean, unknown_name
 from harness.op_types import TensorGroup
@@ -236,6 +236,8 @@ class Workload(abc.ABC):
     collective: ClassVar[bool] = False
     # The outputs `judge_outputs` needs from a saved run (--against DIR): what `collect` names them.
     saved_outputs: ClassVar[tuple[str, ...]] = ("out",)
+    # The quantized formats (harness.names.QUANT_FORMATS) this workload has a form in; only those are planned.
+    quant_formats: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, name: str, presets: Mapping[str, Mapping[str, Any]], description: str = "") -> None:
         if self.op not in OPS:
@@ -347,6 +349,11 @@ class Workload(abc.ABC):
         kwargs.update(self.op_kwargs(shape))
         return args, kwargs
 
+    def for_dtype(self, shape: Any, dtype: str) -> Any:
+        """The shape a case of this dtype runs (a quantized format's workload puts its QuantSpec in the shape,
+        so the op and the reference both receive it); the default: the shape itself."""
+        return shape
+
     def make_context(self, shape: Any, dtype: torch.dtype, seed: int) -> Any:
         """What the op takes besides tensors, built once per input group and passed as is (never moved or
         copied by the runner): a model workload's built model. None (the default): the op takes only tensors."""
@@ -382,7 +389,8 @@ class Workload(abc.ABC):
     def evaluate(self, call: Call, group: CaseInputs, budget: parity.Budget) -> Evaluation:
         """Call the backend and judge its outputs; the evaluation keeps the output tensors for --save-outputs."""
         outputs = self.collect(call, group)
-        return with_outputs(self.judge_outputs(outputs, group, budget), outputs)
+        evaluation = with_outputs(self.judge_outputs(outputs, group, budget), outputs)
+        return quant_parity.with_format_error(evaluation, group) if is_quantized(group.dtype) else evaluation
 
     def checkpoint_shape(self, shape: Any, path: str) -> Any | None:
         """The shape to run a user's checkpoint directory (--model) with, or None if this workload does not

@@ -14,11 +14,12 @@ from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 from harness import ops, parity, parity_routing
+from harness.dtypes import is_quantized
 from harness.lazy import torch
 from harness.models.invariance_parts import first_tokens
 from harness.models.shapes import MOE_MODELS, MoeDims
-from harness.names import OPS
-from harness.op_types import Routing, moe_kwargs
+from harness.names import OPS, QUANT_FORMATS
+from harness.op_types import QuantSpec, Routing, moe_kwargs
 from harness.workload import (
     Call,
     CaseInputs,
@@ -39,6 +40,7 @@ BIAS_SCALE = 0.1  # DeepSeek-style correction bias, comparable to the spread of 
 class MoeShape:
     t: int  # tokens
     dims: MoeDims
+    quant: QuantSpec | None = None  # a quantized format's case (for_dtype): expert GEMMs in that format
 
     def describe(self) -> str:
         d = self.dims
@@ -99,7 +101,11 @@ class _MoeWorkload(Workload):
     float32_inputs: ClassVar[tuple[str, ...]] = ("bias", "route_weights")
 
     def op_kwargs(self, shape: MoeShape) -> dict[str, Any]:
-        return {"spec": shape.dims.spec}
+        return {"spec": shape.dims.spec, **({"quant": shape.quant} if shape.quant is not None else {})}
+
+    def for_dtype(self, shape: MoeShape, dtype: str) -> MoeShape:
+        """A quantized format's case: the experts (and shared expert) in that format, routing unquantized."""
+        return replace(shape, quant=QuantSpec(dtype) if is_quantized(dtype) and self.op == "moe" else None)
 
     def invariance_parts(self, group: CaseInputs) -> tuple[InvariancePart, ...]:
         return first_tokens(group.shape, group.tensors) if self.op == "moe" else ()  # route: judged as routing
@@ -174,6 +180,7 @@ class MoeLayer(_MoeWorkload):
     """Route + experts + combine (+ shared expert): the whole layer as a model runs it."""
 
     op: ClassVar[str] = "moe"
+    quant_formats: ClassVar[tuple[str, ...]] = QUANT_FORMATS
 
     def make_inputs(self, shape: MoeShape, dtype: torch.dtype, seed: int, distribution: str) -> dict[str, torch.Tensor]:
         return _weights(shape, dtype, seed, distribution)
@@ -253,6 +260,7 @@ class MoeExperts(_MoeWorkload):
     alone, as an expert-parallel or grouped-GEMM kernel sees it."""
 
     op: ClassVar[str] = "moe"
+    quant_formats: ClassVar[tuple[str, ...]] = QUANT_FORMATS
 
     def make_inputs(self, shape: MoeShape, dtype: torch.dtype, seed: int, distribution: str) -> dict[str, torch.Tensor]:
         tensors = _weights(shape, dtype, seed, distribution)

@@ -97,7 +97,8 @@ def test_implemented_ops_are_derived_from_overrides() -> None:
     # mla and attention_tp have defaults built from attention, moe_ep one built from experts
     assert AttentionOnly.implemented_ops() == {"attention", "mla", "attention_tp"}
     assert TorchCpu.implemented_ops() == {
-        *("attention", "mla", "attention_tp", "rms_norm", "rope", "swiglu", "route", "moe", "moe_ep", "causal_lm")
+        *("attention", "mla", "attention_tp", "rms_norm", "rope", "swiglu", "route", "moe", "moe_ep", "causal_lm"),
+        "linear",
     }
 
 

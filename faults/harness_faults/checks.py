@@ -14,9 +14,11 @@ from harness.selftest import Check
 
 # by path: the same whether installed or in a checkout
 BACKENDS = tuple(
-    str(Path(__file__).with_name(f)) for f in ("backends.py", "cheats.py", "paged_faults.py", "mla_faults.py")
+    str(Path(__file__).with_name(f))
+    for f in ("backends.py", "cheats.py", "paged_faults.py", "mla_faults.py", "quant_faults.py")
 )
 ALL_DTYPES = ("float32", "bfloat16", "float16")
+QUANT = ("w8a8", "fp8", "fp8-block")
 # attention.sliding_window's shapes off the prefill path (tiny preset): decode and chunked prefill
 WINDOW_OFF_PREFILL = ("gqa-decode", "mqa-decode", "gqa-chunked", "mqa-chunked")
 # the attention workloads whose tiny shapes leave the scale to the contract's 1/sqrt(D) (attention.mla_decode always
@@ -280,4 +282,25 @@ CHECKS = (
         inputs=("normal",),
         require_invariance=True,
     ),
+    # ----- quantized formats (quant_faults.py): linear.projection against the format's emulation -----
+    Check(
+        "per-tensor activation scale (w8a8)",
+        "bug-quant-per-tensor-act",
+        "caught",
+        ("linear.*",),
+        ("w8a8",),
+        inputs=("stress",),
+    ),
+    Check("activation scale applied twice", "bug-quant-scale-twice", "caught", ("linear.*",), QUANT),
+    Check("e4m3 truncation instead of round-half-even", "bug-quant-truncate", "caught", ("linear.*",), QUANT[1:]),
+    Check("int8 truncation (stress)", "bug-quant-truncate", "caught", ("linear.*",), ("w8a8",), inputs=("stress",)),
+    Check(
+        "e4m3 cast without saturation (amax / (amax / 448) > 448 in float32)",
+        "bug-quant-no-saturation",
+        "caught",
+        ("linear.*",),
+        ("fp8-block",),
+    ),
+    Check("int32 accumulator as int16", "bug-quant-int16-acc", "caught", ("linear.*",), ("w8a8",)),
+    Check("K summed in other chunks (correct)", "bug-quant-k-chunks", "passes", ("linear.*",), QUANT),
 )

@@ -1,0 +1,91 @@
+"""Quantized formats: the quantizers against hand-computed values, the emulation against the unquantized function
+(a real gap) and torch-cpu's kernels against the emulation (tight), and the CLI on both backends."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from harness import ops, quant
+from harness.op_types import QuantSpec
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_int8_per_token_round_half_even_and_symmetric_clamp():
+    x = torch.tensor([[127.0, 0.5, 1.5, -2.5, -127.0]])  # amax 127: scale 1, ties to even
+    q = quant.quantize(x, "int8", (1, 5))
+    assert q.scale.item() == 1.0
+    assert q.q.tolist() == [[127, 0, 2, -2, -127]]
+
+
+def test_e4m3_per_tensor_scale_and_static_scale_saturates():
+    x = torch.tensor([[896.0, 1.0]])  # amax 896: scale 2
+    q = quant.quantize(x, "e4m3", (1, 2))
+    assert q.scale.item() == 2.0 and q.q.float().tolist() == [[448.0, 0.5]]
+    static = quant.quantize(x, "e4m3", (1, 2), scale=torch.tensor([[1.0]]))  # 896 past the range: saturated
+    assert static.q.float().tolist() == [[448.0, 1.0]]
+
+
+def test_block_scales_are_per_128_block_with_partial_edges():
+    w = torch.ones(130, 200)
+    w[129, 199] = 896.0  # only the last (partial) block sees it
+    q = quant.quantize_weight(w, QuantSpec("fp8-block"))
+    assert q.scale.shape == (2, 2)
+    assert q.scale[1, 1].item() == 2.0 and q.scale[0, 0] == torch.tensor(1.0) / 448  # float32
+
+
+@pytest.mark.parametrize("fmt", ["w8a8", "fp8", "fp8-block"])
+def test_emulation_differs_from_unquantized_and_kernel_matches_emulation(fmt):
+    from harness.backends.torch_cpu import TorchCpu
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(16, 300, generator=g).bfloat16()
+    w = (torch.randn(140, 300, generator=g) / 300**0.5).bfloat16()
+    spec = QuantSpec(fmt)
+    emu, plain = ops.linear(x, w, quant=spec), ops.linear(x, w)
+    gap = float((emu - plain).norm() / plain.norm())
+    assert 1e-3 < gap < 0.1  # the format's own error is real
+    out = TorchCpu().linear(x, w, quant=spec)
+    assert out.dtype == torch.bfloat16
+    assert float((out.double() - emu).norm() / emu.norm()) < 4e-3  # the kernel: bfloat16 output rounding
+
+
+def _cli(*args: str, backend: str) -> tuple[int, list[dict]]:
+    out = ROOT / f".pytest-quant-{backend}.jsonl"
+    paths = (str(ROOT), str(ROOT / "faults"), os.environ.get("PYTHONPATH", ""))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
+    cmd = [sys.executable, "-m", "harness.cli", "run", "-b", backend, "--preset", "tiny", "--parity-only"]
+    proc = subprocess.run(
+        [*cmd, "--seeds", "0", "--out", str(out), "--no-table", *args], check=False, env=env, cwd=ROOT
+    )
+    records = [json.loads(line) for line in out.read_text().splitlines() if '"case"' in line]
+    out.unlink()
+    return proc.returncode, records
+
+
+@pytest.mark.parametrize("backend", ["cpu-reference", "torch-cpu"])
+def test_cli_quantized_cases_pass_and_record_format_error(backend):
+    rc, records = _cli("-w", "moe.experts", "--dtype", "w8a8,fp8-block", "--shape", "qwen3-moe", backend=backend)
+    assert rc == 0 and len(records) == 4
+    for r in records:
+        assert r["status"] == "passed"
+        assert r["parity"]["format_error"]["rel_l2"] > 3 * r["parity"]["metrics"]["rel_l2"]
+
+
+def test_format_error_is_judged_only_with_budget():
+    rc, records = _cli(
+        "-w", "moe.experts", "--dtype", "fp8", "--shape", "qwen3-moe", "--budget", "rel_l2=0.02", backend="torch-cpu"
+    )
+    assert rc == 1 and all("format_error.rel_l2" in r["parity"]["verdict"]["reason"] for r in records)
+
+
+def test_quantized_dtype_not_declared_is_a_skip():
+    _, records = _cli("-w", "linear.projection", "--dtype", "w8a8", backend="ascend-sim")
+    assert records and all(r["status"] == "skipped" and "w8a8" in r["reason"] for r in records)

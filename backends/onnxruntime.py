@@ -56,6 +56,7 @@ class OrtBackend(Backend):
     dtypes: ClassVar[frozenset[str]] = frozenset({"float32", "float16"})  # no bfloat16 kernels on ORT CPU
     io_binding: ClassVar[bool] = False  # bind inputs / outputs to device memory (device providers)
     binding_device: ClassVar[str] = "cpu"  # where the provider allocates bound outputs
+    collective_backend: ClassVar[str] = ""  # ONNX Runtime has no collectives: dist.* cases are skips
 
     @classmethod
     def probe(cls) -> Availability:

@@ -109,9 +109,8 @@ class Backend(CollectiveOps, QuantOps, abc.ABC):
     10. Scale-out (torchrun): `collective_backend` names the torch.distributed backend of your device's process
        groups ("gloo" on the CPU, "nccl" CUDA, "hccl" Ascend); `place(local_rank)` (classmethod) selects this
        node's device number `local_rank` for the process (torch.cuda.set_device) before the backend is created,
-       so `device` ("cuda", "npu") means that one. The default does nothing: right for CPU backends. The
-       distributed ops (`moe_ep`, `attention_tp`: harness/collective_ops.py) run on a group of that backend
-       ("" = no collectives: their cases are skipped).
+       so `device` ("cuda", "npu") means that one. The default does nothing: right for CPU backends. The dist
+       ops (`moe_ep`, `attention_tp`, `llm_tp`: collective_ops.py) run on its group ("" = none: a skip).
     """
 
     name: ClassVar[str] = ""
@@ -149,6 +148,7 @@ class Backend(CollectiveOps, QuantOps, abc.ABC):
             "mla": ("mla", "attention"),  # the default runs attention on views of the latent cache
             "moe_ep": ("moe_ep", "experts"),  # distributed defaults (harness/collective_ops.py): own ops + collectives
             "attention_tp": ("attention_tp", "attention"),
+            "llm_tp": ("llm_tp", "rms_norm"),  # its default needs rms_norm, rope, swiglu: backends have all or none
         }
         return frozenset(
             op for op in OPS if any(getattr(cls, m, None) is not getattr(Backend, m, None) for m in hooks[op])

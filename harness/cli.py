@@ -191,8 +191,10 @@ def selftest_cmd(out: Path | None, fault_modules: tuple[str, ...]) -> None:
 
     with bad_input_exits():
         plugins = selftest.load_fault_plugins(tuple(fault_modules))
+        ranks = selftest.join_ranks()  # under torchrun: every rank runs the checks, rank 0 reports
     out_path = out or selftest.default_output()
-    console = Console(stderr=True)
+    quiet = ranks is not None and not ranks.leader
+    console = Console(stderr=True, quiet=quiet)
     table = Table(title="selftest", title_justify="left")
     for col in ("check", "backend", "expected", "cases", "result", "caught by"):
         table.add_column(col, overflow="fold")
@@ -213,9 +215,12 @@ def selftest_cmd(out: Path | None, fault_modules: tuple[str, ...]) -> None:
             style=style,
         )
 
-    with ResultWriter(out_path) as writer:
-        outcomes = selftest.run_selftest(writer, on_check, plugins)
-    stdout_console().print(table)
+    if quiet:
+        outcomes = selftest.run_selftest(selftest.DiscardRecords(), on_check, plugins)
+    else:
+        with ResultWriter(out_path) as writer:
+            outcomes = selftest.run_selftest(writer, on_check, plugins)
+        stdout_console().print(table)
     bad = [o for o in outcomes if not o.ok]
     console.print(f"{len(outcomes) - len(bad)} of {len(outcomes)} checks hold; records: {out_path}")
     sys.exit(1 if bad else 0)

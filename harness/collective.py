@@ -60,7 +60,7 @@ def group_for(backend: Backend, layout: str = "world") -> Any:
     alone). A backend without collectives (`collective_backend` "") is a skip naming it."""
     name = backend.collective_backend
     if not name:
-        raise UnsupportedCaseError(f"{backend.name} has no collectives (collective_backend is empty)")
+        raise UnsupportedCaseError("no collectives of its own (collective_backend is empty): dist.* cases need one")
     dist = _dist()
     key = (name, layout)
     if key not in _groups:

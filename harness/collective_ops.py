@@ -11,10 +11,11 @@ from harness.expert_parallel import ExpertParallel
 from harness.lazy import torch
 from harness.op_types import Experts, MoeArgs, Routing, RoutingSpec, SharedExpert
 from harness.tensor_parallel import TensorParallelAttention
+from harness.tensor_parallel_lm import DecoderSpec, DecoderWeights, TensorParallelDecoder
 
 
 class CollectiveOps:
-    """`moe_ep` and `attention_tp`: each takes `group`, the torch.distributed process group to run across."""
+    """`moe_ep`, `attention_tp` and `llm_tp`: each takes `group`, the torch.distributed process group to run across."""
 
     def moe_ep(
         self,
@@ -48,3 +49,20 @@ class CollectiveOps:
     ) -> torch.Tensor:
         """`attention` with the heads split across `group` (harness/tensor_parallel.py), output gathered."""
         return TensorParallelAttention().run(self, q, k, v, group, causal=causal, window=window, scale=scale)
+
+    def llm_tp(
+        self,
+        input_ids: torch.Tensor,
+        *weights: torch.Tensor,
+        heads: int,
+        kv_heads: int,
+        eps: float = 1e-6,
+        rope_theta: float = 10000.0,
+        group: Any = None,
+    ) -> torch.Tensor:
+        """A pre-norm decoder (RMSNorm, rope attention, SwiGLU MLP, final norm, LM head) tensor-parallel across
+        `group` (harness/tensor_parallel_lm.py): input_ids [B,S] and the 12 weights in DecoderWeights' order ->
+        logits [B,S,V] in the weights' dtype, on every rank. Built from `rms_norm`, `rope`, `attention` and
+        `swiglu`."""
+        spec = DecoderSpec(heads, kv_heads, eps, rope_theta)
+        return TensorParallelDecoder().run(self, input_ids, DecoderWeights(*weights), spec, group)

@@ -59,6 +59,10 @@ class OpSpec:
     integer_inputs: tuple[str, ...] = ()  # inputs of an integer dtype (lengths, ids); every other one is floating
 
 
+# The weights of op llm_tp, in its positional order (harness/tensor_parallel_lm.py DecoderWeights).
+_DECODER_WEIGHTS = ("embed", "attn_norm", "w_q", "w_k", "w_v", "w_o", "mlp_norm", "w_gate", "w_up", "w_down",
+                    "final_norm", "lm_head")  # fmt: skip
+
 _MOE_LAYOUTS = {
     "x": "T,H",
     "router_w": "E,H",
@@ -137,6 +141,30 @@ OPS: dict[str, OpSpec] = {
             "attention across the ranks of a process group (group=): heads split (GQA groups whole), output"
             " gathered; q [B,Hq,Sq,D], k [B,Hkv,Skv,D], v [B,Hkv,Skv,Dv] -> [B,Hq,Sq,Dv] on every rank",
             {"q": "B,Hq,Sq,D", "k": "B,Hkv,Skv,D", "v": "B,Hkv,Skv,Dv"},
+        ),
+        OpSpec(
+            "llm_tp",
+            ("input_ids", *_DECODER_WEIGHTS),
+            (),
+            "a pre-norm decoder (RMSNorm, rope attention, SwiGLU MLP, LM head) tensor-parallel across the ranks of a"
+            " process group (group=): column/row-parallel projections, vocab-parallel logits; input_ids [B,S] ->"
+            " logits [B,S,V] on every rank",
+            {
+                "input_ids": "B,S",
+                "embed": "V,H",
+                "attn_norm": "L,H",
+                "w_q": "L,Hq*D,H",
+                "w_k": "L,Hkv*D,H",
+                "w_v": "L,Hkv*D,H",
+                "w_o": "L,H,Hq*D",
+                "mlp_norm": "L,H",
+                "w_gate": "L,F,H",
+                "w_up": "L,F,H",
+                "w_down": "L,H,F",
+                "final_norm": "H",
+                "lm_head": "V,H",
+            },
+            ("input_ids",),
         ),
         OpSpec(
             "causal_lm",

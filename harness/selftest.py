@@ -67,6 +67,7 @@ class Check:
     reasons: tuple[str, ...] = ()  # timing_invalid: phrases of the check that must flag it (one must appear)
     backend_options: tuple[tuple[str, str], ...] = ()  # (option, value) the backend is created with
     require_invariance: bool = False  # run with --require-invariance (a part alone that differs fails the case)
+    min_world: int = 1  # ranks the check needs (distributed faults show only on 2+): fewer is a skip saying so
 
     def __post_init__(self) -> None:
         if self.expect not in EXPECTATIONS:
@@ -258,6 +259,36 @@ def _unavailable_device(registry: BackendRegistry, check: Check) -> str:
     return "" if availability.available else f"{check.backend} unavailable here: {availability.reason}"
 
 
+def _too_few_ranks(check: Check) -> str:
+    """Why a distributed check cannot show in this process's world (too few ranks); "" when it can."""
+    if check.min_world <= 1:
+        return ""
+    from harness.collective import world_size
+
+    if world_size() >= check.min_world:
+        return ""
+    return f"needs {check.min_world}+ ranks: torchrun --nproc-per-node {check.min_world} -m harness selftest"
+
+
+def join_ranks() -> Any:
+    """Under torchrun (WORLD_SIZE > 1): join the ranks' gloo group so distributed checks run across them, and
+    return this rank's RankInfo (every rank runs every check in the same order; only rank 0 reports). None in
+    one process."""
+    from harness.ranks import Coordinator, RankInfo
+
+    info = RankInfo.from_env()
+    if info is not None:
+        Coordinator(info)  # env:// init; harness/collective.py makes each backend's groups over this world
+    return info
+
+
+class DiscardRecords:
+    """The records of a rank other than 0 under torchrun: judged, not written (rank 0 writes the same cases)."""
+
+    def write(self, record: Record) -> None:
+        del record
+
+
 def _options(check: Check) -> RunOptions:
     return RunOptions(
         parity_only=not check.is_timed,
@@ -283,7 +314,7 @@ def run_selftest(
     workloads = WorkloadRegistry.discover()
     outcomes = []
     for check in (c for p in plugins for c in p.checks):
-        missing = _unavailable_device(registry, check)
+        missing = _unavailable_device(registry, check) or _too_few_ranks(check)
         if missing:
             outcome = Outcome(check, 0, 0, (), "", skipped=missing)
         else:

@@ -1,7 +1,8 @@
 """Distributed workloads (dist.*): the expert-parallel split and combine on their own, a collective op at world
 size 1 in one process against the single-device reference, and under torchrun with two gloo ranks the whole
 `dist.*` family passing on three backends with its layout verdict recorded, while each planted fault fails
-naming its metric and a correct but differently ordered expert-parallel layer passes."""
+naming its metric and a correct but differently ordered expert-parallel layer (and a reduce_scatter + all_gather
+tensor-parallel decoder) passes; `harness selftest` under torchrun runs the dist faults' checks."""
 
 from __future__ import annotations
 
@@ -76,6 +77,43 @@ def test_a_shape_made_for_another_world_size_is_a_skip_naming_the_size() -> None
         check_world("dist.moe_ep real/deepseek-v3-ep8", 8)
 
 
+def test_llm_tp_at_world_one_matches_the_float64_model_and_its_reference_is_the_unsharded_model() -> None:
+    from harness.backends.torch_cpu import TorchCpu
+    from harness.collective import group_for
+    from harness.models.dist_llm import DistLlmShape, _weights, llama3_dims, reference_logits
+    from harness.tensor_parallel_lm import DecoderSpec, DecoderWeights, TensorParallelDecoder
+
+    shape = DistLlmShape(llama3_dims("tiny"), 2, 8)
+    w = _weights(shape, torch.float32, 0)
+    ids, weights = w.pop("input_ids"), DecoderWeights(**w)
+    spec = DecoderSpec(shape.dims.heads, shape.dims.kv_heads)
+    backend = TorchCpu()
+    out = backend.llm_tp(ids, *w.values(), heads=spec.heads, kv_heads=spec.kv_heads, group=group_for(backend))
+    ref = reference_logits(ids, weights, spec)
+    assert out.shape == (2, 8, 256) and out.dtype == torch.float32
+    assert float((out.double() - ref).norm() / ref.norm()) < 1e-5
+    # a causal model: the logits of position 0 do not depend on the later tokens
+    changed = ids.clone()
+    changed[:, 1:] = (changed[:, 1:] + 1) % 256
+    assert torch.allclose(reference_logits(changed, weights, spec)[:, 0], ref[:, 0])
+    assert not torch.allclose(reference_logits(changed, weights, spec)[:, 1], ref[:, 1])
+
+    class NoReduce(TensorParallelDecoder):  # at world 1 the reduce is the identity: the same logits
+        def reduce(self, partial, group, where):
+            return partial
+
+    again = NoReduce().run(backend, ids, weights, spec, group_for(backend))
+    assert torch.allclose(again, out, atol=1e-6)
+
+
+def test_dist_checks_skip_in_one_process_naming_the_torchrun_command() -> None:
+    from harness.selftest import Check, _too_few_ranks
+
+    check = Check("x", "torch-cpu", "passes", ("dist.llm_tp",), min_world=2)
+    assert _too_few_ranks(check) == "needs 2+ ranks: torchrun --nproc-per-node 2 -m harness selftest"
+    assert _too_few_ranks(Check("y", "torch-cpu", "passes", ("dist.llm_tp",))) == ""
+
+
 # ----- under torchrun: two gloo ranks -----
 
 
@@ -94,10 +132,10 @@ def _env(tmp: Path) -> dict[str, str]:
     return env
 
 
-def _torchrun(tmp: Path, *args: str, timeout: float = 150) -> subprocess.CompletedProcess[str]:
-    """`harness run ARGS` under torchrun with two ranks; the whole process group is killed on a timeout."""
+def _torchrun(tmp: Path, *args: str, timeout: float = 150, cmd: str = "run") -> subprocess.CompletedProcess[str]:
+    """`harness CMD ARGS` under torchrun with two ranks; the whole process group is killed on a timeout."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
-    command += ["-m", "harness", "run", *args]
+    command += ["-m", "harness", cmd, *args]
     with subprocess.Popen(
         command,
         stdout=subprocess.PIPE,
@@ -127,7 +165,7 @@ def test_dist_workloads_pass_on_two_ranks_with_the_layout_recorded(tmp_path: Pat
                     "--out", str(out))  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
     records = _records(out)
-    assert {r["case"]["workload"] for r in records} == {"dist.moe_ep", "dist.attention_tp"}
+    assert {r["case"]["workload"] for r in records} == {"dist.moe_ep", "dist.attention_tp", "dist.llm_tp"}
     assert all(r["status"] == "passed" for r in records)
     layouts = [r["parity"]["layout"] for r in records]
     assert all(lay["world_size"] == 2 and lay["within_budget"] for lay in layouts)
@@ -138,7 +176,8 @@ def test_dist_workloads_pass_on_two_ranks_with_the_layout_recorded(tmp_path: Pat
 @pytest.mark.slow
 def test_planted_distributed_faults_fail_and_a_different_correct_order_passes(tmp_path: Path) -> None:
     out = tmp_path / "faults.jsonl"
-    backends = "bug-ep-split-off,bug-ep-dispatch-order,ep-expert-sorted,bug-tp-missing-gather"
+    backends = "bug-ep-split-off,bug-ep-dispatch-order,ep-expert-sorted,bug-tp-missing-gather,bug-tp-missing-reduce"
+    backends += ",tp-reduce-scatter"
     run = _torchrun(tmp_path, "-w", "dist.*", "--preset", "tiny", "--dtype", "float32", "--distribution", "normal",
                     "-b", backends, "--plugin", str(FAULTS), "--out", str(out))  # fmt: skip
     assert run.returncode == 1, run.stderr[-3000:]
@@ -150,6 +189,9 @@ def test_planted_distributed_faults_fail_and_a_different_correct_order_passes(tm
         assert all(r["status"] == "failed" and "rel_l2" in r["reason"] for r in cases), fault
         assert all(not r["parity"]["layout"]["within_budget"] for r in cases)  # worse on 2 ranks than on 1
     gathered = [r for r in by[("bug-tp-missing-gather", "dist.attention_tp")] if r["case"]["shape"].startswith("gqa")]
+    unreduced = by[("bug-tp-missing-reduce", "dist.llm_tp")]
+    assert unreduced and all(r["status"] == "failed" and "rel_l2" in r["reason"] for r in unreduced)
+    assert all(r["status"] == "passed" for r in by[("tp-reduce-scatter", "dist.llm_tp")])
     assert gathered and all(r["status"] == "failed" and "rel_l2" in r["reason"] for r in gathered)
     assert all(r["status"] == "passed" for r in by[("ep-expert-sorted", "dist.moe_ep")])
 
@@ -173,3 +215,14 @@ def test_an_error_that_grows_with_the_world_size_fails_naming_the_layout(tmp_pat
         env=_env(tmp_path),
     )
     assert "layout N vs 1" in report.stdout and "2 vs 1: FAIL" in report.stdout
+
+
+@pytest.mark.slow
+def test_selftest_under_torchrun_runs_the_dist_checks_and_they_hold(tmp_path: Path) -> None:
+    out = tmp_path / "selftest.jsonl"
+    run = _torchrun(tmp_path, "--faults", "harness_faults.dist_checks", "--out", str(out), cmd="selftest")
+    assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
+    assert "9 of 9 checks hold" in run.stderr and "skipped" not in run.stderr
+    records = _records(out)  # rank 0's alone: one record per case
+    assert len({r["case"]["key"] for r in records}) == len(records)
+    assert {r["case"]["backend"] for r in records} >= {"bug-tp-missing-reduce", "tp-reduce-scatter", "ascend-sim"}

@@ -94,10 +94,11 @@ def test_implemented_ops_are_derived_from_overrides() -> None:
         def attention(self, q, k, v, **kw):
             return q
 
-    # mla and attention_tp have defaults built from attention, moe_ep one built from experts
+    # mla and attention_tp have defaults built from attention, moe_ep one built from experts, llm_tp from rms_norm &c.
     assert AttentionOnly.implemented_ops() == {"attention", "mla", "attention_tp"}
     assert TorchCpu.implemented_ops() == {
-        *("attention", "mla", "attention_tp", "rms_norm", "rope", "swiglu", "route", "moe", "moe_ep", "causal_lm"),
+        *("attention", "mla", "attention_tp", "rms_norm", "rope", "swiglu", "route", "moe", "moe_ep", "llm_tp"),
+        "causal_lm",
         "linear",
     }
 

@@ -304,3 +304,62 @@ CHECKS = (
     Check("int32 accumulator as int16", "bug-quant-int16-acc", "caught", ("linear.*",), ("w8a8",)),
     Check("K summed in other chunks (correct)", "bug-quant-k-chunks", "passes", ("linear.*",), QUANT),
 )
+
+# ----- distributed ops (dist.*): a kept-apart block, appended; they show only across 2+ ranks, so each check
+# needs them (min_world) and is a skip in one process: `torchrun --nproc-per-node 2 -m harness selftest`
+# (`--faults harness_faults.dist_checks` for this block alone) -----
+BACKENDS = (*BACKENDS, str(Path(__file__).with_name("dist_faults.py")))
+DIST_WORKLOADS = ("dist.moe_ep", "dist.attention_tp", "dist.llm_tp")
+DIST_CHECKS: tuple[Check, ...] = (
+    *(
+        Check(description, backend, "caught", (workload,), ("float32",), shapes, ("normal",), min_world=2)
+        for description, backend, workload, shapes in (
+            ("EP tokens sent to the wrong rank (split sizes off by one)", "bug-ep-split-off", "dist.moe_ep", ()),
+            ("EP combine in dispatch order, not token order", "bug-ep-dispatch-order", "dist.moe_ep", ()),
+            # MQA's one kv head sits on rank 0: the last rank holds no heads to lose
+            (
+                "TP attention: the last rank's heads never gathered",
+                "bug-tp-missing-gather",
+                "dist.attention_tp",
+                ("gqa-prefill", "gqa-decode", "gqa-window"),
+            ),
+            (
+                "TP all_reduce missing on o_proj (each rank keeps its partial sum)",
+                "bug-tp-missing-reduce",
+                "dist.llm_tp",
+                (),
+            ),
+        )
+    ),
+    Check(
+        "EP dispatch sorted by expert (a correct different order)",
+        "ep-expert-sorted",
+        "passes",
+        ("dist.moe_ep",),
+        ("float32", "bfloat16"),
+        inputs=("normal",),
+        min_world=2,
+    ),
+    Check(
+        "TP sums as reduce_scatter + all_gather (a correct different collective)",
+        "tp-reduce-scatter",
+        "passes",
+        ("dist.llm_tp",),
+        ("float32", "bfloat16"),
+        inputs=("normal",),
+        min_world=2,
+    ),
+    *(
+        Check(
+            f"{backend}: every dist.* case passes across the ranks",
+            backend,
+            "passes",
+            DIST_WORKLOADS,
+            ("float32", "bfloat16"),
+            inputs=("normal",),
+            min_world=2,
+        )
+        for backend in ("cpu-reference", "torch-cpu", "ascend-sim")
+    ),
+)
+CHECKS = (*CHECKS, *DIST_CHECKS)

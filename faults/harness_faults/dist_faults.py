@@ -5,7 +5,7 @@ only on two ranks or more (on one rank every row stays home): run them under tor
     torchrun --nproc-per-node 2 -m harness run -w dist.moe_ep --preset tiny -b bug-ep-split-off \
         --plugin faults/harness_faults/dist_faults.py
 
-They are not in `harness selftest`'s CHECKS: the selftest runs in one process, where they cannot show.
+`harness selftest` runs them (faults/harness_faults/checks.py DIST_CHECKS) only under torchrun with 2+ ranks.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from harness.backends.torch_cpu import TorchCpu
 from harness.expert_parallel import ExpertParallel
 from harness.op_types import Experts, MoeArgs
 from harness.tensor_parallel import TensorParallelAttention
+from harness.tensor_parallel_lm import DecoderSpec, DecoderWeights, TensorParallelDecoder
 
 
 class SplitOffByOne(ExpertParallel):
@@ -86,3 +87,47 @@ class TpMissingGather(TorchCpu):
 
     def attention_tp(self, q, k, v, *, causal=False, window=None, scale=None, group=None):  # type: ignore[override]
         return MissingGatherPiece().run(self, q, k, v, group, causal=causal, window=window, scale=scale)
+
+
+class OprojNotReduced(TensorParallelDecoder):
+    """TP all_reduce missing on one projection: each rank keeps its own o_proj partial sum (its heads only)."""
+
+    def reduce(self, partial: torch.Tensor, group: Any, where: str) -> torch.Tensor:
+        return partial if where == "o_proj" else super().reduce(partial, group, where)
+
+
+class ReduceScatterGather(TensorParallelDecoder):
+    """Correct, built differently: each row-parallel sum as reduce_scatter (each rank sums one chunk of the
+    flattened partials) then all_gather of the chunks, instead of one all_reduce."""
+
+    def reduce(self, partial: torch.Tensor, group: Any, where: str) -> torch.Tensor:
+        import torch.distributed as dist
+
+        world = dist.get_world_size(group)
+        flat = partial.float().reshape(-1)  # [N]
+        chunk = -(-flat.numel() // world)
+        padded = flat.new_zeros(chunk * world)
+        padded[: flat.numel()] = flat
+        mine = flat.new_empty(chunk)
+        dist.reduce_scatter(mine, list(padded.chunk(world)), group=group)
+        pieces = [flat.new_empty(chunk) for _ in range(world)]
+        dist.all_gather(pieces, mine, group=group)
+        return torch.cat(pieces)[: flat.numel()].view(partial.shape).to(partial.dtype)
+
+
+class _Tp(TorchCpu):
+    scheme: ClassVar[type[TensorParallelDecoder]] = TensorParallelDecoder
+
+    def llm_tp(self, input_ids, *weights, heads, kv_heads, eps=1e-6, rope_theta=10000.0, group=None):  # type: ignore[override]
+        spec = DecoderSpec(heads, kv_heads, eps, rope_theta)
+        return self.scheme().run(self, input_ids, DecoderWeights(*weights), spec, group)
+
+
+class TpMissingReduce(_Tp):
+    name: ClassVar[str] = "bug-tp-missing-reduce"
+    scheme: ClassVar[type[TensorParallelDecoder]] = OprojNotReduced
+
+
+class TpReduceScatter(_Tp):
+    name: ClassVar[str] = "tp-reduce-scatter"
+    scheme: ClassVar[type[TensorParallelDecoder]] = ReduceScatterGather

@@ -6,6 +6,8 @@
 # The CANN base image must match the host driver; pick the tag for your SoC and CANN release.
 ARG CANN_IMAGE=ascendai/cann:8.3.rc1-910b-ubuntu22.04-py3.11
 FROM ${CANN_IMAGE}
+# Extras: add ray for a Ray cluster node (harness run --executor ray): --build-arg EXTRAS=llm,ray
+ARG EXTRAS="llm"
 
 # torch and torch_npu are released in matching pairs: keep the two versions equal.
 ARG TORCH_VERSION=2.8.0
@@ -20,7 +22,7 @@ COPY pyproject.toml README.md ./
 COPY harness ./harness
 COPY backends ./backends
 COPY models ./models
-RUN pip install ".[llm]"
+RUN pip install ".[${EXTRAS}]"
 
 # The CANN environment must be sourced for torch_npu to import (libhccl.so and friends).
 SHELL ["/bin/bash", "-c"]

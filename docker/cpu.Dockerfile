@@ -4,6 +4,8 @@
 # A plain `torch==X` from PyPI is the multi-GB CUDA build on x86_64 Linux; to get the small CPU wheel, point
 # pip at PyTorch's CPU wheel index: --build-arg TORCH_PIP_ARGS="--index-url <cpu wheel index URL>".
 FROM python:3.11-slim
+# Extras: add ray for a Ray cluster node (harness run --executor ray): --build-arg EXTRAS=llm,onnx,ray
+ARG EXTRAS="llm,onnx"
 
 ARG TORCH_SPEC="torch==2.13.0"
 ARG TORCH_PIP_ARGS=""
@@ -17,6 +19,6 @@ COPY pyproject.toml README.md ./
 COPY harness ./harness
 COPY backends ./backends
 COPY models ./models
-RUN pip install ".[llm,onnx]" && harness list
+RUN pip install ".[${EXTRAS}]" && harness list
 
 CMD ["harness", "run", "--suite", "smoke"]

@@ -6,6 +6,8 @@
 # image only has to provide a driver-compatible CUDA runtime. The results in results/cuda/ were made with torch
 # 2.11.0+cu130 on an H100 (driver 580); pick a TORCH_SPEC whose CUDA the host driver supports.
 FROM nvidia/cuda:13.0.0-runtime-ubuntu24.04
+# Extras: add ray for a Ray cluster node (harness run --executor ray): --build-arg EXTRAS=llm,onnx,ray
+ARG EXTRAS="llm,onnx"
 
 ARG TORCH_SPEC="torch==2.11.0"
 ARG TORCH_PIP_ARGS=""
@@ -23,7 +25,7 @@ COPY harness ./harness
 COPY backends ./backends
 COPY models ./models
 COPY benchmarks ./benchmarks
-RUN pip install ".[llm,onnx]" && harness list
+RUN pip install ".[${EXTRAS}]" && harness list
 
 # The default job: the device's ceilings, then the CI suite on the GPU beside the float64 reference.
 CMD ["sh", "-c", "harness calibrate -b cuda && harness run --suite ci -b cpu-reference,cuda"]

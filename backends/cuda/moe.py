@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from harness.backends.cuda import moe_route
-from harness.backends.cuda.fused import combine_rows, swiglu_rows, triton_usable
+from harness.backends.cuda.fused import combine_rows, swiglu_rows
 from harness.backends.cuda.memo import TensorMemo
 from harness.op_types import Routing, RoutingSpec, SharedExpert
 
@@ -59,6 +59,7 @@ class GroupedMoe:
         self.path = ""
         self._gemm_path = ""
         self.use_triton = True  # fused route / permute / swiglu / combine where triton and CUDA are there
+        self.interpret = False  # tests: the kernels on CPU tensors under TRITON_INTERPRET=1
         self.overlap_shared = True  # the shared expert on a side stream (CUDA only)
         self._side_streams: dict[torch.device, torch.cuda.Stream] = {}
 
@@ -110,7 +111,7 @@ class GroupedMoe:
         return self._run(x, weights, routed, shared, fused), routed.routing(torch.float32)
 
     def _fused(self, x: torch.Tensor, num_experts: int) -> bool:
-        return self.use_triton and triton_usable(x) and moe_route.kernels_usable(x, num_experts)
+        return self.use_triton and moe_route.kernels_usable(x, num_experts, interpret=self.interpret)
 
     def _run(
         self,

@@ -211,3 +211,72 @@ def test_the_fused_layer_matches_the_torch_layer(scheme: str) -> None:
     assert "triton route/permute/swiglu/combine" in kernels.path and "triton" not in plain.path
     assert torch.equal(got_routing.ids, want_routing.ids)
     assert torch.allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+# ----- the compiled kernels on a GPU (scripts/gpu_check_issue22.sh) -----
+
+
+@pytest.mark.skipif(not (HAS_TRITON and torch.cuda.is_available()), reason="needs triton and a CUDA GPU")
+@pytest.mark.parametrize("name", list(SPECS))
+def test_compiled_kernels_match_the_torch_forms_on_the_gpu(name: str) -> None:
+    spec, E = SPECS[name]
+    logits, bias = (t.cuda() if t is not None else None for t in _logits(name, 301))
+    x = torch.randn(301, 520, device="cuda", dtype=torch.bfloat16)
+    want, got = moe_route.route_torch(logits, spec, bias), moe_route.route_triton(logits, spec, bias)
+    assert torch.equal(got.ids.long(), want.ids)
+    assert torch.allclose(got.weights, want.weights, rtol=1e-6, atol=1e-7)
+    want_perm, got_perm = moe_route.permute(x, want, E), moe_route.permute(x, got, E)
+    for field in ("counts", "offs", "slot_of", "xs"):
+        assert torch.equal(getattr(got_perm, field).long(), getattr(want_perm, field).long()), field
+
+
+@pytest.mark.skipif(not (HAS_TRITON and torch.cuda.is_available()), reason="needs triton and a CUDA GPU")
+def test_the_fused_layer_with_a_side_stream_shared_expert_replays_in_a_cuda_graph() -> None:
+    spec, E = SPECS["deepseek-groups"]
+    T, H, F = 256, 128, 64
+    g = torch.Generator("cuda").manual_seed(3)
+
+    def r(*shape: int, scale: float = 1.0) -> torch.Tensor:
+        return (torch.randn(*shape, device="cuda", generator=g) * scale).to(torch.bfloat16)
+
+    x, router_w = r(T, H), r(E, H, scale=0.3)
+    w = (r(E, F, H, scale=H**-0.5), r(E, F, H, scale=H**-0.5), r(E, H, F, scale=F**-0.5))
+    shared = ops.SharedExpert(r(F, H, scale=H**-0.5), r(F, H, scale=H**-0.5), r(H, F, scale=F**-0.5))
+    bias = torch.randn(E, device="cuda", generator=g) * 0.01
+    layer = GroupedMoe()
+    eager, routing = layer.routed_layer(x, x @ router_w.T, w, spec, bias=bias, shared=shared)
+    assert "triton route/permute/swiglu/combine" in layer.path and "side stream" in layer.path
+    ref, _ = ops.moe(x, router_w, *w, spec, bias=bias, shared=shared, routing=routing)
+    budget = parity.budget_for("bfloat16", E)
+    assert parity.judge(parity.compare(eager.cpu(), ref, budget), budget).passed
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        layer.routed_layer(x, x @ router_w.T, w, spec, bias=bias, shared=shared)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured, _ = layer.routed_layer(x, x @ router_w.T, w, spec, bias=bias, shared=shared)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(captured, eager)
+
+
+def test_the_bar_scripts_dry_run_times_every_step_on_the_cpu() -> None:
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, str(root / "benchmarks" / "cuda_bar.py"), "--dry-run"],
+        check=False,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    rows = [json.loads(line) for line in done.stdout.splitlines()]
+    steps = {r["impl"].split(": ", 1)[1].split(" ")[0] for r in rows if r["impl"].startswith("step: ")}
+    assert steps == {"routing", "permute", "GEMM1", "SwiGLU", "GEMM2", "combine", "shared"}
+    assert rows[0]["shape_ok"] and all(r["ms"] > 0 for r in rows)

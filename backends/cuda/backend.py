@@ -20,7 +20,7 @@ from harness import paged
 from harness.backend import Availability, MathMode, UnsupportedCaseError
 from harness.backend_options import BackendOption
 from harness.lazy import torch
-from harness.op_types import Experts, Routing, SharedExpert
+from harness.op_types import Experts, MoeArgs, Routing, RoutingSpec, SharedExpert
 from harness.timing import Timer, TimingConfig
 from harness.torch_backend import TorchBackend
 
@@ -233,6 +233,24 @@ class Cuda(TorchBackend):
         out = self._moe(x, *experts.tensors(), routing, shared=shared)
         self._details["moe"] = self._moe.path
         return out
+
+    def route(self, logits: torch.Tensor, spec: RoutingSpec, *, bias: torch.Tensor | None = None) -> Routing:
+        """The fused route kernel on the GPU (moe_route.py): float64 selection, an exact tie to the lower index."""
+        from harness.backends.cuda import moe_route
+
+        fused = self._moe._fused(logits, logits.shape[1])
+        return moe_route.route(logits, spec, bias, fused).routing(logits.dtype)
+
+    def moe_layer(self, args: MoeArgs) -> tuple[torch.Tensor, Routing]:
+        """Free routing runs route, counting and permutation fused (GroupedMoe.routed_layer); a given one `experts`."""
+        if args.routing is not None:
+            return super().moe_layer(args)
+        logits = args.x @ args.router_w.T  # [T, E] in x's dtype: the route step scores it in float32 (router_logits)
+        out, routing = self._moe.routed_layer(
+            args.x, logits, args.experts.tensors(), args.spec, bias=args.bias, shared=args.shared
+        )
+        self._details["moe"] = self._moe.path
+        return out, routing
 
 
 class CudaCudnn(Cuda):

@@ -9,7 +9,6 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +23,7 @@ from harness.models.dist_moe import DistMoeShape, check_world
 from harness.models.moe import TINY
 from harness.op_types import Experts, MoeArgs, Routing
 from harness.workload import WorkloadUnavailableError
+from tests.torchrun_launch import TORCHRUN, run_group
 
 ROOT = Path(__file__).resolve().parents[1]
 FAULTS = ROOT / "faults" / "harness_faults" / "dist_faults.py"
@@ -134,24 +134,8 @@ def _env(tmp: Path) -> dict[str, str]:
 
 def _torchrun(tmp: Path, *args: str, timeout: float = 150, cmd: str = "run") -> subprocess.CompletedProcess[str]:
     """`harness CMD ARGS` under torchrun with two ranks; the whole process group is killed on a timeout."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
-    command += ["-m", "harness", cmd, *args]
-    with subprocess.Popen(
-        command,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=_env(tmp),
-        cwd=ROOT,
-        start_new_session=True,
-    ) as proc:
-        try:
-            out, err = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
-            raise
-    return subprocess.CompletedProcess(command, proc.returncode, out, err)
+    command = [*TORCHRUN, "--nproc-per-node", "2", "-m", "harness", cmd, *args]
+    return run_group(command, _env(tmp), timeout)
 
 
 def _records(path: Path) -> list[dict]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +18,7 @@ from harness.results import ResultWriter, read_records
 from harness.shard import shard
 from harness.workload import Case
 from tests.conftest import PLUGINS
+from tests.torchrun_launch import TORCHRUN, run_group
 
 ROOT = Path(__file__).resolve().parents[1]
 SELECTION = ("-w", "attention.prefill", "--preset", "tiny", "--parity-only")
@@ -33,18 +33,9 @@ def _env() -> dict[str, str]:
 def _harness(*args: str, ranks: int = 0, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """`harness run ARGS`, in one process or under torchrun with `ranks` ranks; the whole process group is
     killed on a timeout (torchrun's workers would outlive it)."""
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(ranks)]
+    launcher = [*TORCHRUN, "--nproc-per-node", str(ranks)]
     command = [*(launcher if ranks else [sys.executable]), "-m", "harness", "run", *args]
-    with subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), cwd=ROOT, start_new_session=True
-    ) as proc:
-        try:
-            out, err = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
-            raise
-    return subprocess.CompletedProcess(command, proc.returncode, out, err)
+    return run_group(command, _env(), timeout)
 
 
 def _verdicts(path: Path) -> list[tuple[str, str]]:

@@ -15,15 +15,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from harness.backend import Availability, Backend
+from harness.backend import Availability, Backend, UnsupportedCaseError
 from harness.lazy import LazyModule, torch
-from harness.names import OPS
-from harness.op_types import MoeArgs, Routing, RoutingSpec, moe_inputs
+from harness.names import OPS, QUANT_FORMATS
+from harness.op_types import Experts, MoeArgs, QuantSpec, Routing, RoutingSpec, SharedExpert, moe_inputs
 
 log = logging.getLogger(__name__)
 
 # What is exported (torch.nn modules) and the cache: imported on use.
 graphs = LazyModule("harness.backends.onnx_export")
+quant_graphs = LazyModule("harness.backends.ort_quant")  # w8a8 linear as standard ONNX ops; fp8: the skip reason
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,8 @@ class OrtBackend(Backend):
 
     provider: ClassVar[str] = "CPUExecutionProvider"
     device: ClassVar[str] = "cpu"
-    dtypes: ClassVar[frozenset[str]] = frozenset({"float32", "float16"})  # no bfloat16 kernels on ORT CPU
+    # no bfloat16 kernels on ORT CPU; quantized formats on `linear` (w8a8; fp8 skips with the reason)
+    dtypes: ClassVar[frozenset[str]] = frozenset({"float32", "float16", *QUANT_FORMATS})
     io_binding: ClassVar[bool] = False  # bind inputs / outputs to device memory (device providers)
     binding_device: ClassVar[str] = "cpu"  # where the provider allocates bound outputs
     collective_backend: ClassVar[str] = ""  # ONNX Runtime has no collectives: dist.* cases are skips
@@ -261,6 +263,29 @@ class OrtBackend(Backend):
 
     def swiglu(self, x: torch.Tensor) -> torch.Tensor:
         return self._invoke(_OrtCall("swiglu", [x], {}, {}, _first))
+
+    def linear(self, x: torch.Tensor, w: torch.Tensor, *, quant: QuantSpec | None = None) -> torch.Tensor:
+        """torch-cpu's x @ w^T exported; w8a8 a graph of standard ops (backends/ort_quant.py); fp8 a skip."""
+        if quant is None:
+            return self._invoke(_OrtCall("linear", [x, w], {}, {}, _first))
+        if quant.format != "w8a8":
+            raise UnsupportedCaseError(quant_graphs.NO_FP8.format(fmt=quant.format))
+        key = "w8a8-linear"
+        if key not in self._sessions:
+            started = time.perf_counter()
+            model = quant_graphs.w8a8_linear_model().SerializeToString()
+            self._sessions[key] = self.ort.InferenceSession(
+                model, self.session_options(), providers=[(self.provider, self.provider_options())]
+            )
+            self._compile["session_s"] = self._compile.get("session_s", 0.0) + time.perf_counter() - started
+        return quant_graphs.run_w8a8(self._sessions[key], x, w)
+
+    def quant_experts(
+        self, x: torch.Tensor, experts: Experts, routing: Routing, shared: SharedExpert | None, quant: QuantSpec
+    ) -> torch.Tensor:
+        if quant.format != "w8a8":
+            raise UnsupportedCaseError(quant_graphs.NO_FP8.format(fmt=quant.format))
+        raise UnsupportedCaseError(f"{self.name} exports only `linear` in w8a8, not the quantized MoE layer")
 
     def route(self, logits: torch.Tensor, spec: RoutingSpec, *, bias: torch.Tensor | None = None) -> Routing:
         return self._invoke(_OrtCall("route", [logits], {"bias": bias}, {"spec": spec}, _routing))

@@ -6,9 +6,13 @@ rule, in float32, as a port implements it); the GEMMs, the accumulation and the 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from harness import quant
 from harness.lazy import F, torch
 from harness.op_types import Experts, QuantSpec, Routing, SharedExpert
+
+QuantMatmul = Callable[[quant.Quantized, quant.Quantized], "torch.Tensor"]  # [T, K] x [N, K] -> float32 [T, N]
 
 
 def _int8_dot(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -37,15 +41,29 @@ def linear(x: torch.Tensor, w: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
     return quant_matmul(quant.quantize_activation(x, spec), quant.quantize_weight(w, spec)).to(x.dtype)
 
 
-def _mlp(xq: quant.Quantized, wg: quant.Quantized, wu: quant.Quantized, wd: quant.Quantized, spec: QuantSpec):
-    h = F.silu(quant_matmul(xq, wg)) * quant_matmul(xq, wu)  # [n, F] float32
-    return quant_matmul(quant.quantize_activation(h, spec), wd)
+def _mlp(
+    xq: quant.Quantized,
+    wg: quant.Quantized,
+    wu: quant.Quantized,
+    wd: quant.Quantized,
+    spec: QuantSpec,
+    matmul: QuantMatmul = quant_matmul,
+) -> torch.Tensor:
+    h = F.silu(matmul(xq, wg)) * matmul(xq, wu)  # [n, F] float32
+    return matmul(quant.quantize_activation(h, spec), wd)
 
 
 def experts(
-    x: torch.Tensor, weights: Experts, routing: Routing, shared: SharedExpert | None, spec: QuantSpec
+    x: torch.Tensor,
+    weights: Experts,
+    routing: Routing,
+    shared: SharedExpert | None,
+    spec: QuantSpec,
+    matmul: QuantMatmul = quant_matmul,
+    quantize_weight: Callable[[torch.Tensor, QuantSpec], quant.Quantized] = quant.quantize_weight,
 ) -> torch.Tensor:
-    """The quantized MoE after routing, slots sorted by expert: [T, H] in the dtype of x."""
+    """The quantized MoE after routing, slots sorted by expert: [T, H] in the dtype of x. `matmul` and
+    `quantize_weight` are a device backend's GEMM and its (cached) weight quantization; the steps are these."""
     T, H = x.shape
     ids, combine = routing.ids.long(), routing.weights.float()
     k = ids.shape[1]
@@ -53,7 +71,7 @@ def experts(
     order = torch.argsort(flat, stable=True)
     token = order // k
     counts = torch.bincount(flat, minlength=weights.w_gate.shape[0]).tolist()
-    wg, wu, wd = (quant.quantize_weight(t, spec) for t in weights.tensors())
+    wg, wu, wd = (quantize_weight(t, spec) for t in weights.tensors())
     xq = quant.quantize_activation(x, spec)
     h = torch.empty(T * k, wg.q.shape[-2], dtype=torch.float32, device=x.device)
     start = 0
@@ -61,7 +79,7 @@ def experts(
         if n:
             xe = xq.rows(token[start : start + n])
             ge, ue = (quant.Quantized(w.q[e], w.scale[e], w.group) for w in (wg, wu))
-            h[start : start + n] = F.silu(quant_matmul(xe, ge)) * quant_matmul(xe, ue)
+            h[start : start + n] = F.silu(matmul(xe, ge)) * matmul(xe, ue)
             start += n
     hq = quant.quantize_activation(h, spec)
     out = torch.zeros(T, H, dtype=torch.float32, device=x.device)
@@ -69,12 +87,12 @@ def experts(
     for e, n in enumerate(counts):
         if n:
             seg = torch.arange(start, start + n, device=x.device)
-            y = quant_matmul(hq.rows(seg), quant.Quantized(wd.q[e], wd.scale[e], wd.group))
+            y = matmul(hq.rows(seg), quant.Quantized(wd.q[e], wd.scale[e], wd.group))
             out.index_add_(0, token[seg], y * combine.reshape(-1)[order[seg], None])
             start += n
     if shared is not None:
-        sg, su, sd = (quant.quantize_weight(t, spec) for t in shared.tensors()[:3])
-        y = _mlp(xq, sg, su, sd, spec)
+        sg, su, sd = (quantize_weight(t, spec) for t in shared.tensors()[:3])
+        y = _mlp(xq, sg, su, sd, spec, matmul)
         if shared.gate is not None:
             y = y * torch.sigmoid(x.float() @ shared.gate.float().T)
         out += y

@@ -20,7 +20,8 @@ from harness import paged
 from harness.backend import Availability, MathMode, UnsupportedCaseError
 from harness.backend_options import BackendOption
 from harness.lazy import torch
-from harness.op_types import Experts, MoeArgs, Routing, RoutingSpec, SharedExpert
+from harness.names import QUANT_FORMATS
+from harness.op_types import Experts, MoeArgs, QuantSpec, Routing, RoutingSpec, SharedExpert
 from harness.timing import Timer, TimingConfig
 from harness.torch_backend import TorchBackend
 
@@ -69,7 +70,7 @@ def _tf32_matmuls(allowed: bool) -> Iterator[None]:
 class Cuda(TorchBackend):
     name: ClassVar[str] = "cuda"
     device: ClassVar[str] = "cuda"
-    dtypes: ClassVar[frozenset[str]] = frozenset({"float32", "bfloat16", "float16"})
+    dtypes: ClassVar[frozenset[str]] = frozenset({"float32", "bfloat16", "float16", *QUANT_FORMATS})
     description: ClassVar[str] = "torch on an NVIDIA GPU: per-shape fastest SDPA kernel, grouped-GEMM MoE, graphs"
     kernels: ClassVar[tuple[str, ...]] = AUTO_KERNELS
     calibration_group: ClassVar[str] = "cuda"  # every cuda-* variant runs on the same device ceilings
@@ -98,6 +99,7 @@ class Cuda(TorchBackend):
         from harness.backends.cuda.attention import SdpaAttention
         from harness.backends.cuda.mla import CudaMla
         from harness.backends.cuda.moe import GroupedMoe
+        from harness.backends.cuda.quant import CudaQuant
 
         self.tf32 = tf32
         self.graphs = graphs
@@ -107,6 +109,7 @@ class Cuda(TorchBackend):
         self._attention = SdpaAttention(self.kernels)
         self._mla = CudaMla(self._attention)
         self._moe = GroupedMoe()
+        self._quant = CudaQuant()
         self._details: dict[str, Any] = {}
         props = torch.cuda.get_device_properties(torch.cuda.current_device())
         self.l2_bytes = int(getattr(props, "L2_cache_size", 50 << 20))
@@ -251,6 +254,21 @@ class Cuda(TorchBackend):
         )
         self._details["moe"] = self._moe.path
         return out, routing
+
+    def linear(self, x: torch.Tensor, w: torch.Tensor, *, quant: QuantSpec | None = None) -> torch.Tensor:
+        """A quantized format through torch._int_mm / torch._scaled_mm (cuda/quant.py; `implementation.quant`)."""
+        if quant is None:
+            return super().linear(x, w)
+        out = self._quant.linear(x, w, quant)
+        self._details["quant"] = dict(self._quant.path)
+        return out
+
+    def quant_experts(
+        self, x: torch.Tensor, experts: Experts, routing: Routing, shared: SharedExpert | None, quant: QuantSpec
+    ) -> torch.Tensor:
+        out = self._quant.experts(x, experts, routing, shared, quant)
+        self._details["quant"] = dict(self._quant.path)
+        return out
 
 
 class CudaCudnn(Cuda):

@@ -87,5 +87,5 @@ def test_format_error_is_judged_only_with_budget():
 
 
 def test_quantized_dtype_not_declared_is_a_skip():
-    _, records = _cli("-w", "linear.projection", "--dtype", "w8a8", backend="ascend-sim")
-    assert records and all(r["status"] == "skipped" and "w8a8" in r["reason"] for r in records)
+    _, records = _cli("-w", "linear.projection", "--dtype", "fp8-block", backend="ascend-sim")
+    assert records and all(r["status"] == "skipped" and "fp8-block" in r["reason"] for r in records)

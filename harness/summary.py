@@ -122,7 +122,7 @@ def _block(name: str, records: list[Record], baseline: Mapping[str, float], widt
             lines += _wrap(where, width, "  ", "layers  ")
     for fmt, (kernel, error) in format_errors(records).items():
         text = f"worst rel_l2: kernel {_figure(kernel)} vs emulation, format {_figure(error)} vs unquantized"
-        lines += _wrap(text, width, "  ", f"{fmt:<8}")
+        lines += _wrap(text, width, "  ", f"{fmt:<7} ")
     not_invariant, checked, diff = invariance.tally(records)
     if checked:
         text = f"{not_invariant} of {checked} cases not batch invariant" + (

@@ -105,7 +105,7 @@ def test_smoke_and_ci_plan_a_few_quantized_cases_and_paper_the_real_ones():
         quantized = [c for c in cases if c.dtype in ("w8a8", "fp8", "fp8-block")]
         assert {c.workload for c in quantized} == {"linear.projection", "moe.experts", "moe.layer"}
         assert {c.dtype for c in quantized} == {"w8a8", "fp8", "fp8-block"} and {c.seed for c in quantized} == {0}
-        assert len(quantized) <= 40  # make test stays fast
+        assert len(quantized) <= (60 if name == "smoke" else 40)  # make test stays fast
     paper = planner.plan(replace(BUILTIN_SUITES["paper"], backends=("cuda",)))
     real = {(c.workload, c.shape) for c in paper if c.dtype in ("w8a8", "fp8")}
     assert {("moe.layer", "qwen3-moe"), ("moe.layer", "deepseek-v3"), ("linear.projection", "qwen3-30b-a3b-q")} <= real

@@ -10,7 +10,16 @@ import csv
 import io
 from collections.abc import Callable
 
-from harness.paper_table import ERROR_MARK, FAIL_MARK, PASS_MARK, Cell, PaperTable, TableRow, worst_errors
+from harness.paper_table import (
+    ERROR_MARK,
+    FAIL_MARK,
+    PASS_MARK,
+    Cell,
+    PaperTable,
+    TableRow,
+    worst_errors,
+    worst_format_errors,
+)
 from harness.report_formats import latex_escape
 
 LATEX_MARKS = {PASS_MARK: r"$\surd$", FAIL_MARK: r"$\otimes$", ERROR_MARK: "!"}
@@ -95,6 +104,16 @@ def _notes(table: PaperTable, marks: dict[str, str], latex: bool) -> list[str]:
         + esc(", ".join(parts) or "none")
         + "."
     ]
+    fmt_worst = [(b, e, r) for b, (e, r) in worst_format_errors(table).items() if b in table.backends]
+    if fmt_worst:  # quantized rows: the kernel's error (above, against the format's emulation) and the format's
+        parts = ", ".join(f"{b} {e:.2e} ({r.workload} {r.shape} {r.dtype})" for b, e, r in fmt_worst)
+        notes.append(
+            esc(
+                "Quantized formats (w8a8, fp8...): rel_l2 above is the kernel's error against the float64 emulation "
+                "of the format; the format's own error against the unquantized float64 function (informative), "
+                f"worst per backend: {parts}."
+            )
+        )
     if any(c.bold for r in table.rows for c in r.cells.values()):
         notes.append(
             ("Bold" if latex else "**Bold**")
@@ -203,7 +222,7 @@ def to_markdown(tables: list[PaperTable]) -> str:
 CSV_FIELDS = (
     "workload", "preset", "shape", "dtype", "dims", "backend", "unit", "median", "ci95_low", "ci95_high",
     "throughput", "throughput_unit", "roofline_pct", "speedup", "baseline", "best", "verdict", "rel_l2",
-    "timing_invalid", "skip",
+    "timing_invalid", "skip", "format_rel_l2",
 )  # fmt: skip
 
 
@@ -221,6 +240,6 @@ def to_csv(tables: list[PaperTable]) -> str:
                     continue
                 values = [row.workload, row.preset, row.shape, row.dtype, dims, backend, table.unit]
                 values += [c.median, c.low, c.high, c.throughput, c.throughput_unit, c.roofline_pct, c.speedup]
-                values += [table.baseline, c.bold, c.verdict, c.rel_l2, c.invalid, c.skip]
+                values += [table.baseline, c.bold, c.verdict, c.rel_l2, c.invalid, c.skip, c.format_rel_l2]
                 writer.writerow(["" if v is None else v for v in values])
     return buf.getvalue()

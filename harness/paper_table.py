@@ -20,6 +20,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from harness.quant_parity import FORMAT_ERROR
 from harness.results import Record
 from harness.timing_view import device_class, invalid_reason, pick_reference, review_notice, valid_timing
 
@@ -41,6 +42,8 @@ DIM_COLUMNS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("F", ("f",)),
     ("E", ("e",)),
     ("k", ("top_k",)),
+    ("K", ("k",)),  # a projection's reduction and output features (linear.projection)
+    ("N", ("n",)),
 )
 PASS_MARK, FAIL_MARK, ERROR_MARK = "ok", "FAIL", "ERR"  # writers turn them into symbols
 
@@ -62,6 +65,7 @@ class Cell:
     invalid: str = ""  # why the timing is invalid: no figure is shown
     skip: str = ""  # why the backend skipped this row
     review: str = ""  # an implausible speedup against the case's reference backend (timing_view.review_notice)
+    format_rel_l2: float | None = None  # quantized formats: the worst rel_l2 against the unquantized function
 
 
 @dataclass(frozen=True)
@@ -234,11 +238,12 @@ def _table(
             errors = [r.parity.metrics.rel_l2 for r in recs if r.parity is not None and r.parity.metrics is not None]
             t = timed.get((key, backend))
             invalid = next((why for r in recs if (why := invalid_reason(r))), "")
+            fmt_errors = [f["rel_l2"] for r in recs if r.parity is not None and (f := r.parity.section(FORMAT_ERROR))]
             cell = Cell(verdict, max(errors) if errors else None, invalid=invalid, skip="" if verdict else reason)
+            cell = replace(cell, format_rel_l2=max(fmt_errors) if fmt_errors else None)
             if t is not None:
-                cell = Cell(
-                    verdict,
-                    cell.rel_l2,
+                cell = replace(
+                    cell,
                     median=t.median_ns / scale,
                     low=None if t.low_ns is None else t.low_ns / scale,
                     high=None if t.high_ns is None else t.high_ns / scale,
@@ -246,6 +251,7 @@ def _table(
                     throughput_unit=t.unit,
                     roofline_pct=t.roofline_pct,
                     speedup=base.median_ns / t.median_ns if base is not None and backend != baseline else None,
+                    invalid="",  # a validly timed case shows its figure
                 )
             cells[backend] = cell
         cells = _mark_implausible(cells, per, baseline)
@@ -283,4 +289,16 @@ def worst_errors(table: PaperTable) -> dict[str, tuple[float, TableRow]]:
         for backend, cell in row.cells.items():
             if cell.rel_l2 is not None and (backend not in out or cell.rel_l2 > out[backend][0]):
                 out[backend] = (cell.rel_l2, row)
+    return out
+
+
+def worst_format_errors(table: PaperTable) -> dict[str, tuple[float, TableRow]]:
+    """Per backend, its worst format error (quantized rows: rel_l2 against the unquantized function) and its row;
+    empty where the table has no quantized row (the format-error footnote)."""
+    out: dict[str, tuple[float, TableRow]] = {}
+    for row in table.rows:
+        for backend, cell in row.cells.items():
+            e = cell.format_rel_l2
+            if e is not None and (backend not in out or e > out[backend][0]):
+                out[backend] = (e, row)
     return out

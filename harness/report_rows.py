@@ -17,6 +17,7 @@ from typing import Any
 
 from harness.parity_llm import OpError
 from harness.port import against_label, ratio_figure
+from harness.quant_parity import FORMAT_ERROR
 from harness.results import ParityRecord, Record
 from harness.timing_view import device_class, invalid_reason, pick_reference, plural, review_notice
 
@@ -58,6 +59,7 @@ class Row:
     invariant: bool | None = None  # --invariance: every part of every case bitwise equal run alone (None: not run)
     invariance_diff: float | None = None  # the largest difference between a part alone and in the whole call
     layout: str | None = None  # dist.* cases: world size N vs 1 (harness/layout.py), e.g. "2 vs 1: equal"
+    format_rel_l2: float | None = None  # quantized formats: the worst rel_l2 against the unquantized function
     review: str = ""  # an implausible speedup against the case's reference backend (timing_view.review_notice)
 
 
@@ -125,6 +127,7 @@ def summarize(
                 invariant=all(i["invariant"] for i in invariance) if invariance else None,
                 invariance_diff=_max(i.get("max_abs_diff") for i in invariance),
                 layout=_layout(_sections(parity, "layout")),
+                format_rel_l2=_max(f.get("rel_l2") for f in _sections(parity, FORMAT_ERROR)),
                 routing_agreement=min(r["agreement"] for r in routing) if routing else None,
                 near_ties=sum(r["near_ties"] for r in routing) if routing else None,
                 routing_unexplained=sum(r["unexplained"] for r in routing) if routing else None,
@@ -252,6 +255,9 @@ def table_cells(row: Row) -> list[str]:
 
 
 SPEEDUP_AFTER = [name for name, _ in TABLE_COLUMNS].index("median_us") + 1  # the --baseline column's place
+FORMAT_AFTER = [name for name, _ in TABLE_COLUMNS].index("worst_row_rel_l2") + 1  # quantized rows: format error
+KERNEL_ERROR_TITLE = "rel_l2 (max; quantized: kernel vs emulation)"
+FORMAT_ERROR_TITLE = "format error rel_l2 (vs unquantized)"
 AGAINST_AFTER = [name for name, _ in TABLE_COLUMNS].index("verdict") + 1  # --against runs: its columns' place
 AGAINST_FIELDS = ("against", "baseline_rel_l2", "error_ratio")
 
@@ -276,6 +282,11 @@ def table(rows: list[Row], baseline: str | None) -> tuple[list[str], list[list[s
     """The header and cells of the md and html tables; with a baseline, a speedup column after the median."""
     header = [title for _, title in TABLE_COLUMNS]
     cells = [table_cells(row) for row in rows]
+    if any(row.format_rel_l2 is not None for row in rows):  # two errors apart: the kernel's and the format's
+        header[header.index("rel_l2 (max)")] = KERNEL_ERROR_TITLE
+        header.insert(FORMAT_AFTER, FORMAT_ERROR_TITLE)
+        for row, row_cells in zip(rows, cells, strict=True):
+            row_cells.insert(FORMAT_AFTER, fmt(row.format_rel_l2))
     if judged_against(rows):
         header[AGAINST_AFTER:AGAINST_AFTER] = ["against", "baseline rel_l2", "error / baseline (max)"]
         for row, row_cells in zip(rows, cells, strict=True):

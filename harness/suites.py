@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.backend_options import OptionSetting
-from harness.names import DISTRIBUTIONS, DTYPE_NAMES, BadInputError, did_you_mean, unknown_name
+from harness.names import DISTRIBUTIONS, DTYPE_NAMES, QUANT_FORMATS, BadInputError, did_you_mean, unknown_name
 from harness.timing import TimingConfig
 
 if sys.version_info >= (3, 11):
@@ -59,30 +59,43 @@ PAPER_MLA_SHAPES = (
     "mla-paged-bs128-b64-s32k",
 )
 
+FLOAT_DTYPES = ("float32", "bfloat16", "float16")
+# The quantized formats in smoke / ci: the workloads that declare them (linear.projection, moe.experts, moe.layer);
+# ci runs the MoE only at the shapes with a shared expert (qwen2-moe gated, deepseek-v3 grouped) and one seed
+QUANT_EXCLUDE = tuple(f"moe.*/tiny/{shape}/{fmt}/*" for shape in ("mixtral", "qwen3-moe") for fmt in QUANT_FORMATS)
+QUANT_ONE_SEED = tuple(f"*/{fmt}/*/seed[12]@*" for fmt in QUANT_FORMATS)  # ci: the quantized cases at seed 0
+PAPER_QUANT_SHAPES = ("deepseek-v3", "deepseek-v3-expert-gate", "qwen3-30b-a3b-q")  # MoE layer and projections
+
 BUILTIN_SUITES: dict[str, Suite] = {
     s.name: s
     for s in (
         Suite(
             "smoke",
             "every workload at tiny shapes in float32/bfloat16/float16, normal and stress inputs: seconds; exported "
-            "LLM graphs (ort-*) only for llm.llama3, the cheapest export (the ci suite exports them all)",
+            "LLM graphs (ort-*) only for llm.llama3, the cheapest export (the ci suite exports them all); the "
+            "quantized formats (w8a8, fp8, fp8-block) for linear.projection and the MoE",
+            dtypes=(*FLOAT_DTYPES, *QUANT_FORMATS),
             timing=TimingConfig(budget_s=0.02, warmup_s=0.005, min_samples=3),
             exclude=tuple(f"llm.{arch}/*@ort-*" for arch in ("qwen3", "qwen3-moe", "mixtral", "deepseek-v3")),
         ),
         Suite(
             "ci",
-            "every workload at tiny shapes, three seeds, normal and stress inputs: parity for CI jobs",
+            "every workload at tiny shapes, three seeds, normal and stress inputs: parity for CI jobs; the "
+            "quantized formats at seed 0, the MoE at its shared-expert shapes",
+            dtypes=(*FLOAT_DTYPES, *QUANT_FORMATS),
             seeds=(0, 1, 2),
             timing=TimingConfig(budget_s=0.05, warmup_s=0.01, min_samples=5),
+            exclude=(*QUANT_EXCLUDE, *QUANT_ONE_SEED),
         ),
         Suite(
             "paper",
             "real model shapes on a GPU (Llama-3-8B attention and paged decode, DeepSeek-V3 absorbed MLA decode at"
-            " four batch / context points, MTP and paged, Qwen3-30B-A3B and Mixtral MoE layers) in bfloat16",
-            workloads=("attention.*", "moe.layer", "moe.experts"),
+            " four batch / context points, MTP and paged, Qwen3-30B-A3B, Mixtral and DeepSeek-V3 MoE layers) in"
+            " bfloat16; the MoE layers and DeepSeek-V3 / Qwen3 projections also in w8a8 and fp8",
+            workloads=("attention.*", "moe.layer", "moe.experts", "linear.projection"),
             presets=("real",),
-            shapes=("llama3-8b", "qwen3-moe", "mixtral", *PAPER_MLA_SHAPES),
-            dtypes=("bfloat16",),
+            shapes=("llama3-8b", "qwen3-moe", "mixtral", *PAPER_MLA_SHAPES, *PAPER_QUANT_SHAPES),
+            dtypes=("bfloat16", "w8a8", "fp8"),
             inputs=("normal",),
             timing=TimingConfig(budget_s=1.0, warmup_s=0.2, min_samples=10),
         ),

@@ -20,6 +20,7 @@ from typing import Any
 from harness import invariance
 from harness.parity import Failure
 from harness.port import PortVerdict, divergence, port_verdicts
+from harness.quant_parity import FORMAT_ERROR
 from harness.results import CaseRef, Record
 from harness.timing_view import invalid_reason, left_out, plural, valid_timing
 
@@ -80,6 +81,20 @@ def worst_case(records: Iterable[Record]) -> tuple[Record, Failure] | None:
     return max(judged, key=lambda rw: rw[1].ratio) if judged else None
 
 
+def format_errors(records: Iterable[Record]) -> dict[str, tuple[float, float]]:
+    """Per quantized format (case dtype): the worst kernel error (rel_l2 against the format's emulation, the
+    verdict's) and the worst format error (rel_l2 against the unquantized function), over the cases with both."""
+    out: dict[str, tuple[float, float]] = {}
+    for r in records:
+        p = r.parity
+        section = p.section(FORMAT_ERROR) if p is not None and p.metrics is not None else None
+        if section is None or p is None or p.metrics is None:
+            continue
+        kernel, fmt = out.get(r.case.dtype, (0.0, 0.0))
+        out[r.case.dtype] = (max(kernel, p.metrics.rel_l2), max(fmt, section["rel_l2"]))
+    return out
+
+
 def _block(name: str, records: list[Record], baseline: Mapping[str, float], width: int) -> list[str]:
     counts = Counter(r.status for r in records)
     head = f"{name}  {counts['passed']} passed, {counts['failed']} failed"
@@ -105,6 +120,9 @@ def _block(name: str, records: list[Record], baseline: Mapping[str, float], widt
         where = divergence(r)
         if where is not None:
             lines += _wrap(where, width, "  ", "layers  ")
+    for fmt, (kernel, error) in format_errors(records).items():
+        text = f"worst rel_l2: kernel {_figure(kernel)} vs emulation, format {_figure(error)} vs unquantized"
+        lines += _wrap(text, width, "  ", f"{fmt:<7} ")
     not_invariant, checked, diff = invariance.tally(records)
     if checked:
         text = f"{not_invariant} of {checked} cases not batch invariant" + (
@@ -258,9 +276,11 @@ class RunSummary:
             }
         port_data = None if port is None else port.to_dict()
         not_invariant, checked, diff = invariance.tally(records)
+        fmts = format_errors(records)
         return (
             {"backend": name, "verdict": _status_verdict(counts), "counts": dict(counts), "worst": worst}
             | ({"port": port_data} if self.facts.against is not None else {})
+            | ({"formats": {f: {"kernel_rel_l2": k, "format_rel_l2": e} for f, (k, e) in fmts.items()}} if fmts else {})
             | (
                 {"invariance": {"checked": checked, "not_invariant": not_invariant, "max_abs_diff": diff}}
                 if checked

@@ -43,6 +43,7 @@ class DistMoe(MoeLayer):
 
     op: ClassVar[str] = "moe_ep"
     collective: ClassVar[bool] = True
+    quant_formats: ClassVar[tuple[str, ...]] = ()  # moe_ep takes no quant=: a w8a8 case would run unquantized
 
     def make_inputs(
         self, shape: DistMoeShape, dtype: torch.dtype, seed: int, distribution: str

@@ -284,7 +284,7 @@ def test_ascend_sim_passes_the_ci_suite_in_half_precision(harness_cli) -> None:
         "run", "--suite", "ci", "-b", "ascend-sim", "--dtype", "float16,bfloat16", "--seeds", "0", "--parity-only"
     )
     assert run.exit_code == 0, run.output
-    assert {r["case"]["workload"].split(".")[0] for r in run.records} == {"attention", "moe", "llm", "dist"}
+    assert {r["case"]["workload"].split(".")[0] for r in run.records} == {"attention", "moe", "llm", "dist", "linear"}
     f32 = harness_cli("run", "-w", "attention.*", "-b", "ascend-sim", "--dtype", "float32", "--parity-only")
     assert f32.exit_code == 0  # float32 goes through npu_fusion_attention (FIA rejects float32 queries)
     assert all(r["simulated"] for r in run.records)

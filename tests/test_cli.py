@@ -31,7 +31,7 @@ def test_smoke_suite_passes_on_both_cpu_backends(harness_cli) -> None:
         "attention.sliding_window",
     } <= workloads
     assert {"moe.route", "moe.experts", "moe.layer"} <= workloads
-    assert {r["case"]["dtype"] for r in run.records} == {"float32", "bfloat16", "float16"}
+    assert {r["case"]["dtype"] for r in run.records} == {"float32", "bfloat16", "float16", "w8a8", "fp8", "fp8-block"}
     first = run.records[0]
     assert first["schema_version"] == 2 and first["run_id"] and first["time_utc"].endswith("Z")
     assert first["backend_options"] == {}  # created without --backend-option

@@ -87,5 +87,26 @@ def test_format_error_is_judged_only_with_budget():
 
 
 def test_quantized_dtype_not_declared_is_a_skip():
-    _, records = _cli("-w", "linear.projection", "--dtype", "w8a8", backend="ascend-sim")
-    assert records and all(r["status"] == "skipped" and "w8a8" in r["reason"] for r in records)
+    _, records = _cli("-w", "linear.projection", "--dtype", "fp8-block", backend="ascend-sim")
+    assert records and all(r["status"] == "skipped" and "fp8-block" in r["reason"] for r in records)
+
+
+def test_smoke_and_ci_plan_a_few_quantized_cases_and_paper_the_real_ones():
+    from dataclasses import replace
+
+    from harness.backend import default_registry
+    from harness.planning import Planner
+    from harness.suites import BUILTIN_SUITES
+    from harness.workload import WorkloadRegistry
+
+    planner = Planner(default_registry(), WorkloadRegistry.discover())
+    for name in ("smoke", "ci"):
+        cases = planner.plan(replace(BUILTIN_SUITES[name], backends=("torch-cpu",)))
+        quantized = [c for c in cases if c.dtype in ("w8a8", "fp8", "fp8-block")]
+        assert {c.workload for c in quantized} == {"linear.projection", "moe.experts", "moe.layer"}
+        assert {c.dtype for c in quantized} == {"w8a8", "fp8", "fp8-block"} and {c.seed for c in quantized} == {0}
+        assert len(quantized) <= (60 if name == "smoke" else 40)  # make test stays fast
+    paper = planner.plan(replace(BUILTIN_SUITES["paper"], backends=("cuda",)))
+    real = {(c.workload, c.shape) for c in paper if c.dtype in ("w8a8", "fp8")}
+    assert {("moe.layer", "qwen3-moe"), ("moe.layer", "deepseek-v3"), ("linear.projection", "qwen3-30b-a3b-q")} <= real
+    assert {c.preset for c in paper} == {"real"}

@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 from harness import ops, paged
 from harness.backend import Availability, UnsupportedCaseError
 from harness.backends.ascend.fused_ep import SIM, FusedExpertParallel, grouped_swiglu, limits_for, refusal
+from harness.backends.ascend.quant import AscendQuantOps
 from harness.lazy import F, torch
 from harness.op_types import Experts, MoeArgs, Routing, RoutingSpec, SharedExpert
 from harness.timing import Timer, TimingConfig
@@ -69,12 +70,12 @@ class NpuEventTimer:
         return start.elapsed_time(end) * 1e6
 
 
-class Ascend(TorchBackend):
+class Ascend(AscendQuantOps, TorchBackend):
     """The adapter: contract calls turned into torch_npu calls (layouts, sparse modes, Ascend's mask convention)."""
 
     name: ClassVar[str] = "ascend"
     device: ClassVar[str] = "npu"
-    dtypes: ClassVar[frozenset[str]] = frozenset({"float32", "bfloat16", "float16"})
+    dtypes: ClassVar[frozenset[str]] = frozenset({"float32", "bfloat16", "float16", "w8a8"})  # fp8: quant.py
     description: ClassVar[str] = "Huawei Ascend NPU through torch_npu's fused kernels (FIA, grouped matmul MoE)"
     collective_backend: ClassVar[str] = "hccl"
 
@@ -208,12 +209,8 @@ class Ascend(TorchBackend):
         if causal and window is None:
             kwargs.update(sparse_mode=CAUSAL_SPARSE_MODE, atten_mask=self.compressed_causal_mask())
         elif causal:
-            kwargs.update(
-                sparse_mode=WINDOW_SPARSE_MODE,
-                atten_mask=self.compressed_causal_mask(),
-                pre_tokens=window - 1,
-                next_tokens=0,
-            )
+            mask = self.compressed_causal_mask()
+            kwargs.update(sparse_mode=WINDOW_SPARSE_MODE, atten_mask=mask, pre_tokens=window - 1, next_tokens=0)
         out, _ = self.tnpu.npu_fused_infer_attention_score(q, k, v, **kwargs)
         return out
 

@@ -19,6 +19,8 @@ BACKENDS = tuple(
 )
 ALL_DTYPES = ("float32", "bfloat16", "float16")
 QUANT = ("w8a8", "fp8", "fp8-block")
+QUANT_MOE = ("moe.experts", "moe.layer")  # the quantized MoE workloads
+MOE_SHAPES = ("qwen2-moe", "deepseek-v3")  # tiny MoE shapes with a shared expert (gated, grouped routing)
 # attention.sliding_window's shapes off the prefill path (tiny preset): decode and chunked prefill
 WINDOW_OFF_PREFILL = ("gqa-decode", "mqa-decode", "gqa-chunked", "mqa-chunked")
 # the attention workloads whose tiny shapes leave the scale to the contract's 1/sqrt(D) (attention.mla_decode always
@@ -303,6 +305,19 @@ CHECKS = (
     ),
     Check("int32 accumulator as int16", "bug-quant-int16-acc", "caught", ("linear.*",), ("w8a8",)),
     Check("K summed in other chunks (correct)", "bug-quant-k-chunks", "passes", ("linear.*",), QUANT),
+    # the same faults in every GEMM of the quantized MoE (experts and shared expert), at the shared-expert shapes
+    Check("MoE: scale applied twice", "bug-quant-scale-twice", "caught", QUANT_MOE, QUANT, MOE_SHAPES),
+    Check("MoE: int32 accumulator as int16", "bug-quant-int16-acc", "caught", QUANT_MOE, ("w8a8",), MOE_SHAPES),
+    Check(
+        "MoE: per-tensor activation scale (w8a8)",
+        "bug-quant-per-tensor-act",
+        "caught",
+        QUANT_MOE,
+        ("w8a8",),
+        MOE_SHAPES,
+        inputs=("stress",),
+    ),
+    Check("MoE: K summed in other chunks (correct)", "bug-quant-k-chunks", "passes", QUANT_MOE, QUANT, MOE_SHAPES),
 )
 
 # ----- distributed ops (dist.*): a kept-apart block, appended; they show only across 2+ ranks, so each check

@@ -1,6 +1,8 @@
-"""Planted faults of the quantized formats (op `linear`, harness/quant.py): the mistakes a W8A8 / FP8 port makes.
-Each is torch-cpu's quantized GEMM with one mistake; `bug-quant-k-chunks` is a correct one that sums K in other
-chunks (a different accumulation order), which must pass."""
+"""Planted faults of the quantized formats (ops `linear` and `moe`, harness/quant.py): the mistakes a W8A8 / FP8
+port makes. Each is torch-cpu's quantized GEMM with one mistake, in the projection and in every GEMM of the
+quantized MoE (experts and shared expert, the activation quantizations through the same hook);
+`bug-quant-k-chunks` is a correct one that sums K in other chunks (a different accumulation order), which must
+pass."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ from typing import ClassVar
 
 from harness import quant, torch_quant
 from harness.backends.torch_cpu import TorchCpu
-from harness.lazy import torch
+from harness.lazy import F, torch
 
 
 class _QuantLinearFault(TorchCpu):
@@ -25,9 +27,40 @@ class _QuantLinearFault(TorchCpu):
             return super().linear(x, w)
         return self.gemm(self.quantize_x(x, quant), _quant_weight(w, quant)).to(x.dtype)
 
+    def quant_experts(self, x, experts, routing, shared, quant):  # type: ignore[no-untyped-def,override]
+        """torch_quant.experts' computation with every activation quantization and GEMM through the hooks."""
+        T, H = x.shape
+        ids, combine = routing.ids.long(), routing.weights.float()  # [T, k]
+        k = ids.shape[1]
+        flat = ids.reshape(-1)
+        order = torch.argsort(flat, stable=True)  # slots grouped by expert
+        token, sorted_ids = order // k, flat[order]
+        wg, wu, wd = (_quant_weight(t, quant) for t in experts.tensors())
+        xq = self.quantize_x(x, quant)
+        segments = [(e, (sorted_ids == e).nonzero(as_tuple=True)[0]) for e in torch.unique(flat).tolist()]
+        h = torch.zeros(T * k, wg.q.shape[-2])  # [T*k, F] float32
+        for e, seg in segments:
+            xe = xq.rows(token[seg])
+            h[seg] = F.silu(self.gemm(xe, _expert(wg, e))) * self.gemm(xe, _expert(wu, e))
+        hq = self.quantize_x(h, quant)
+        out = torch.zeros(T, H)
+        for e, seg in segments:
+            y = self.gemm(hq.rows(seg), _expert(wd, e))  # [n_e, H]
+            out.index_add_(0, token[seg], y * combine.reshape(-1)[order[seg], None])
+        if shared is not None:
+            sg, su, sd = (_quant_weight(t, quant) for t in shared.tensors()[:3])
+            s = F.silu(self.gemm(xq, sg)) * self.gemm(xq, su)  # [T, Fs]
+            y = self.gemm(self.quantize_x(s, quant), sd)
+            out += y * torch.sigmoid(x.float() @ shared.gate.float().T) if shared.gate is not None else y
+        return out.to(x.dtype)
+
 
 def _quant_weight(w, spec):  # type: ignore[no-untyped-def]
     return quant.quantize_weight(w, spec)
+
+
+def _expert(wq, e):  # type: ignore[no-untyped-def]
+    return quant.Quantized(wq.q[e], wq.scale[e], wq.group)
 
 
 class PerTensorActivation(_QuantLinearFault):

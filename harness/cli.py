@@ -57,8 +57,8 @@ def list_cmd(plugins: tuple[str, ...]) -> None:
             availability.state,
             availability.reason or "",
             caps["device"],
-            ",".join(caps["dtypes"]),
-            ",".join(caps["ops"]),
+            ", ".join(caps["dtypes"]),  # spaces: rich wraps a long list instead of cutting it short
+            ", ".join(caps["ops"]),
             "yes" if caps["simulated"] else "",
         )
     for name, error in registry.load_errors.items():

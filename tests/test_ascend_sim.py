@@ -246,8 +246,16 @@ def test_nothing_imports_torch_npu_at_import_time() -> None:
 
 def test_ascend_is_listed_unavailable_with_the_import_failure(harness_cli) -> None:
     result = harness_cli("list")
-    line = next(ln for ln in result.output.splitlines() if ln.startswith("│ ascend "))
-    assert "unavailable" in line and "torch_npu not importable: ModuleNotFoundError" in line
+    lines = result.output.splitlines()
+    first = next(i for i, ln in enumerate(lines) if ln.startswith("│ ascend "))
+    row = [lines[first]]
+    for ln in lines[first + 1 :]:  # the row's wrapped cells: lines whose name cell is blank
+        if not ln.startswith("│") or ln.split("│")[1].strip():
+            break
+        row.append(ln)
+    cells = [[c.strip() for c in ln.split("│")[1:-1]] for ln in row]
+    reason = " ".join(c[2] for c in cells if c[2])
+    assert cells[0][1] == "unavailable" and "torch_npu not importable: ModuleNotFoundError" in reason
     from harness.backend import default_registry
 
     reason = default_registry().probe("ascend").reason

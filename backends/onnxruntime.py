@@ -196,7 +196,8 @@ class OrtBackend(Backend):
 
     def bind(self, op: str, args: Any, kwargs: Any) -> Callable[[], Any]:
         """For timing: export, session and input feeds resolved once, so a timed call is `session.run` plus
-        wrapping its outputs (the feeds are views of the device-resident inputs, not copies)."""
+        wrapping its outputs (the feeds are views of the device-resident inputs, not copies; an input that is not
+        contiguous is copied inside every call, so a timed call reads what its inputs hold then)."""
         if op == "causal_lm" or self.io_binding:
             return super().bind(op, args, kwargs)
         self._planning = True
@@ -207,7 +208,14 @@ class OrtBackend(Backend):
         if not isinstance(call, _OrtCall):  # a subclass's own op that does not plan through _invoke
             return super().bind(op, args, kwargs)
         session, tensors = self._resolve(call)
-        run, feeds, post = session.run, self._feeds(session, tensors), call.post
+        run, post = session.run, call.post
+        if not all(t.is_contiguous() for t in tensors):  # a strided view (MLA's values): its copy is the call's work
+
+            def copying() -> Any:
+                return post([torch.from_numpy(o) for o in run(None, self._feeds(session, tensors))])
+
+            return copying
+        feeds = self._feeds(session, tensors)
 
         def timed() -> Any:
             return post([torch.from_numpy(o) for o in run(None, feeds)])

@@ -53,13 +53,22 @@ def test_too_fast_names_the_figure_and_the_ceiling(harness_cli) -> None:
 def test_honest_backends_are_never_flagged_on_a_ci_like_selection(harness_cli) -> None:
     run = harness_cli(
         "run", "-b", "torch-cpu,cpu-reference,ort-cpu,ascend-sim", "--time-oracles",
-        "-w", "attention.prefill,moe.layer,llm.llama3", "--preset", "tiny", "--dtype", "float32,bfloat16",
+        "-w", "attention.prefill,attention.mla_decode,moe.layer,llm.llama3", "--preset", "tiny",
+        "--dtype", "float32,bfloat16",
         "--distribution", "normal", "--time-budget", "0.02",
     )  # fmt: skip
     assert run.exit_code == 0, run.output
     timed = [r for r in run.records if r.get("timing")]
     assert {r["case"]["backend"] for r in timed} == {"torch-cpu", "cpu-reference", "ort-cpu", "ascend-sim"}
-    assert {r["case"]["workload"] for r in timed} == {"attention.prefill", "moe.layer", "llm.llama3"}
+    assert {r["case"]["workload"] for r in timed} == {
+        "attention.prefill",
+        "attention.mla_decode",
+        "moe.layer",
+        "llm.llama3",
+    }
+    # ort-cpu's MLA reads a strided view of the latent cache (the values): it was once bound as a copy made at
+    # bind time, so the timed calls computed on stale data after set 1 was rewritten
+    assert any(r["case"]["backend"] == "ort-cpu" and r["case"]["op"] == "mla" for r in timed)
     flagged = [(r["case"], r["timing"]["invalid_reason"]) for r in timed if not r["timing"]["valid"]]
     assert flagged == []
     assert all(r["timing"]["input_sets"] >= 2 for r in timed)

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from harness.backend import Availability, Backend, UnsupportedCaseError
+from harness.backend import Availability, Backend, Support, UnsupportedCaseError
 from harness.lazy import LazyModule, torch
 from harness.names import OPS, QUANT_FORMATS
 from harness.op_types import Experts, MoeArgs, QuantSpec, Routing, RoutingSpec, SharedExpert, moe_inputs
@@ -54,11 +54,18 @@ class OrtBackend(Backend):
 
     provider: ClassVar[str] = "CPUExecutionProvider"
     device: ClassVar[str] = "cpu"
-    # no bfloat16 kernels on ORT CPU; quantized formats on `linear` (w8a8; fp8 skips with the reason)
-    dtypes: ClassVar[frozenset[str]] = frozenset({"float32", "float16", *QUANT_FORMATS})
+    # no bfloat16 kernels on ORT CPU; w8a8 on `linear` (fp8 formats: a skip with ort_quant's reason, `supports`)
+    dtypes: ClassVar[frozenset[str]] = frozenset({"float32", "float16", "w8a8"})
     io_binding: ClassVar[bool] = False  # bind inputs / outputs to device memory (device providers)
     binding_device: ClassVar[str] = "cpu"  # where the provider allocates bound outputs
     collective_backend: ClassVar[str] = ""  # ONNX Runtime has no collectives: dist.* cases are skips
+
+    def supports(self, case: Any) -> Support:
+        """The fp8 formats are not in `dtypes` (nothing here computes them) but get the reason why, not a bare
+        "does not compute in fp8"."""
+        if case.dtype in QUANT_FORMATS and case.dtype not in self.dtypes and case.op in self.implemented_ops():
+            return Support(False, quant_graphs.NO_FP8.format(fmt=case.dtype))
+        return super().supports(case)
 
     @classmethod
     def probe(cls) -> Availability:

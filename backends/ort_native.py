@@ -46,6 +46,7 @@ class _NativeGraphs(OrtCpu):
     """Sessions over single-operator graphs built by hand (no export)."""
 
     native_ops: ClassVar[frozenset[str]] = frozenset()
+    dtypes: ClassVar[frozenset[str]] = frozenset({"float32", "float16"})  # no quantized native kernel
 
     @classmethod
     def implemented_ops(cls) -> frozenset[str]:

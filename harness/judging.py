@@ -80,6 +80,7 @@ class Judge:
                 details["baseline_checks"] = {c.metric: c.value for c in baseline.checks}
         if self.options.budget_overrides:  # a quantized case's format error counts only against budgets set by hand
             failures += quant_parity.format_failures(details, budget)
+        failures += quant_parity.not_quantized(details, evaluation.metrics)  # a kernel that skipped the format
         verdict = parity.merge(primary.mode, primary, extra=failures, checks=checks)
         section = ParityRecord(
             verdict_record(verdict),

@@ -1,6 +1,8 @@
 """A quantized case's second error: its output against the unquantized float64 function (the format's own
-error), beside the verdict against the format's emulation (the kernel's error). Informative: recorded as the
-parity section's `format_error` and judged only when the run sets budgets itself (`--budget`)."""
+error), beside the verdict against the format's emulation (the kernel's error). Recorded as the parity section's
+`format_error`; its figures are judged against budgets only when the run sets them itself (`--budget`), but an
+output closer to the unquantized function than to the emulation always fails (`not_quantized`): the emulation's
+bfloat16 budget is wider than w8a8's own error, so without it a kernel that skips the format would pass."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from harness.lazy import torch
 CaseInputs = Evaluation = Any  # harness.workload's types (which imports this module)
 
 FORMAT_ERROR = "format_error"  # the record's details key (parity.details.format_error) and the failure prefix
+NOT_QUANTIZED = f"{FORMAT_ERROR}.not_quantized"  # the failure of an output nearer the unquantized function
 
 
 def unquantized_reference(group: CaseInputs) -> torch.Tensor:
@@ -43,3 +46,21 @@ def format_failures(details: dict[str, Any], budget: parity.Budget) -> tuple[par
     if record is None:
         return ()
     return parity.judge(parity.Metrics(**record), budget, prefix=f"{FORMAT_ERROR}.").failures
+
+
+def not_quantized(details: dict[str, Any], metrics: parity.Metrics) -> tuple[parity.Failure, ...]:
+    """A failure when the output is strictly closer (rel_l2) to the unquantized function than to the format's
+    emulation: a correct kernel's error is its output rounding, far below the format's own error, so only a
+    kernel that did not compute the format lands nearer the unquantized function. Equal errors (inputs the
+    format represents exactly, where both references agree) pass."""
+    record = details.get(FORMAT_ERROR)
+    if record is None:
+        return ()
+    to_plain, to_emulation = float(record["rel_l2"]), float(metrics.rel_l2)
+    if not to_plain < to_emulation:
+        return ()
+    detail = (
+        f"the output is closer to the unquantized function (rel_l2 {to_plain:.3g}) than to the format's emulation "
+        f"({to_emulation:.3g}): the kernel did not compute the quantized format"
+    )
+    return (parity.Failure(NOT_QUANTIZED, to_plain, to_emulation, detail),)

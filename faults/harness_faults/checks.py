@@ -305,6 +305,7 @@ CHECKS = (
     ),
     Check("int32 accumulator as int16", "bug-quant-int16-acc", "caught", ("linear.*",), ("w8a8",)),
     Check("K summed in other chunks (correct)", "bug-quant-k-chunks", "passes", ("linear.*",), QUANT),
+    Check("format skipped: the plain bfloat16 GEMM", "bug-quant-skipped", "caught", ("linear.*",), QUANT),
     # the same faults in every GEMM of the quantized MoE (experts and shared expert), at the shared-expert shapes
     Check("MoE: scale applied twice", "bug-quant-scale-twice", "caught", QUANT_MOE, QUANT, MOE_SHAPES),
     Check("MoE: int32 accumulator as int16", "bug-quant-int16-acc", "caught", QUANT_MOE, ("w8a8",), MOE_SHAPES),
@@ -318,6 +319,7 @@ CHECKS = (
         inputs=("stress",),
     ),
     Check("MoE: K summed in other chunks (correct)", "bug-quant-k-chunks", "passes", QUANT_MOE, QUANT, MOE_SHAPES),
+    Check("MoE: format skipped (unquantized experts)", "bug-quant-skipped", "caught", QUANT_MOE, ("w8a8",), MOE_SHAPES),
 )
 
 # ----- distributed ops (dist.*): a kept-apart block, appended; they show only across 2+ ranks, so each check

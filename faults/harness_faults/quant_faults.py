@@ -150,3 +150,17 @@ class KChunks(_QuantLinearFault):
             term = acc * sx * sw[:, min(i, sw.shape[1] - 1)][None, :]
             out = term if out is None else out + term
         return out
+
+
+class FormatSkipped(TorchCpu):
+    """The quantized case run unquantized: the plain GEMM in the carrier dtype (bfloat16), as a port does that
+    takes the quantized path's flag but calls the float kernel. Its error against the emulation is the format's
+    own (about 1% for w8a8, inside the bfloat16 budget): only `format_error.not_quantized` catches it."""
+
+    name: ClassVar[str] = "bug-quant-skipped"
+
+    def linear(self, x, w, *, quant=None):  # type: ignore[no-untyped-def,override]
+        return super().linear(x, w)
+
+    def quant_experts(self, x, experts, routing, shared, quant):  # type: ignore[no-untyped-def,override]
+        return self.experts(x, experts, routing, shared)

@@ -120,3 +120,17 @@ def test_a_kernel_that_skips_the_format_fails_even_where_the_budget_holds():
     assert rc == 1 and len(records) == 4  # two shapes, two input distributions
     for r in records:
         assert r["status"] == "failed" and "format_error.not_quantized" in r["parity"]["verdict"]["reason"]
+
+
+@pytest.mark.parametrize("fmt", ["w8a8", "fp8", "fp8-block"])
+def test_emulated_gemm_is_the_product_of_the_dequantized_operands(fmt):
+    # group-wise dequantization after exact products is, in exact arithmetic, dequantize(x) @ dequantize(w)^T:
+    # an independent check of the scale indexing emulated_matmul and torch_quant.quant_matmul both carry (a
+    # mistake copied into both cancels in the kernel-vs-emulation test above)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(9, 300, generator=g) * torch.linspace(0.1, 10, 9)[:, None]  # per-token scales differ
+    w = torch.randn(140, 300, generator=g) * torch.linspace(0.1, 10, 140)[:, None]  # per-channel / block too
+    spec = QuantSpec(fmt)
+    xq, wq = quant.quantize_activation(x, spec), quant.quantize_weight(w, spec)
+    direct = xq.dequantize() @ wq.dequantize().T  # float64 [T, N]
+    assert torch.allclose(quant.emulated_matmul(xq, wq), direct, rtol=1e-12, atol=1e-12)

@@ -158,6 +158,17 @@ def test_dist_workloads_pass_on_two_ranks_with_the_layout_recorded(tmp_path: Pat
 
 
 @pytest.mark.slow
+def test_isolate_under_torchrun_still_runs_dist_cases_across_the_ranks(tmp_path: Path) -> None:
+    out = tmp_path / "iso.jsonl"
+    select = ("-w", "dist.attention_tp", "--preset", "tiny", "--dtype", "float32", "--distribution", "normal")
+    run = _torchrun(tmp_path, *select, "--seeds", "0", "-b", "torch-cpu", "--isolate", "--out", str(out))
+    assert run.returncode == 0, run.stderr[-3000:]
+    records = _records(out)
+    # a child process per case would be a gloo world of one: the collective never crossed ranks
+    assert records and all(r["parity"]["layout"]["world_size"] == 2 for r in records)
+
+
+@pytest.mark.slow
 def test_planted_distributed_faults_fail_and_a_different_correct_order_passes(tmp_path: Path) -> None:
     out = tmp_path / "faults.jsonl"
     backends = "bug-ep-split-off,bug-ep-dispatch-order,ep-expert-sorted,bug-tp-missing-gather,bug-tp-missing-reduce"

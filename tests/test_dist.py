@@ -221,3 +221,12 @@ def test_selftest_under_torchrun_runs_the_dist_checks_and_they_hold(tmp_path: Pa
     records = _records(out)  # rank 0's alone: one record per case
     assert len({r["case"]["key"] for r in records}) == len(records)
     assert {r["case"]["backend"] for r in records} >= {"bug-tp-missing-reduce", "tp-reduce-scatter", "ascend-sim"}
+
+
+def test_saved_decode_inputs_fit_dist_attention_tp_against_dir(harness_cli, tmp_path: Path) -> None:
+    select = ("-w", "dist.attention_tp", "--preset", "tiny", "--shape", "gqa-decode,gqa-prefill", "--dtype",
+              "float32", "--distribution", "normal", "--seeds", "0", "--parity-only")  # fmt: skip
+    saved = harness_cli("run", *select, "-b", "torch-cpu", "--save-outputs", str(tmp_path / "src"))
+    assert saved.exit_code == 0 and len(saved.records) == 2
+    port = harness_cli("run", *select, "-b", "cpu-reference", "--against", str(tmp_path / "src"))
+    assert [r["status"] for r in port.records] == ["passed", "passed"], [r["reason"] for r in port.records]

@@ -260,7 +260,7 @@ def ratio_plot(ratios: list[CaseRatio], labels: tuple[str, str] = ("OLD", "NEW")
                 ax.errorbar([r.ratio], [y], xerr=err, fmt=MARKERS[0], color=colours[r.backend], mfc=face, capsize=2)
             ax.axvline(1.0, color="k", linewidth=0.8)
             ax.set_yticks(range(len(cases)), [f"{r.label} {r.backend}" for r in cases])
-            ax.set_ylim(len(cases) - 0.5, -0.5)
+            ax.set_ylim(max(len(cases), 1) - 0.5, -0.5)  # an empty panel (nothing timed in both) still spans a row
             ax.set_title(workload, loc="left")
             ax.grid(axis="y", visible=False)
         axes[-1, 0].set_xscale("log")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,7 @@ from harness.workload import Case, WorkloadRegistry
 
 log = logging.getLogger(__name__)
 
+CONNECT_TIMEOUT_S = 10.0  # a head that takes no TCP connection in this long is not there
 INSTALL_HINT = "pip install 'infer-parity-harness[ray]'"
 
 
@@ -180,10 +182,32 @@ def _connect(ray: Any, address: str | None) -> None:
     kwargs: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING, "include_dashboard": False}
     if address is None and not os.environ.get("RAY_ADDRESS"):
         kwargs["num_cpus"] = os.cpu_count() or 1
+    _check_reachable(address)
     try:
         ray.init(address=address, **kwargs)
     except (ConnectionError, ValueError, RuntimeError) as exc:
         raise BadInputError(f"--ray-address {address}: cannot connect: {exc}") from None
+
+
+def _check_reachable(address: str | None) -> None:
+    """A GCS address (HOST:PORT, given or in RAY_ADDRESS) that takes no connection is refused at once: ray.init
+    would retry it for ever, printing C++ warnings, and the run would hang with nothing recorded."""
+    named, source = (address, "--ray-address") if address else (os.environ.get("RAY_ADDRESS"), "RAY_ADDRESS")
+    if not named or "://" in named or named in ("auto", "local"):
+        return  # ray:// (Ray Client), auto and local are resolved by Ray itself
+    host, sep, port = named.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise BadInputError(
+            f"{source} {named!r}: expected HOST:PORT of a Ray head (e.g. head-node:6379), auto or ray://HOST:PORT"
+        )
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S):
+            pass
+    except OSError as exc:
+        raise BadInputError(
+            f"{source} {named}: no Ray head answers there ({exc.strerror or exc}); start one with "
+            f"`ray start --head --port {port}` or give the address `ray start --head` printed"
+        ) from None
 
 
 class _Sweep:

@@ -26,7 +26,7 @@ class DistAttention(AttentionWorkload):
 
     def __init__(self, name: str, presets: Mapping[str, Mapping[str, AttentionShape]], description: str) -> None:
         Workload.__init__(self, name, presets, description)
-        self.kind = "prefill"
+        self.kind = "tp"  # prefill, decode and window shapes alike: saved inputs (--against DIR) of any of them fit
 
     def reference(self, inputs: Mapping[str, torch.Tensor], shape: AttentionShape) -> torch.Tensor:
         args, kwargs = self.split_args(inputs, shape)

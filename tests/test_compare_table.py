@@ -162,3 +162,17 @@ def test_ratio_plot_has_one_point_per_case_and_a_panel_per_workload(harness_cli,
     b.write_text("".join(json.dumps(r.to_dict()) + "\n" for r in new))
     out = harness_cli("compare", str(a), str(b), "--plots", str(tmp_path / "p"), "--plot-format", "svg")
     assert out.exit_code == 1 and (tmp_path / "p" / "ratio.svg").read_bytes().startswith(b"<?xml")
+
+
+def test_ratio_plot_of_runs_with_no_case_timed_in_both_draws_an_empty_panel_without_warnings() -> None:
+    pytest.importorskip("matplotlib", reason="plots need matplotlib (the report/test extra)")
+    import warnings
+
+    from harness import plots
+
+    old, new = _runs()
+    untimed = [Record.from_dict({**r.to_dict(), "timing": None}) for r in new]  # a --parity-only NEW run
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # matplotlib's singular-ylim warning leaked into the CLI's output
+        fig = plots.ratio_plot(compare_runs(old, untimed).ratios)
+    assert [ax.get_title(loc="left") for ax in fig.axes] == ["(no case timed in both runs)"]

@@ -158,6 +158,17 @@ def test_dist_workloads_pass_on_two_ranks_with_the_layout_recorded(tmp_path: Pat
 
 
 @pytest.mark.slow
+def test_isolate_under_torchrun_still_runs_dist_cases_across_the_ranks(tmp_path: Path) -> None:
+    out = tmp_path / "iso.jsonl"
+    select = ("-w", "dist.attention_tp", "--preset", "tiny", "--dtype", "float32", "--distribution", "normal")
+    run = _torchrun(tmp_path, *select, "--seeds", "0", "-b", "torch-cpu", "--isolate", "--out", str(out))
+    assert run.returncode == 0, run.stderr[-3000:]
+    records = _records(out)
+    # a child process per case would be a gloo world of one: the collective never crossed ranks
+    assert records and all(r["parity"]["layout"]["world_size"] == 2 for r in records)
+
+
+@pytest.mark.slow
 def test_planted_distributed_faults_fail_and_a_different_correct_order_passes(tmp_path: Path) -> None:
     out = tmp_path / "faults.jsonl"
     backends = "bug-ep-split-off,bug-ep-dispatch-order,ep-expert-sorted,bug-tp-missing-gather,bug-tp-missing-reduce"
@@ -210,3 +221,12 @@ def test_selftest_under_torchrun_runs_the_dist_checks_and_they_hold(tmp_path: Pa
     records = _records(out)  # rank 0's alone: one record per case
     assert len({r["case"]["key"] for r in records}) == len(records)
     assert {r["case"]["backend"] for r in records} >= {"bug-tp-missing-reduce", "tp-reduce-scatter", "ascend-sim"}
+
+
+def test_saved_decode_inputs_fit_dist_attention_tp_against_dir(harness_cli, tmp_path: Path) -> None:
+    select = ("-w", "dist.attention_tp", "--preset", "tiny", "--shape", "gqa-decode,gqa-prefill", "--dtype",
+              "float32", "--distribution", "normal", "--seeds", "0", "--parity-only")  # fmt: skip
+    saved = harness_cli("run", *select, "-b", "torch-cpu", "--save-outputs", str(tmp_path / "src"))
+    assert saved.exit_code == 0 and len(saved.records) == 2
+    port = harness_cli("run", *select, "-b", "cpu-reference", "--against", str(tmp_path / "src"))
+    assert [r["status"] for r in port.records] == ["passed", "passed"], [r["reason"] for r in port.records]

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -160,6 +161,28 @@ def test_ray_options_without_executor_ray_exit_2(harness_cli) -> None:
     for extra in (("--ray-address", "127.0.0.1:6379"), ("--ray-retries", "1")):
         run = harness_cli("run", "-w", "attention.prefill", "--preset", "tiny", *extra)
         assert run.exit_code == 2 and "goes with --executor ray" in run.output and not run.records
+
+
+def test_a_dead_ray_address_exits_2_at_once_naming_it(tmp_path: Path) -> None:
+    pytest.importorskip("ray", reason="Ray is not installed")
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        dead = f"127.0.0.1:{s.getsockname()[1]}"
+    out = tmp_path / "r.jsonl"
+    select = ["-m", "harness", "run", "-w", "attention.prefill", "--preset", "tiny", "--executor", "ray"]
+    for extra, env in ((["--ray-address", dead], {}), ([], {"RAY_ADDRESS": dead}), (["--ray-address", "head"], {})):
+        # ray.init alone retries a dead address for ever: the timeout fails the test instead of hanging it
+        done = subprocess.run(
+            [sys.executable, *select, *extra, "--out", str(out)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, **env},
+            check=False,
+        )
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode == 2 and not (out.exists() and out.read_text()), done.stderr
+        assert len(lines) == 1 and (dead in lines[0] or "'head'" in lines[0]), lines
 
 
 def test_executor_ray_without_ray_exits_2_naming_the_extra(tmp_path: Path) -> None:

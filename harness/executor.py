@@ -316,6 +316,18 @@ class CaseExecutor:
         return self.record(case, None, environment=self._environment(case.backend, None), **fields)
 
     # ----- backends -----
+    def unrunnable(self, case: Case) -> Skip | None:
+        """Why the case cannot run whatever its inputs (its backend unavailable here, or refusing the case), so a
+        group none of whose cases can run makes no inputs (a real shape's are gigabytes); None: it may run."""
+        try:
+            found = self.backend(case.backend)
+            if isinstance(found, Skip):
+                return found
+            support = found.supports(case)
+        except Exception:  # creating the backend failed: the case's own execution records that error
+            return None
+        return None if support else Skip(support.reason)
+
     def backend(self, name: str) -> Backend | Skip:
         """The run's instance of a backend (created once, with its --backend-option values), or why not."""
         if name not in self._availability:

@@ -100,11 +100,13 @@ class Runner:
             group_cases = list(group_iter)
             if on_start is not None:
                 on_start(group_cases[0])  # generating inputs (and loading a model) counts toward the first case
-            prepared = self.executor.prepare(group_cases[0])
+            unrunnable = getattr(self.executor, "unrunnable", None)  # an isolated executor prepares in its children
+            early = {c.key: unrunnable(c) for c in group_cases} if unrunnable is not None else {}
+            prepared = None if early and all(early.values()) else self.executor.prepare(group_cases[0])
             for case in group_cases:
                 if on_start is not None:
                     on_start(case)
-                record = self.executor.execute(case, prepared)
+                record = self.executor.execute(case, early.get(case.key) or prepared)
                 writer.write(record)
                 summary.add(record.status)
                 if on_record is not None:

@@ -146,3 +146,18 @@ def test_isolate_imports_the_executor_not_the_runner() -> None:
     source = Path(__file__).resolve().parents[1] / "harness" / "isolate.py"
     imported = {node.module for node in ast.walk(ast.parse(source.read_text())) if isinstance(node, ast.ImportFrom)}
     assert "harness.executor" in imported and "harness.runner" not in imported
+
+
+def test_a_group_no_backend_can_run_makes_no_inputs(harness_cli, monkeypatch) -> None:
+    """`--suite paper` on a CPU machine: real shapes' inputs are gigabytes; where every backend of a group is
+    unavailable (or refuses the case) none are made, and each record says why it was skipped."""
+    from harness.models.attention import AttentionWorkload
+
+    def no_inputs(self: Any, *args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("inputs were made for a group that no backend can run")
+
+    monkeypatch.setattr(AttentionWorkload, "make_inputs", no_inputs)
+    run = harness_cli("run", "-w", "attention.prefill", "--preset", "tiny", "-b", "cuda", "--parity-only")
+    assert run.exit_code == 0, run.output
+    assert run.records and {r["status"] for r in run.records} == {"skipped"}
+    assert all("backend cuda unavailable" in r["reason"] for r in run.records)

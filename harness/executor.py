@@ -294,7 +294,7 @@ class CaseExecutor:
             budget,
         )
         fields["parity"] = dataclasses.replace(fields["parity"], details={**fields["parity"].details, "layout": found})
-        if not found["within_budget"] and fields["status"] == "passed":
+        if found["checked"] and not found["within_budget"] and fields["status"] == "passed":
             fields.update(status="failed", reason=layout.failure_reason(found))
 
     def _ranks_agree(self, outputs: Mapping[str, Any] | None, fields: dict[str, Any]) -> None:

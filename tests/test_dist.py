@@ -128,6 +128,21 @@ def test_dist_checks_skip_in_one_process_naming_the_torchrun_command() -> None:
     assert _too_few_ranks(Check("y", "torch-cpu", "passes", ("dist.llm_tp",))) == ""
 
 
+def test_the_layout_at_world_size_one_is_recorded_unchecked_and_reported_as_no_pass(tmp_path: Path) -> None:
+    out = tmp_path / "one.jsonl"
+    harness = [sys.executable, "-m", "harness"]
+    run = subprocess.run([*harness, "run", "-w", "dist.attention_tp", "--preset", "tiny", "-b", "torch-cpu",
+                          "--parity-only", "--out", str(out)], check=False, capture_output=True, text=True,
+                         env=_env(tmp_path))  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    layouts = [r["parity"]["layout"] for r in _records(out)]
+    assert layouts and all(lay["checked"] is False and lay["world_size"] == 1 for lay in layouts)
+    assert not any({"bitwise_equal", "max_abs_diff", "within_budget", "rel_l2_single"} & set(lay) for lay in layouts)
+    report = subprocess.run([*harness, "report", str(out)], check=False, capture_output=True, text=True,
+                            env=_env(tmp_path))  # fmt: skip
+    assert "not checked (world size 1)" in report.stdout and "1 vs 1" not in report.stdout, report.stdout
+
+
 # ----- under torchrun: two gloo ranks -----
 
 
@@ -166,7 +181,7 @@ def test_dist_workloads_pass_on_two_ranks_with_the_layout_recorded(tmp_path: Pat
     assert {r["case"]["workload"] for r in records} == {"dist.moe_ep", "dist.attention_tp", "dist.llm_tp"}
     assert all(r["status"] == "passed" for r in records)
     layouts = [r["parity"]["layout"] for r in records]
-    assert all(lay["world_size"] == 2 and lay["within_budget"] for lay in layouts)
+    assert all(lay["world_size"] == 2 and lay["checked"] and lay["within_budget"] for lay in layouts)
     assert all({"bitwise_equal", "max_abs_diff", "rel_l2_world", "rel_l2_single"} <= set(lay) for lay in layouts)
     assert all(lay["ranks_agree"] is True and lay["ranks_differing"] == [] for lay in layouts)
     assert len({r["case"]["key"] for r in records}) == len(records)  # one record per case, whichever rank ran it

@@ -16,7 +16,7 @@ import traceback
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
-from harness import collective, invariance, layout, parity
+from harness import collective, invariance, layout, parity, rank_agreement, ranks
 from harness.backend import Availability, Backend, BackendRegistry, UnsupportedCaseError, check_accepts
 from harness.case_timing import CaseTimer
 from harness.dtypes import DTYPES
@@ -174,6 +174,7 @@ class CaseExecutor:
         group = prepared if isinstance(prepared, CaseInputs) else None
         fields: dict[str, Any] = {"status": "skipped"}
         backend: Backend | None = None
+        outputs: Mapping[str, Any] | None = None
         try:
             if isinstance(prepared, Skip):
                 fields.update(status=prepared.status, reason=prepared.reason)
@@ -188,7 +189,7 @@ class CaseExecutor:
                 if isinstance(found, Skip):
                     fields["reason"] = found.reason
                 else:
-                    self._run(case, prepared, found, fields)
+                    outputs = self._run(case, prepared, found, fields)
         except UnsupportedCaseError as exc:
             fields.update(status="skipped", reason=f"{case.backend}: {exc}", parity=None, timing=None)
         except SystemExit as exc:  # a library's exit is the case's failure, not the run's end (nor its success)
@@ -199,23 +200,25 @@ class CaseExecutor:
             fields.update(
                 status="error", reason=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(limit=-6)
             )
+        if self.planner.workloads.get(case.workload).collective:
+            self._ranks_agree(outputs, fields)
         environment = self._environment(case.backend, backend)
         return self.record(
             case, group, environment=environment, duration_s=round(time.perf_counter() - started, 4), **fields
         )
 
-    def _run(self, case: Case, group: CaseInputs, backend: Backend, fields: dict[str, Any]) -> None:
+    def _run(self, case: Case, group: CaseInputs, backend: Backend, fields: dict[str, Any]) -> Mapping[str, Any] | None:
         """Judge, check determinism, save outputs, time, filling the record's `fields` as each step ends (an
-        error record keeps what was done before the error)."""
+        error record keeps what was done before the error); returns the judged outputs (None: skipped)."""
         on_device = DeviceCall(backend, group)  # the only move of this case's inputs to the device
         backend.reset_memory_stats()
         judged = self.judge.judge(case, group, on_device.call)
         if isinstance(judged, Skip):
             fields.update(status=judged.status, reason=judged.reason)
-            return
+            return None
         if judged.parity.metrics is None:  # malformed output: the verdict alone says why
             fields.update(status="failed", reason=judged.parity.verdict.reason, parity=judged.parity)
-            return
+            return judged.outputs
         fields["parity"] = self._with_invariance(
             self._with_determinism(judged, backend, on_device), judged, backend, group
         )
@@ -253,6 +256,7 @@ class CaseExecutor:
         fields["memory"] = backend.memory_stats() or None
         fields["compile"] = backend.compile_stats() or None
         fields["implementation"] = backend.case_details() or None
+        return judged.outputs
 
     def _timed(self, case: Case, backend: Backend) -> bool:
         """Timing is skipped for --parity-only, stress inputs and (unless asked) reference backends."""
@@ -290,8 +294,32 @@ class CaseExecutor:
             budget,
         )
         fields["parity"] = dataclasses.replace(fields["parity"], details={**fields["parity"].details, "layout": found})
-        if not found["within_budget"] and fields["status"] == "passed":
+        if found["checked"] and not found["within_budget"] and fields["status"] == "passed":
             fields.update(status="failed", reason=layout.failure_reason(found))
+
+    def _ranks_agree(self, outputs: Mapping[str, Any] | None, fields: dict[str, Any]) -> None:
+        """Under torchrun: every rank's outputs of a collective case against rank 0's (harness/rank_agreement.py).
+        Every rank reaches this once per collective case, whatever its case did, so none waits forever."""
+        coordinator = ranks.current()
+        if coordinator is None:
+            return
+        why = f"{fields.get('status')}: {fields.get('reason') or ''}".strip(": ")
+        try:
+            mine = rank_agreement.fingerprint(outputs, why)
+        except Exception as exc:  # still reach the exchange: the other ranks wait in it
+            mine = ("none", f"its output could not be fingerprinted: {type(exc).__name__}: {exc}")
+        messages = coordinator.gather(mine)
+        differ = rank_agreement.differing(messages)
+        parity_section = fields.get("parity")
+        found = parity_section.section("layout") if parity_section is not None else None
+        if found is not None:
+            agreed = {**found, "ranks_agree": not differ, "ranks_differing": differ}
+            details = {**parity_section.details, "layout": agreed}
+            fields["parity"] = dataclasses.replace(parity_section, details=details)
+        if differ and fields.get("status") == "passed":  # a rank without output: an error, else a failure
+            silent = any(messages[r][0] == "none" for r in differ)
+            reason = rank_agreement.failure_reason(messages, differ)
+            fields.update(status="error" if silent else "failed", reason=reason)
 
     # ----- records -----
     def record(self, case: Case, group: CaseInputs | None, **fields: Any) -> Record:

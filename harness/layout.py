@@ -25,12 +25,19 @@ def check(
     group: CaseInputs, world_out: Any, single_call: Callable[..., Any], world: int, budget: parity.Budget
 ) -> dict[str, Any]:
     """The `layout` section: `world_out` is the judged primary output at world size `world`, `single_call` the
-    op on a group of this rank alone (called as the workload's `collect` calls it)."""
+    op on a group of this rank alone (called as the workload's `collect` calls it; not at world size 1)."""
     ref = group.reference()
     err_world = _rel_l2(world_out, ref, budget)
-    single_out = world_out if world == 1 else group.workload.collect(single_call, group).get("out")
+    if world == 1:  # the world is the single rank: nothing to compare, no verdict (a report shows "not checked")
+        return {"world_size": world, "checked": False, "rel_l2_world": err_world}
+    single_out = group.workload.collect(single_call, group).get("out")
     err_single = _rel_l2(single_out, ref, budget)
-    section: dict[str, Any] = {"world_size": world, "rel_l2_world": err_world, "rel_l2_single": err_single}
+    section: dict[str, Any] = {
+        "world_size": world,
+        "checked": True,
+        "rel_l2_world": err_world,
+        "rel_l2_single": err_single,
+    }
     if not (isinstance(world_out, torch.Tensor) and isinstance(single_out, torch.Tensor)):
         return {**section, "bitwise_equal": False, "max_abs_diff": None, "within_budget": False}
     same_shape = world_out.shape == single_out.shape

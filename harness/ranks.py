@@ -24,6 +24,8 @@ TIMEOUT_ENV = "HARNESS_DIST_TIMEOUT"
 DEFAULT_TIMEOUT_S = 7 * 24 * 3600.0
 ENV_NAMES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
 
+_current: list[Coordinator] = []  # this process's coordinator while it is open (collective cases' agreement)
+
 
 class RankEnvironmentError(BadInputError):
     """torchrun's variables are set but do not describe a rank (exit code 2)."""
@@ -109,6 +111,7 @@ class Coordinator:
         if self._owned:
             dist.init_process_group("gloo", timeout=_timeout())
         self.group = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else dist.group.WORLD
+        _current[:] = [self]
 
     def broadcast(self, value: Any) -> Any:
         """Rank 0's `value`, on every rank."""
@@ -126,5 +129,13 @@ class Coordinator:
         return out
 
     def close(self) -> None:
+        if self in _current:
+            _current.clear()
         if self._owned and self._dist.is_initialized():
             self._dist.destroy_process_group()
+
+
+def current() -> Coordinator | None:
+    """The open coordinator of this process (a torchrun rank of a run or a selftest), else None: the ranks'
+    agreement on a collective case's output (harness/rank_agreement.py) runs over its group."""
+    return _current[0] if _current else None

@@ -220,6 +220,7 @@ class _Sweep:
         inputs = runner.spec.inputs_file
         self.inputs = ray.put(Path(inputs).read_bytes()) if inputs else None
         self.pending: dict[Any, GroupTask] = {}
+        self.emitted: set[str] = set()  # the keys of the records taken from tasks: each written once
         self.cluster = ray.cluster_resources()
         self.cpus = max([n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")] or [1])
 
@@ -270,9 +271,9 @@ class _Sweep:
             return
         record = Record.from_dict(value, "a Ray task's record")
         task.node = dict((record.environment or {}).get("ray") or {})
-        case = next(c for c in task.cases if c.key == record.case.key)
-        task.cases.remove(case)
-        self.emit(case, record)
+        case = claim(task, record.case.key, self.emitted)
+        if case is not None:
+            self.emit(case, record)
 
     def died(self, task: GroupTask, exc: Exception) -> None:
         """A task that raised (its code) or died (worker, node): error or crashed records, or a retry."""
@@ -289,6 +290,26 @@ class _Sweep:
         self.emit(in_flight, self.runner.driver_record(in_flight, "crashed", reason, task.node))
         if rest:  # the others never ran: a new task, as --isolate goes on after a crashed case
             self.submit(GroupTask(task.need, rest, self.runner.config.retries))
+
+
+class RayTaskRecordError(RuntimeError):
+    """A Ray task sent a record for a case it was never given (a node running another plan)."""
+
+
+def claim(task: GroupTask, key: str, emitted: set[str]) -> Case | None:
+    """The case of `task` a record with `key` reports, taken off the task's pending cases and added to `emitted`;
+    None for a duplicate (a key already taken: logged, never written twice). A key the task was not given raises
+    RayTaskRecordError naming it."""
+    case = next((c for c in task.cases if c.key == key), None)
+    if case is None:
+        if key in emitted:
+            log.warning("a Ray task sent a second record for %s; the first one stands", key)
+            return None
+        given = ", ".join(c.key for c in task.cases[:3]) or "none left"
+        raise RayTaskRecordError(f"a Ray task sent a record for {key}, a case it was not given (its cases: {given})")
+    task.cases.remove(case)
+    emitted.add(key)
+    return case
 
 
 def _ray_reason(exc: Exception) -> str:

@@ -217,9 +217,13 @@ TABLE_COLUMNS = (
 
 
 def _layout(sections: list[Mapping[str, Any]]) -> str | None:
-    """The worst layout verdict of a row's dist.* cases: failed, else differing (largest difference), else equal."""
+    """The worst layout verdict of a row's dist.* cases: failed, else differing (largest difference), else equal;
+    "not checked" when every case ran at world size 1 (nothing compared: not a pass)."""
     if not sections:
         return None
+    sections = [s for s in sections if s.get("checked", s.get("world_size") != 1)]  # older records: no `checked`
+    if not sections:
+        return "not checked (world size 1)"
     worlds = "/".join(sorted({str(s.get("world_size")) for s in sections}))
     if not all(s.get("within_budget") for s in sections):
         return f"{worlds} vs 1: FAIL (error grows)"

@@ -120,7 +120,16 @@ def _run_rank(request: RunRequest, err: Console, info: RankInfo, coordinator: Co
         code, message = 3, f"{type(exc).__name__}: {exc}"
     if message and not info.leader:
         Console(stderr=True).print(f"[rank {info.rank}] error: {message}", markup=False, highlight=False)
-    reports = coordinator.gather((code, message, str(part_path(out_path, info.rank)), count, runner.unavailable()))
+    mine_report = (code, message, str(part_path(out_path, info.rank)), count, runner.unavailable())
+    try:
+        reports = coordinator.gather(mine_report)
+    except Exception as exc:  # a rank died: rank 0 still merges what every rank wrote and says what is missing
+        if not info.leader:
+            return RunOutcome(worst([code, 3]), "")
+        gone = f"did not reach the end-of-run exchange (died?): {type(exc).__name__}"
+        reports = [mine_report] + [(3, gone, str(part_path(out_path, r)), 0, {}) for r in range(1, info.world_size)]
+        final, summary = _merge(request, runner, cases, previous, reports, out_path, run_id, started, err)
+        return RunOutcome(worst([final, 3]), summary)
     final = 0
     summary = ""
     if info.leader:
@@ -162,6 +171,14 @@ def _merge(
     if out_path.is_file():
         recorded.update({r.case.key: r for r in read_records(out_path) if r.run_id == run_id})
     everything = [recorded[c.key] for c in cases if c.key in recorded]
+    missing = [c.key for c in cases if c.key not in recorded]
+    if missing:  # a rank stopped or died before writing them: never a silent success
+        err.print(
+            f"error: {len(missing)} planned cases have no record (first: {missing[0]}); --resume {out_path} runs them",
+            markup=False,
+            highlight=False,
+        )
+        codes.append(3)
     if not everything:  # a run that recorded nothing never reports success
         err.print(f"error: nothing ran: none of {len(cases)} planned cases was recorded in {out_path}", markup=False)
         return worst([*codes, 3]), ""

@@ -106,12 +106,41 @@ def test_llm_tp_at_world_one_matches_the_float64_model_and_its_reference_is_the_
     assert torch.allclose(again, out, atol=1e-6)
 
 
+def test_rank_fingerprints_tell_one_changed_bit_and_name_the_differing_ranks() -> None:
+    from harness.rank_agreement import differing, failure_reason, fingerprint
+
+    out = torch.randn(3, 5, dtype=torch.bfloat16)
+    flipped = out.clone()
+    flipped.view(torch.int16)[1, 2] ^= 1  # the lowest mantissa bit of one element
+    same = fingerprint({"out": out.clone()})
+    messages = [fingerprint({"out": out}), same, fingerprint({"out": flipped}), fingerprint(None, "error: boom")]
+    assert differing(messages) == [2, 3]
+    reason = failure_reason(messages, [2, 3])
+    assert "rank 2's output differs from rank 0's" in reason and "rank 3 produced no output (error: boom)" in reason
+    assert differing([fingerprint({"out": torch.zeros(0)}), fingerprint({"out": torch.zeros(0)})]) == []
+
+
 def test_dist_checks_skip_in_one_process_naming_the_torchrun_command() -> None:
     from harness.selftest import Check, _too_few_ranks
 
     check = Check("x", "torch-cpu", "passes", ("dist.llm_tp",), min_world=2)
     assert _too_few_ranks(check) == "needs 2+ ranks: torchrun --nproc-per-node 2 -m harness selftest"
     assert _too_few_ranks(Check("y", "torch-cpu", "passes", ("dist.llm_tp",))) == ""
+
+
+def test_the_layout_at_world_size_one_is_recorded_unchecked_and_reported_as_no_pass(tmp_path: Path) -> None:
+    out = tmp_path / "one.jsonl"
+    harness = [sys.executable, "-m", "harness"]
+    run = subprocess.run([*harness, "run", "-w", "dist.attention_tp", "--preset", "tiny", "-b", "torch-cpu",
+                          "--parity-only", "--out", str(out)], check=False, capture_output=True, text=True,
+                         env=_env(tmp_path))  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    layouts = [r["parity"]["layout"] for r in _records(out)]
+    assert layouts and all(lay["checked"] is False and lay["world_size"] == 1 for lay in layouts)
+    assert not any({"bitwise_equal", "max_abs_diff", "within_budget", "rel_l2_single"} & set(lay) for lay in layouts)
+    report = subprocess.run([*harness, "report", str(out)], check=False, capture_output=True, text=True,
+                            env=_env(tmp_path))  # fmt: skip
+    assert "not checked (world size 1)" in report.stdout and "1 vs 1" not in report.stdout, report.stdout
 
 
 # ----- under torchrun: two gloo ranks -----
@@ -152,8 +181,9 @@ def test_dist_workloads_pass_on_two_ranks_with_the_layout_recorded(tmp_path: Pat
     assert {r["case"]["workload"] for r in records} == {"dist.moe_ep", "dist.attention_tp", "dist.llm_tp"}
     assert all(r["status"] == "passed" for r in records)
     layouts = [r["parity"]["layout"] for r in records]
-    assert all(lay["world_size"] == 2 and lay["within_budget"] for lay in layouts)
+    assert all(lay["world_size"] == 2 and lay["checked"] and lay["within_budget"] for lay in layouts)
     assert all({"bitwise_equal", "max_abs_diff", "rel_l2_world", "rel_l2_single"} <= set(lay) for lay in layouts)
+    assert all(lay["ranks_agree"] is True and lay["ranks_differing"] == [] for lay in layouts)
     assert len({r["case"]["key"] for r in records}) == len(records)  # one record per case, whichever rank ran it
 
 
@@ -189,6 +219,30 @@ def test_planted_distributed_faults_fail_and_a_different_correct_order_passes(tm
     assert all(r["status"] == "passed" for r in by[("tp-reduce-scatter", "dist.llm_tp")])
     assert gathered and all(r["status"] == "failed" and "rel_l2" in r["reason"] for r in gathered)
     assert all(r["status"] == "passed" for r in by[("ep-expert-sorted", "dist.moe_ep")])
+
+
+@pytest.mark.slow
+def test_an_output_corrupted_or_missing_on_rank_one_alone_fails_naming_the_rank(tmp_path: Path) -> None:
+    out = tmp_path / "corrupt.jsonl"
+    plugin = ROOT / "tests" / "plugins" / "rank_one_corrupt.py"
+    # --no-determinism: rank 0's re-runs of the op would wait for rank 1, which left the case when it raised
+    run = _torchrun(tmp_path, "-w", "dist.attention_tp", "--preset", "tiny", "--dtype", "float32", "--no-determinism",
+                    "-b", "torch-cpu,rank-one-corrupt,rank-one-raises", "--plugin", str(plugin), "--out", str(out),
+                    timeout=90)  # fmt: skip
+    assert run.returncode == 1 and "exitcode: 3" in run.stderr, run.stderr[-3000:]  # an error: 3 beats 1
+    by: dict[str, list[dict]] = {}
+    for r in _records(out):
+        by.setdefault(r["case"]["backend"], []).append(r)
+    assert by["torch-cpu"] and all(r["status"] == "passed" for r in by["torch-cpu"])
+    assert all(r["parity"]["layout"]["ranks_agree"] is True for r in by["torch-cpu"])
+    corrupt = by["rank-one-corrupt"]
+    assert corrupt and all(r["status"] == "failed" for r in corrupt)
+    assert all("rank 1's output differs from rank 0's" in r["reason"] for r in corrupt)
+    assert all(r["parity"]["verdict"]["passed"] for r in corrupt)  # rank 0's own copy is right
+    assert all(r["parity"]["layout"]["ranks_differing"] == [1] for r in corrupt)
+    raised = by["rank-one-raises"]  # rank 1 still reached the exchange (no deadlock) and said why it had nothing
+    assert raised and all(r["status"] == "error" for r in raised)
+    assert all("rank 1 produced no output (error: RuntimeError: planted" in r["reason"] for r in raised)
 
 
 @pytest.mark.slow

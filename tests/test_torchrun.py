@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -30,10 +31,12 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _harness(*args: str, ranks: int = 0, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """`harness run ARGS`, in one process or under torchrun with `ranks` ranks; the whole process group is
-    killed on a timeout (torchrun's workers would outlive it)."""
-    launcher = [*TORCHRUN, "--nproc-per-node", str(ranks)]
+def _harness(
+    *args: str, ranks: int = 0, timeout: float = 120, monitor_s: float = 0.1
+) -> subprocess.CompletedProcess[str]:
+    """`harness run ARGS`, in one process or under torchrun with `ranks` ranks (torchrun checking its workers
+    every `monitor_s`); the whole process group is killed on a timeout (torchrun's workers would outlive it)."""
+    launcher = [*TORCHRUN, "--monitor-interval", str(monitor_s), "--nproc-per-node", str(ranks)]
     command = [*(launcher if ranks else [sys.executable]), "-m", "harness", "run", *args]
     return run_group(command, _env(), timeout)
 
@@ -60,11 +63,14 @@ def test_two_ranks_match_the_single_process_run(tmp_path: Path) -> None:
 def test_a_killed_rank_loses_nothing_and_resume_completes(tmp_path: Path) -> None:
     out = tmp_path / "run.jsonl"
     backends = ("-b", "cpu-reference,rank-killer-cpu", "--plugin", str(PLUGINS / "rank_killer.py"))
-    killed = _harness(*SELECTION, *backends, "--out", str(out), ranks=2)
+    # torchrun stops the other ranks once it sees one fail: checking every 5 s leaves rank 0 the time to merge
+    killed = _harness(*SELECTION, *backends, "--out", str(out), ranks=2, monitor_s=5)
     assert killed.returncode != 0
-    leftover = part_path(out, 1)
-    assert leftover.is_file() and read_records(leftover), killed.stderr[-3000:]  # rank 1's records before it died
-    kept = {r.case.key for p in part_files(out) for r in read_records(p)}
+    said = " ".join(killed.stderr.split())
+    assert re.search(rf"\d+ planned cases have no record \(first: \S+\); --resume {re.escape(str(out))} runs", said)
+    assert "rank : 0 (local_rank: 0) exitcode : 3" in said, said[-3000:]  # rank 0 merged and exited 3
+    kept = {r.case.key for p in [out, *part_files(out)] if p.is_file() for r in read_records(p)}
+    assert any(k.endswith("@rank-killer-cpu") for k in kept), said[-3000:]  # rank 1's records before it died
     resumed = _harness(*SELECTION, *backends, "--resume", str(out), "--no-table")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"{len(kept)} cases already recorded" in " ".join(resumed.stderr.split())

@@ -1,8 +1,10 @@
-"""Launching `harness` under torchrun from tests: torchrun's workers outlive torchrun itself, so a timed-out launch
-kills the whole process group (no orphan ranks left on the CI machine)."""
+"""Launching `harness` under torchrun from tests: torchrun's workers outlive torchrun itself (and may run in
+sessions of their own), so a timed-out launch kills the launcher's whole process tree, found through /proc, and
+its process group (no orphan ranks left on the CI machine)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -12,6 +14,31 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 TORCHRUN = (sys.executable, "-m", "torch.distributed.run", "--standalone")
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below `pid` (Linux /proc), children before grandchildren."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # it ended meanwhile
+            continue
+        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, frontier = [], [pid]
+    while frontier:
+        children = [c for p in frontier for c in parents.get(p, [])]
+        found += children
+        frontier = children
+    return found
+
+
+def _kill_tree(pid: int) -> None:
+    for child in descendants(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
 
 
 def run_group(command: list[str], env: Mapping[str, str], timeout: float) -> subprocess.CompletedProcess[str]:
@@ -28,7 +55,7 @@ def run_group(command: list[str], env: Mapping[str, str], timeout: float) -> sub
         try:
             out, err = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+            _kill_tree(proc.pid)
             proc.communicate()
             raise
     return subprocess.CompletedProcess(command, proc.returncode, out, err)

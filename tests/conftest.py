@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,20 @@ class CliRun:
 @pytest.fixture(scope="session")
 def registry() -> BackendRegistry:
     return default_registry()
+
+
+def compile_latex(table: str, folder: Path) -> subprocess.CompletedProcess[str]:
+    """A booktabs table compiled with pdflatex in a landscape page: what a paper's build does with it."""
+    doc = folder / "t.tex"
+    doc.write_text(
+        "\\documentclass{article}\\usepackage{booktabs}\\usepackage[margin=1cm,landscape]{geometry}"
+        "\\begin{document}\\tiny " + table + "\\end{document}"
+    )
+    proc = subprocess.run(
+        ["pdflatex", "-interaction=nonstopmode", doc.name], cwd=folder, capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0 and (folder / "t.pdf").exists(), proc.stdout[-2000:]
+    return proc
 
 
 def plugin(name: str) -> str:

@@ -7,7 +7,6 @@ import copy
 import json
 import re
 import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ import pytest
 from harness import paper_formats
 from harness.paper_table import PaperTable, build_tables, separated_best
 from harness.results import Record
+from tests.conftest import compile_latex
 
 PAPER = Path(__file__).resolve().parent.parent / "results" / "cuda" / "paper.jsonl"
 
@@ -129,15 +129,7 @@ def test_writers_render_the_same_model() -> None:
 @pytest.mark.skipif(shutil.which("pdflatex") is None, reason="pdflatex is not installed here")
 def test_paper_latex_compiles(tmp_path: Path) -> None:
     table = paper_formats.to_latex(build_tables(_records(_raw()), baseline="cuda"))
-    doc = tmp_path / "t.tex"
-    doc.write_text(
-        "\\documentclass{article}\\usepackage{booktabs}\\usepackage[margin=1cm,landscape]{geometry}"
-        "\\begin{document}\\tiny " + table + "\\end{document}"
-    )
-    proc = subprocess.run(
-        ["pdflatex", "-interaction=nonstopmode", doc.name], cwd=tmp_path, capture_output=True, check=False
-    )
-    assert proc.returncode == 0 and (tmp_path / "t.pdf").exists(), proc.stdout[-2000:]
+    compile_latex(table, tmp_path)
 
 
 def test_markdown_rows_report_summarizes_skip_rows_in_one_note() -> None:

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import compile_latex
+
 pytest.importorskip("matplotlib", reason="plots need matplotlib (the report/test extra)")
 
 pytestmark = pytest.mark.slow
@@ -71,15 +73,7 @@ def test_latex_compiles(harness_cli, run_file: Path, tmp_path: Path) -> None:
     table = harness_cli(
         "report", str(run_file), "--format", "latex", "--table", "rows", "--baseline", "cpu-reference"
     ).output
-    doc = tmp_path / "t.tex"
-    doc.write_text(
-        "\\documentclass{article}\\usepackage{booktabs}\\usepackage[margin=1cm,landscape]{geometry}"
-        "\\begin{document}\\tiny " + table + "\\end{document}"
-    )
-    proc = subprocess.run(
-        ["pdflatex", "-interaction=nonstopmode", doc.name], cwd=tmp_path, capture_output=True, check=False
-    )
-    assert proc.returncode == 0 and (tmp_path / "t.pdf").exists(), proc.stdout[-2000:]
+    compile_latex(table, tmp_path)
 
 
 @pytest.mark.parametrize("fmt", ["png", "svg", "pdf"])

@@ -352,7 +352,7 @@ class CaseExecutor:
             if isinstance(found, Skip):
                 return found
             support = found.supports(case)
-        except Exception:  # creating the backend failed: the case's own execution records that error
+        except (Exception, SystemExit):  # probing or creating the backend failed: the case's execution records it
             return None
         return None if support else Skip(support.reason)
 

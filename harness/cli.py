@@ -221,6 +221,7 @@ def selftest_cmd(out: Path | None, fault_modules: tuple[str, ...]) -> None:
         with ResultWriter(out_path) as writer:
             outcomes = selftest.run_selftest(writer, on_check, plugins)
         stdout_console().print(table)
+    selftest.leave_ranks()
     bad = [o for o in outcomes if not o.ok]
     console.print(f"{len(outcomes) - len(bad)} of {len(outcomes)} checks hold; records: {out_path}")
     sys.exit(1 if bad else 0)

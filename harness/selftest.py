@@ -282,6 +282,17 @@ def join_ranks() -> Any:
     return info
 
 
+def leave_ranks() -> None:
+    """Under torchrun: wait for every rank, then destroy the process groups before the interpreter exits (a live
+    gloo group torn down at exit aborted a rank now and then: 'terminate called without an active exception')."""
+    from harness.ranks import current
+
+    coordinator = current()
+    if coordinator is not None:
+        coordinator.barrier()
+        coordinator.close()
+
+
 class DiscardRecords:
     """The records of a rank other than 0 under torchrun: judged, not written (rank 0 writes the same cases)."""
 

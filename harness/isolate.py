@@ -28,7 +28,7 @@ from harness.executor import CaseExecutor, Prepared
 from harness.lazy import torch
 from harness.planning import Planner
 from harness.results import Record
-from harness.run_options import RunOptions
+from harness.run_options import RunOptions, Skip
 from harness.suites import Suite
 from harness.timing import TimingConfig
 from harness.workload import Case
@@ -111,6 +111,11 @@ class IsolatedExecutor:
 
     def prepare(self, case: Case) -> Prepared:
         """Nothing: each child prepares its own case's inputs."""
+        return None
+
+    def unrunnable(self, case: Case) -> Skip | None:
+        """None: whether a backend can run is found in the child (probing a crashing backend here would defeat
+        the isolation), and no inputs are made here anyway."""
         return None
 
     def execute(self, case: Case, prepared: Prepared) -> Record:

@@ -100,9 +100,8 @@ class Runner:
             group_cases = list(group_iter)
             if on_start is not None:
                 on_start(group_cases[0])  # generating inputs (and loading a model) counts toward the first case
-            unrunnable = getattr(self.executor, "unrunnable", None)  # an isolated executor prepares in its children
-            early = {c.key: unrunnable(c) for c in group_cases} if unrunnable is not None else {}
-            prepared = None if early and all(early.values()) else self.executor.prepare(group_cases[0])
+            early = {c.key: self.executor.unrunnable(c) for c in group_cases}
+            prepared = None if all(early.values()) else self.executor.prepare(group_cases[0])
             for case in group_cases:
                 if on_start is not None:
                     on_start(case)

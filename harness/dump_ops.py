@@ -1,5 +1,6 @@
 """Recomputing dumped calls in float64: the torch-level calls of the kernel contract, and the table that maps a
-dump's API names to their recomputation (a backend package adds its own: harness.backends.ascend.dump_ops).
+dump's API names to their recomputation (a backend package adds its own table for its vendor's APIs, registered
+under the entry-point group `harness.dump_ops`, as the Ascend backend's is).
 
 Each recomputation takes the call's dumped inputs, computes the documented function of them in float64 and
 returns it beside the dumped output, with the op's dtype and reduction length for the budget. A call whose
@@ -9,7 +10,6 @@ arguments leave the documented semantics (dropout, an unmodelled option) raises 
 from __future__ import annotations
 
 import fnmatch
-import importlib
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -18,9 +18,10 @@ from typing import Any
 from harness.dump_read import DumpCall, TensorRef
 from harness.lazy import torch
 from harness.parity import Failure
+from harness.plugins import PluginError, entry_points
 
-# Modules that add recomputations for their vendor's APIs (a RECOMPUTE table each); the core names no API there.
-DUMP_OP_MODULES = ("harness.backends.ascend.dump_ops",)
+# Entry points `name = "module:TABLE"` adding recomputations for a vendor's APIs; the core names no vendor.
+DUMP_OPS_GROUP = "harness.dump_ops"
 SWIGLU_LOOKBACK = 8  # a multiply is a SwiGLU when one factor is the output of a silu this many calls before
 
 
@@ -202,10 +203,14 @@ RECOMPUTE: dict[str, Recompute] = {
 
 
 def recomputations() -> dict[str, Recompute]:
-    """The core table and every DUMP_OP_MODULES table; keys are API names or fnmatch patterns."""
+    """The core table and every table of the `harness.dump_ops` entry points; keys are API names or fnmatch
+    patterns."""
     table = dict(RECOMPUTE)
-    for name in DUMP_OP_MODULES:
-        table.update(importlib.import_module(name).RECOMPUTE)
+    for ref in entry_points(DUMP_OPS_GROUP):
+        added = ref.load()
+        if not isinstance(added, Mapping):
+            raise PluginError(f"{ref.value!r} ({ref.origin}) is {type(added).__name__}, not a table of API names")
+        table.update(added)
     return table
 
 

@@ -123,7 +123,7 @@ def _verdict(statuses: list[str]) -> str:
 
 def _bound(record: Record) -> str:
     timing = record.timing
-    roof = (timing.data.get("roofline") or {}) if timing is not None else {}
+    roof = timing.roofline if timing is not None else {}
     return "memory" if roof.get("bound") == "memory" else "compute"
 
 

@@ -149,7 +149,7 @@ def _ceilings(records: list[Record], given: dict[str, float] | None) -> list[tup
     pairs = {
         (roof["peak_tflops"], roof["bandwidth_gbps"])
         for r, t in _timed(records)
-        if (roof := t.data.get("roofline")) and roof.get("peak_tflops") and roof.get("bandwidth_gbps")
+        if (roof := t.roofline) and roof.get("peak_tflops") and roof.get("bandwidth_gbps")
     }
     if given and given.get("tflops") and given.get("gbps"):
         pairs.add((given["tflops"], given["gbps"]))

@@ -10,6 +10,7 @@ case keys picked from that plan. Imported only on Ray workers and by the driver 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import tempfile
 from collections.abc import Iterator
@@ -71,7 +72,7 @@ def run_group(spec_text: str, inputs: bytes | None, keys: list[str], isolate: bo
         cases = [planned[k] for k in keys if k in planned]
         prepared = executor.prepare(cases[0]) if cases else None  # the group's inputs, made once
         for case in cases:
-            record = executor.execute(case, prepared).to_dict()
-            record["environment"] = {**(record.get("environment") or {}), "ray": where}
-            yield RECORD, record
+            record = executor.execute(case, prepared)
+            environment = {**(record.environment or {}), "ray": where}
+            yield RECORD, dataclasses.replace(record, environment=environment).to_dict()
         yield UNAVAILABLE, executor.unavailable()

@@ -236,6 +236,10 @@ class TimingRecord:
     flops = property(lambda self: self._get("flops"))
     bytes = property(lambda self: self._get("bytes"))
     tokens_per_s = property(lambda self: self._get("tokens_per_s"))
+    method = property(lambda self: str(self._get("method") or ""))  # how it was timed (the timer's name)
+    cpu_ns = property(lambda self: self._get("cpu_ns"))  # host CPU time: only host-CPU backends record it
+    problems = property(lambda self: [str(p) for p in self._get("problems") or ()])  # every failed check
+    roofline = property(lambda self: dict(self._get("roofline") or {}))  # the calibrated ceilings, bound, pct
 
     @property
     def roofline_pct(self) -> float | None:

@@ -146,12 +146,6 @@ def _culprit(record: Record) -> OpError | None:
     return layerwise.culprit if layerwise else None
 
 
-def _timing_verdict(timing: Any) -> tuple[bool, str]:
-    """(valid, invalid_reason) of a timing section; a file from before the checks has no verdict: valid."""
-    data = timing.data if timing is not None else {}
-    return bool(data.get("valid", True)), str(data.get("invalid_reason") or "")
-
-
 def _invalid_timings(record: Record) -> list[str]:
     """The invalid reasons of the record's timing and timing variants."""
     sections = [
@@ -160,9 +154,8 @@ def _invalid_timings(record: Record) -> list[str]:
     ]
     found = []
     for name, timing in sections:
-        valid, reason = _timing_verdict(timing) if timing is not None else (True, "")
-        if not valid:
-            found.append(f"{name} invalid: {reason or '(no reason given)'}")
+        if timing is not None and not timing.valid:
+            found.append(f"{name} invalid: {timing.invalid_reason}")
     return found
 
 
@@ -190,10 +183,10 @@ def _judge_timing_cheat(check: Check, r: Record) -> tuple[str, str]:
     `reasons`, in a record marked failed."""
     if r.timing is None:
         return f"{r.case.key} {r.status}, not timed: {(r.reason or '')[:120]}", ""
-    valid, reason = _timing_verdict(r.timing)
-    if valid:
+    reason = r.timing.invalid_reason
+    if r.timing.valid:
         return f"{r.case.key} {r.status} with a valid timing (median {r.timing.median_ns} ns)", ""
-    named = " | ".join([reason, *(str(p) for p in r.timing.data.get("problems") or ())]).lower()  # every check's
+    named = " | ".join([reason, *r.timing.problems]).lower()  # every check's
     matched = next((p for p in check.reasons if p.lower() in named), "")
     if not matched:
         return f"{r.case.key}: timing invalid for another reason: {reason[:160]}", ""

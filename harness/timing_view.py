@@ -60,9 +60,9 @@ def device_class(record: Record) -> str:
     if isinstance(env, Mapping) and isinstance(env.get("device"), str) and env["device"]:
         return str(env["device"])
     timing = record.timing
-    if timing is not None and timing.data.get("cpu_ns") is not None:
+    if timing is not None and timing.cpu_ns is not None:
         return "cpu"
-    text = f"{record.case.backend} {'' if timing is None else timing.data.get('method', '')}".lower()
+    text = f"{record.case.backend} {'' if timing is None else timing.method}".lower()
     for name, words in DEVICE_WORDS:
         if any(w in text for w in words):
             return name

@@ -47,8 +47,8 @@ def list_cmd(plugins: tuple[str, ...]) -> None:
         workloads = WorkloadRegistry.discover()
     console = stdout_console()
     table = Table(title="backends", title_justify="left")
-    for col in ("name", "state", "reason", "device", "dtypes", "ops", "simulated"):
-        table.add_column(col)
+    for col in ("name", "state", "reason", "device", "dtypes", "ops", "simulated"):  # at 80 columns: never cut
+        table.add_column(col, overflow="fold", no_wrap=col in ("name", "state"))  # "cpu-refe…" names nothing
     for name in registry.names():
         availability = registry.probe(name)
         caps = registry.get(name).capabilities()
@@ -66,22 +66,22 @@ def list_cmd(plugins: tuple[str, ...]) -> None:
     console.print(table)
     otable = Table(title="backend options (harness run --backend-option [BACKEND:]KEY=VALUE)", title_justify="left")
     for col in ("option", "backends", "default", "description"):
-        otable.add_column(col)
+        otable.add_column(col, overflow="fold")
     for row in describe(registry):
         otable.add_row(*row)
     if otable.row_count:
         console.print(otable)
     wtable = Table(title="workloads", title_justify="left")
     for col in ("name", "op", "presets (shapes)", "description"):
-        wtable.add_column(col)
+        wtable.add_column(col, overflow="fold", no_wrap=col == "name")
     for name in workloads.names():
         w = workloads.get(name)
-        presets = "; ".join(f"{p}: {','.join(shapes)}" for p, shapes in w.presets.items())
+        presets = "; ".join(f"{p}: {', '.join(shapes)}" for p, shapes in w.presets.items())
         wtable.add_row(name, w.op, presets, w.description)
     console.print(wtable)
     stable = Table(title="suites", title_justify="left")
     for col in ("name", "description"):
-        stable.add_column(col)
+        stable.add_column(col, overflow="fold", no_wrap=col == "name")
     for suite in BUILTIN_SUITES.values():
         stable.add_row(suite.name, suite.description)
     console.print(stable)

@@ -127,6 +127,22 @@ def test_summary_fits_80_columns_and_never_cuts_a_reason(harness_cli, monkeypatc
     assert "harness report" in text
 
 
+def test_list_piped_honours_columns_and_cuts_no_name(harness_cli, monkeypatch) -> None:
+    """`harness list > file` is as wide as COLUMNS says (80 here), folding cells rather than cutting a backend's
+    or workload's name to "cpu-refe…"; without COLUMNS a piped table is wide enough for whole rows."""
+    monkeypatch.setenv("COLUMNS", "80")
+    narrow = harness_cli("list")
+    assert narrow.exit_code == 0, narrow.output
+    lines = narrow.output.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    assert "…" not in narrow.output
+    for name in ("cpu-reference", "ascend-sim", "attention.chunked_prefill", "unavailable"):
+        assert f"│ {name} " in narrow.output or f" {name} " in narrow.output, name
+    monkeypatch.delenv("COLUMNS")
+    wide = harness_cli("list")
+    assert wide.exit_code == 0 and max(len(line) for line in wide.output.splitlines()) > 80
+
+
 def test_summary_reports_contention(harness_cli) -> None:
     from harness.results import SCHEMA_VERSION, Record
     from harness.summary import RunFacts, render

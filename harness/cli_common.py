@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import traceback
 from collections.abc import Iterator
@@ -69,8 +70,6 @@ PIPED_WIDTH = 200  # stdout piped or captured and no COLUMNS: wide enough for wh
 def stdout_console() -> Console:
     """The terminal's width on a terminal, COLUMNS when set (piped too: the user asked for that width), else wide
     enough for whole tables when piped or captured."""
-    import os
-
     from rich.console import Console
 
     console = Console()  # rich takes COLUMNS when it is a positive number, else the terminal's width

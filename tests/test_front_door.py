@@ -156,4 +156,25 @@ def test_summary_reports_contention(harness_cli) -> None:
     }  # fmt: skip
     record.update(schema_version=SCHEMA_VERSION, run_id="r", time_utc="t")
     text = render([Record.from_dict(record)], RunFacts("s", "out.jsonl", 1.0, threads=1), 80)
-    assert "noisy timings: 1 cases (1 waited for a core)" in " ".join(text.split())
+    assert "noisy timings: 1 case (1 waited for a core)" in " ".join(text.split())
+    assert text.startswith("suite s: 1 case on 1 backend in 1 s") and "\n1 case (1 passed)" in text
+
+
+def test_summary_counts_other_skip_reasons_in_good_english() -> None:
+    from harness.results import SCHEMA_VERSION, Record
+    from harness.summary import RunFacts, render
+
+    def skipped(shape: str, reason: str) -> Record:
+        key = f"w/tiny/{shape}/float32/normal/seed0@torch-cpu"
+        case = dict(workload="w", preset="tiny", shape=shape, dtype="float32", inputs="normal", seed=0)
+        return Record.from_dict(
+            dict(case={**case, "backend": "torch-cpu", "key": key}, status="skipped", reason=reason, parity=None,
+                 timing=None, schema_version=SCHEMA_VERSION, run_id="r", time_utc="t")
+        )  # fmt: skip
+
+    two = [skipped("a", "no bfloat16"), skipped("b", "no bfloat16"), skipped("c", "no op 'moe'")]
+    text = " ".join(render(two, RunFacts("s", "out.jsonl", 1.0, threads=1), 80).split())
+    assert "skipped 2: no bfloat16 (and 1 other reason)" in text
+    three = [*two, skipped("d", "no op 'mla'")]
+    text = " ".join(render(three, RunFacts("s", "out.jsonl", 1.0, threads=1), 80).split())
+    assert "skipped 2: no bfloat16 (and 2 other reasons)" in text

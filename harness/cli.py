@@ -248,7 +248,11 @@ def _fraction(text: str) -> float:
     "--error-growth", type=click.FloatRange(min=1), default=2.0, show_default=True, help="rel_l2 growth factor."
 )
 @click.option(
-    "-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write the summary."
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write to this file instead of stdout.",
 )
 @click.option(
     "--format",
@@ -307,11 +311,13 @@ def compare_cmd(
         path = plots_dir / f"ratio.{plot_format}"
         path.write_bytes(plots.render(plots.ratio_plot(result.ratios, names), plot_format))
         click.echo(f"wrote {path}", err=True)
-    if output is not None:
+    if output is not None:  # the file alone, as harness report -o writes it
         output.write_text(text)
-    click.echo(text, nl=False)
-    if fmt_name != "md" and result.regressions:
-        click.echo(f"{len(result.regressions)} regression(s): see --format md", err=True)
+    else:
+        click.echo(text, nl=False)
+    if result.regressions and (fmt_name != "md" or output is not None):
+        where = output if fmt_name == "md" else "--format md"
+        click.echo(f"{len(result.regressions)} regression(s): see {where}", err=True)
     sys.exit(1 if result.regressions else 0)
 
 

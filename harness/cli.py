@@ -223,7 +223,11 @@ def selftest_cmd(out: Path | None, fault_modules: tuple[str, ...]) -> None:
         stdout_console().print(table)
     selftest.leave_ranks()
     bad = [o for o in outcomes if not o.ok]
-    console.print(f"{len(outcomes) - len(bad)} of {len(outcomes)} checks hold; records: {out_path}")
+    skipped = sum(1 for o in outcomes if o.skipped)  # not a hold: nothing was shown
+    held = f"{len(outcomes) - len(bad) - skipped} of {len(outcomes)} checks hold" + (
+        f", {skipped} skipped" * bool(skipped)
+    )
+    console.print(f"{held}; records: {out_path}")
     sys.exit(1 if bad else 0)
 
 

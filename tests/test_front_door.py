@@ -178,3 +178,24 @@ def test_summary_counts_other_skip_reasons_in_good_english() -> None:
     three = [*two, skipped("d", "no op 'mla'")]
     text = " ".join(render(three, RunFacts("s", "out.jsonl", 1.0, threads=1), 80).split())
     assert "skipped 2: no bfloat16 (and 2 other reasons)" in text
+
+
+def test_selftest_counts_a_skipped_check_apart_from_those_that_hold(harness_cli, tmp_path: Path) -> None:
+    """A check that could not run (here: it needs two ranks) showed nothing: '1 of 2 checks hold, 1 skipped'."""
+    (tmp_path / "no_backends.py").write_text(
+        "from typing import ClassVar\nfrom harness.backends.cpu_reference import CpuReference\n"
+        "class MyRef(CpuReference):\n    name: ClassVar[str] = 'my-ref'\n"
+    )
+    (tmp_path / "my_checks.py").write_text(
+        "from harness.selftest import Check\n"
+        f"BACKENDS = {str(tmp_path / 'no_backends.py')!r}\n"
+        "CHECKS = (\n"
+        "    Check('the oracle passes', 'my-ref', 'passes', ('attention.decode',), ('float32',),"
+        " shapes=('gqa',), inputs=('normal',)),\n"
+        "    Check('a two-rank claim', 'my-ref', 'passes', ('attention.decode',), ('float32',),"
+        " shapes=('gqa',), inputs=('normal',), min_world=2),\n"
+        ")\n"
+    )
+    run = harness_cli("selftest", "--faults", str(tmp_path / "my_checks.py"), "--out", str(tmp_path / "s.jsonl"))
+    assert run.exit_code == 0, run.output
+    assert "1 of 2 checks hold, 1 skipped;" in " ".join(run.output.split())

@@ -182,6 +182,6 @@ def describe(registry: _Registry) -> list[tuple[str, str, str, str]]:
         for key, option in declared(registry.get(name)).items():
             rows.setdefault((key, id(option)), (option, []))[1].append(name)
     return [
-        (key, ",".join(names), f"{_shown(option.default)} ({option.accepts})", option.description)
+        (key, ", ".join(names), f"{_shown(option.default)} ({option.accepts})", option.description)
         for (key, _), (option, names) in rows.items()
     ]

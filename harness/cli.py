@@ -47,8 +47,8 @@ def list_cmd(plugins: tuple[str, ...]) -> None:
         workloads = WorkloadRegistry.discover()
     console = stdout_console()
     table = Table(title="backends", title_justify="left")
-    for col in ("name", "state", "reason", "device", "dtypes", "ops", "simulated"):
-        table.add_column(col)
+    for col in ("name", "state", "reason", "device", "dtypes", "ops", "simulated"):  # at 80 columns: never cut
+        table.add_column(col, overflow="fold", no_wrap=col in ("name", "state"))  # "cpu-refe…" names nothing
     for name in registry.names():
         availability = registry.probe(name)
         caps = registry.get(name).capabilities()
@@ -66,22 +66,22 @@ def list_cmd(plugins: tuple[str, ...]) -> None:
     console.print(table)
     otable = Table(title="backend options (harness run --backend-option [BACKEND:]KEY=VALUE)", title_justify="left")
     for col in ("option", "backends", "default", "description"):
-        otable.add_column(col)
+        otable.add_column(col, overflow="fold")
     for row in describe(registry):
         otable.add_row(*row)
     if otable.row_count:
         console.print(otable)
     wtable = Table(title="workloads", title_justify="left")
     for col in ("name", "op", "presets (shapes)", "description"):
-        wtable.add_column(col)
+        wtable.add_column(col, overflow="fold", no_wrap=col == "name")
     for name in workloads.names():
         w = workloads.get(name)
-        presets = "; ".join(f"{p}: {','.join(shapes)}" for p, shapes in w.presets.items())
+        presets = "; ".join(f"{p}: {', '.join(shapes)}" for p, shapes in w.presets.items())
         wtable.add_row(name, w.op, presets, w.description)
     console.print(wtable)
     stable = Table(title="suites", title_justify="left")
     for col in ("name", "description"):
-        stable.add_column(col)
+        stable.add_column(col, overflow="fold", no_wrap=col == "name")
     for suite in BUILTIN_SUITES.values():
         stable.add_row(suite.name, suite.description)
     console.print(stable)
@@ -223,7 +223,11 @@ def selftest_cmd(out: Path | None, fault_modules: tuple[str, ...]) -> None:
         stdout_console().print(table)
     selftest.leave_ranks()
     bad = [o for o in outcomes if not o.ok]
-    console.print(f"{len(outcomes) - len(bad)} of {len(outcomes)} checks hold; records: {out_path}")
+    skipped = sum(1 for o in outcomes if o.skipped)  # not a hold: nothing was shown
+    held = f"{len(outcomes) - len(bad) - skipped} of {len(outcomes)} checks hold" + (
+        f", {skipped} skipped" * bool(skipped)
+    )
+    console.print(f"{held}; records: {out_path}")
     sys.exit(1 if bad else 0)
 
 
@@ -248,7 +252,11 @@ def _fraction(text: str) -> float:
     "--error-growth", type=click.FloatRange(min=1), default=2.0, show_default=True, help="rel_l2 growth factor."
 )
 @click.option(
-    "-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write the summary."
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write to this file instead of stdout.",
 )
 @click.option(
     "--format",
@@ -307,11 +315,13 @@ def compare_cmd(
         path = plots_dir / f"ratio.{plot_format}"
         path.write_bytes(plots.render(plots.ratio_plot(result.ratios, names), plot_format))
         click.echo(f"wrote {path}", err=True)
-    if output is not None:
+    if output is not None:  # the file alone, as harness report -o writes it
         output.write_text(text)
-    click.echo(text, nl=False)
-    if fmt_name != "md" and result.regressions:
-        click.echo(f"{len(result.regressions)} regression(s): see --format md", err=True)
+    else:
+        click.echo(text, nl=False)
+    if result.regressions and (fmt_name != "md" or output is not None):
+        where = output if fmt_name == "md" else "--format md"
+        click.echo(f"{len(result.regressions)} regression(s): see {where}", err=True)
     sys.exit(1 if result.regressions else 0)
 
 

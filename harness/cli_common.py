@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import traceback
 from collections.abc import Iterator
@@ -63,12 +64,19 @@ def bad_input_exits() -> Iterator[None]:
         sys.exit(EXIT_USAGE)
 
 
+PIPED_WIDTH = 200  # stdout piped or captured and no COLUMNS: wide enough for whole tables
+
+
 def stdout_console() -> Console:
-    """The terminal's width on a terminal; wide enough for whole tables when piped or captured."""
+    """The terminal's width on a terminal, COLUMNS when set (piped too: the user asked for that width), else wide
+    enough for whole tables when piped or captured."""
     from rich.console import Console
 
-    console = Console()
-    return console if console.is_terminal else Console(width=200)
+    console = Console()  # rich takes COLUMNS when it is a positive number, else the terminal's width
+    columns = os.environ.get("COLUMNS", "")
+    if console.is_terminal or (columns.isdigit() and int(columns) > 0):
+        return console
+    return Console(width=PIPED_WIDTH)
 
 
 def load_registry(plugins: tuple[str, ...]) -> BackendRegistry:

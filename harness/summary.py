@@ -105,7 +105,7 @@ def _block(name: str, records: list[Record], baseline: Mapping[str, float], widt
     skips = Counter(r.reason for r in records if r.status == "skipped" and r.reason)
     if skips:
         reason, n = skips.most_common(1)[0]
-        others = f" (and {len(skips) - 1} other reasons)" if len(skips) > 1 else ""
+        others = f" (and {plural(len(skips) - 1, 'other reason')})" if len(skips) > 1 else ""
         lines += _wrap(f"skipped {n}: {reason}{others}", width, "  ")
     found = worst_case(records)
     if found is not None:
@@ -132,13 +132,13 @@ def _block(name: str, records: list[Record], baseline: Mapping[str, float], widt
     if any(r.simulated for r in records):
         lines += ["  speed   simulated: timings say nothing about the real device"]
     elif name == BASELINE and baseline:
-        lines += [f"  speed   the baseline of the speed ratios ({len(baseline)} cases timed)"]
+        lines += [f"  speed   the baseline of the speed ratios ({plural(len(baseline), 'case')} timed)"]
     else:
         speed = _speed(records, baseline)
         if speed is not None:
             ratio, n = speed
             verb = f"{ratio:.2f}x faster" if ratio >= 1 else f"{1 / ratio:.2f}x slower"
-            text = f"{verb} than {BASELINE} (geometric mean of {n} cases timed on both)"
+            text = f"{verb} than {BASELINE} (geometric mean of {plural(n, 'case')} timed on both)"
             lines += _wrap(text, width, "  ", "speed   ")
         elif any(invalid_reason(r) for r in records):
             n = sum(bool(invalid_reason(r)) for r in records)
@@ -177,7 +177,9 @@ def render(records: Iterable[Record], facts: RunFacts, width: int = 80) -> str:
         if (t := valid_timing(r)) is not None and t.median_ns
     }
     ran = [b for b in by_backend if b not in unavailable]
-    head = f"suite {facts.suite}: {len(records)} cases on {len(ran)} backends in {facts.seconds:.0f} s"
+    head = (
+        f"suite {facts.suite}: {plural(len(records), 'case')} on {plural(len(ran), 'backend')} in {facts.seconds:.0f} s"
+    )
     if facts.threads:
         head += f", {facts.threads} thread{'s' if facts.threads > 1 else ''}"
     lines = _wrap(head, width, "")
@@ -210,8 +212,8 @@ def render(records: Iterable[Record], facts: RunFacts, width: int = 80) -> str:
         lines += [
             "",
             *_wrap(
-                f"noisy timings: {len(noisy)} cases ({why}); compare ratios measured side by side, run with fewer "
-                "jobs on the machine, or raise --time-budget",
+                f"noisy timings: {plural(len(noisy), 'case')} ({why}); compare ratios measured side by side, "
+                "run with fewer jobs on the machine, or raise --time-budget",
                 width,
                 "",
             ),
@@ -227,7 +229,7 @@ def final_line(records: list[Record], facts: RunFacts) -> str:
     """`2025 cases (575 passed, 1450 skipped); results: FILE`."""
     counts = Counter(r.status for r in records)
     summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-    return f"{len(records)} cases ({summary}); results: {facts.out_path}\n"
+    return f"{plural(len(records), 'case')} ({summary}); results: {facts.out_path}\n"
 
 
 def _strict(value: Any) -> Any:

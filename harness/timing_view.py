@@ -43,7 +43,7 @@ def left_out(records: Iterable[Record]) -> str:
         return ""
     per_backend = ", ".join(f"{b} {n}" for b, n in Counter(b for b, _ in bad).most_common())
     reasons = Counter(why for _, why in bad).most_common()
-    others = f" (and {len(reasons) - 1} other reasons)" if len(reasons) > 1 else ""
+    others = f" (and {plural(len(reasons) - 1, 'other reason')})" if len(reasons) > 1 else ""
     return f"{plural(len(bad), 'invalid timing')} left out ({per_backend}): {reasons[0][0]}{others}"
 
 

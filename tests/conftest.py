@@ -43,6 +43,13 @@ class CliRun:
         return {r["case"]["key"]: r for r in self.records}
 
 
+@pytest.fixture(autouse=True)
+def _no_inherited_columns(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Piped tables follow COLUMNS: a width exported in the caller's shell must not reach tests that read rows
+    (a test that wants a width sets it)."""
+    monkeypatch.delenv("COLUMNS", raising=False)
+
+
 @pytest.fixture(scope="session")
 def registry() -> BackendRegistry:
     return default_registry()

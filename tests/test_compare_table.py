@@ -109,6 +109,12 @@ def test_the_table_is_printed_without_any_regression(harness_cli, tmp_path: Path
     assert len(csv_text) == 1 + 6 and csv_text[0].startswith("key,workload")  # every case, the invalid one too
     bad = harness_cli("compare", str(a), str(b), "--labels", "onlyone")
     assert bad.exit_code == 2
+    to_file = harness_cli("compare", str(a), str(b), "--format", "latex", "-o", str(tmp_path / "t.tex"))
+    assert to_file.exit_code == 1 and (tmp_path / "t.tex").read_text() == tex.output.split("1 regression(s)")[0]
+    assert "\\begin{tabular}" not in to_file.output  # -o: the file alone, as harness report -o
+    md_file = harness_cli("compare", str(a), str(b), "-o", str(tmp_path / "c.md"))
+    assert md_file.exit_code == 1 and "**slower**" in (tmp_path / "c.md").read_text()
+    assert md_file.output.strip() == f"1 regression(s): see {tmp_path / 'c.md'}"
 
 
 def test_intervals_stand_in_for_absent_samples() -> None:

@@ -127,6 +127,22 @@ def test_summary_fits_80_columns_and_never_cuts_a_reason(harness_cli, monkeypatc
     assert "harness report" in text
 
 
+def test_list_piped_honours_columns_and_cuts_no_name(harness_cli, monkeypatch) -> None:
+    """`harness list > file` is as wide as COLUMNS says (80 here), folding cells rather than cutting a backend's
+    or workload's name to "cpu-refe…"; without COLUMNS a piped table is wide enough for whole rows."""
+    monkeypatch.setenv("COLUMNS", "80")
+    narrow = harness_cli("list")
+    assert narrow.exit_code == 0, narrow.output
+    lines = narrow.output.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    assert "…" not in narrow.output
+    for name in ("cpu-reference", "ascend-sim", "attention.chunked_prefill", "unavailable"):
+        assert f"│ {name} " in narrow.output or f" {name} " in narrow.output, name
+    monkeypatch.delenv("COLUMNS")
+    wide = harness_cli("list")
+    assert wide.exit_code == 0 and max(len(line) for line in wide.output.splitlines()) > 80
+
+
 def test_summary_reports_contention(harness_cli) -> None:
     from harness.results import SCHEMA_VERSION, Record
     from harness.summary import RunFacts, render
@@ -140,4 +156,46 @@ def test_summary_reports_contention(harness_cli) -> None:
     }  # fmt: skip
     record.update(schema_version=SCHEMA_VERSION, run_id="r", time_utc="t")
     text = render([Record.from_dict(record)], RunFacts("s", "out.jsonl", 1.0, threads=1), 80)
-    assert "noisy timings: 1 cases (1 waited for a core)" in " ".join(text.split())
+    assert "noisy timings: 1 case (1 waited for a core)" in " ".join(text.split())
+    assert text.startswith("suite s: 1 case on 1 backend in 1 s") and "\n1 case (1 passed)" in text
+
+
+def test_summary_counts_other_skip_reasons_in_good_english() -> None:
+    from harness.results import SCHEMA_VERSION, Record
+    from harness.summary import RunFacts, render
+
+    def skipped(shape: str, reason: str) -> Record:
+        key = f"w/tiny/{shape}/float32/normal/seed0@torch-cpu"
+        case = dict(workload="w", preset="tiny", shape=shape, dtype="float32", inputs="normal", seed=0)
+        return Record.from_dict(
+            dict(case={**case, "backend": "torch-cpu", "key": key}, status="skipped", reason=reason, parity=None,
+                 timing=None, schema_version=SCHEMA_VERSION, run_id="r", time_utc="t")
+        )  # fmt: skip
+
+    two = [skipped("a", "no bfloat16"), skipped("b", "no bfloat16"), skipped("c", "no op 'moe'")]
+    text = " ".join(render(two, RunFacts("s", "out.jsonl", 1.0, threads=1), 80).split())
+    assert "skipped 2: no bfloat16 (and 1 other reason)" in text
+    three = [*two, skipped("d", "no op 'mla'")]
+    text = " ".join(render(three, RunFacts("s", "out.jsonl", 1.0, threads=1), 80).split())
+    assert "skipped 2: no bfloat16 (and 2 other reasons)" in text
+
+
+def test_selftest_counts_a_skipped_check_apart_from_those_that_hold(harness_cli, tmp_path: Path) -> None:
+    """A check that could not run (here: it needs two ranks) showed nothing: '1 of 2 checks hold, 1 skipped'."""
+    (tmp_path / "no_backends.py").write_text(
+        "from typing import ClassVar\nfrom harness.backends.cpu_reference import CpuReference\n"
+        "class MyRef(CpuReference):\n    name: ClassVar[str] = 'my-ref'\n"
+    )
+    (tmp_path / "my_checks.py").write_text(
+        "from harness.selftest import Check\n"
+        f"BACKENDS = {str(tmp_path / 'no_backends.py')!r}\n"
+        "CHECKS = (\n"
+        "    Check('the oracle passes', 'my-ref', 'passes', ('attention.decode',), ('float32',),"
+        " shapes=('gqa',), inputs=('normal',)),\n"
+        "    Check('a two-rank claim', 'my-ref', 'passes', ('attention.decode',), ('float32',),"
+        " shapes=('gqa',), inputs=('normal',), min_world=2),\n"
+        ")\n"
+    )
+    run = harness_cli("selftest", "--faults", str(tmp_path / "my_checks.py"), "--out", str(tmp_path / "s.jsonl"))
+    assert run.exit_code == 0, run.output
+    assert "1 of 2 checks hold, 1 skipped;" in " ".join(run.output.split())

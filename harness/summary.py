@@ -75,6 +75,13 @@ def _speed(records: list[Record], baseline: Mapping[str, float]) -> tuple[float,
     return (math.exp(sum(logs) / len(logs)), len(logs)) if logs else None
 
 
+def budget_share(ratio: float) -> str:
+    """`31% of it`, `1.8x it`; past 10x `1.05e+07x it`: a percentage of eight digits is hard to read."""
+    if not math.isfinite(ratio):
+        return "over"
+    return f"{ratio:.0%} of it" if ratio < 1 else f"{ratio:.3g}x it"
+
+
 def worst_case(records: Iterable[Record]) -> tuple[Record, Failure] | None:
     """The case whose check is furthest over (or closest to) its budget, and that check."""
     judged = [(r, r.verdict.worst) for r in records if r.verdict is not None and r.verdict.worst is not None]
@@ -114,7 +121,7 @@ def _block(name: str, records: list[Record], baseline: Mapping[str, float], widt
         if w.detail:
             figure = f"{w.metric}: {w.detail}"
         else:
-            share = f"{w.ratio:.0%} of it" if math.isfinite(w.ratio) else "over"
+            share = budget_share(w.ratio)
             figure = f"{w.metric} {_figure(w.value)} (budget {_figure(w.budget)}, {share})"
         lines += [f"  worst   {label}", *_wrap(figure, width, "          ")]
         where = divergence(r)

@@ -199,3 +199,13 @@ def test_selftest_counts_a_skipped_check_apart_from_those_that_hold(harness_cli,
     run = harness_cli("selftest", "--faults", str(tmp_path / "my_checks.py"), "--out", str(tmp_path / "s.jsonl"))
     assert run.exit_code == 0, run.output
     assert "1 of 2 checks hold, 1 skipped;" in " ".join(run.output.split())
+
+
+def test_worst_case_share_of_its_budget_reads_as_a_multiple_past_the_budget() -> None:
+    """Under its budget a share (`31% of it`); over it a multiple (`1.05e+07x it`), never `1054677400% of it`."""
+    from harness.summary import budget_share
+
+    assert budget_share(0.31) == "31% of it"
+    assert budget_share(1.8) == "1.8x it"
+    assert budget_share(10546774.0) == "1.05e+07x it"
+    assert budget_share(float("inf")) == "over"

@@ -191,7 +191,11 @@ def render(records: Iterable[Record], facts: RunFacts, width: int = 80) -> str:
         head += f", {facts.threads} thread{'s' if facts.threads > 1 else ''}"
     lines = _wrap(head, width, "")
     if facts.excluded:
-        lines += _wrap(f"({facts.excluded} cases left out by the suite's exclude list: harness list)", width, "")
+        lines += _wrap(
+            f"({facts.excluded} cases left out by the suite's exclude list, as the suite's description in harness list says)",
+            width,
+            "",
+        )
     for name in ran:
         lines += ["", *_block(name, by_backend[name], baseline, width)]
     if unavailable:

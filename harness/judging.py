@@ -11,7 +11,7 @@ from harness import parity, quant_parity
 from harness.backend import Backend
 from harness.results import Baseline, ParityRecord, VerdictRecord
 from harness.run_options import RunOptions, Skip
-from harness.saved import SavedOutputs, SavedOutputsError
+from harness.saved import NOT_SAVED, SavedOutputs, SavedOutputsError
 from harness.workload import Call, Case, CaseInputs
 
 BackendFor = Callable[[str], "Backend | Skip"]  # a backend of this run by name, created once
@@ -132,7 +132,7 @@ class Judge:
         except SavedOutputsError as exc:
             return Skip(str(exc), broken=True)
         if outputs is None:
-            return Skip(f"{saved.root} has no output of {name} for {case.input_key}")
+            return Skip(f"{NOT_SAVED}: {saved.root} has no output of {name} for {case.input_key}")
         try:
             evaluation = workload.judge_outputs(outputs, group, budget)
         except (ValueError, TypeError, IndexError, RuntimeError) as exc:  # tensors that do not fit: the file's fault

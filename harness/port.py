@@ -17,6 +17,7 @@ from typing import Any
 
 from harness.parity import RATIO_FLOOR
 from harness.results import ParityRecord, Record
+from harness.saved import NOT_SAVED
 
 RATIO_METRICS = ("rel_l2", "worst_row_rel_l2")  # the metrics parity.judge_against compares, in its order
 BAD = ("error", "crashed", "timeout")
@@ -120,6 +121,7 @@ class PortVerdict:
     against: str  # the baseline: a backend of this run, or `NAME (saved in DIR)`
     allowed_ratio: float | None  # --against-ratio, where the run knows it
     counts: Mapping[str, int]  # status -> cases
+    not_saved: int = 0  # skipped cases an --against directory holds nothing for (planned here, not judged)
     worst: Record | None = None  # the failed case (else any case) with the largest ratio
     figure: RatioFigure | None = None  # the worst case's ratio, where it had one
 
@@ -132,27 +134,44 @@ class PortVerdict:
         return sum(self.counts.get(s, 0) for s in BAD)
 
     @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def not_judged(self) -> int:
+        """Planned cases that were neither judged nor errored: skipped here, or with nothing saved to judge by."""
+        return self.total - self.judged - self.errors
+
+    @property
     def status(self) -> str:
         if self.counts.get("failed", 0) or self.errors:
             return NOT_OK
         return OK if self.judged else NOT_JUDGED
 
+    def headline(self) -> str:
+        """`PORT OK  ascend against cuda (saved in DIR)`, and how many planned cases it does not speak for."""
+        line = f"{self.status}  {self.backend} against {self.against}"
+        return line + (f"; {self.not_judged} of {self.total} cases not judged" if self.not_judged else "")
+
     def why(self) -> str:
-        """`4 of 4 cases within 2x of torch-cpu's error`; `2 of 4 cases failed`."""
-        total = sum(self.counts.values())
+        """`4 of 4 cases within 2x of torch-cpu's error`; `2 of 4 cases failed`; then what was not judged."""
+        total, parts = self.total, []
         if self.status == OK:
             allowed = "the allowed ratio" if self.allowed_ratio is None else _times(self.allowed_ratio)
-            skipped = self.counts.get("skipped", 0)
-            return f"{self.judged} of {total} cases within {allowed} of {self.against}'s error" + (
-                f" ({skipped} skipped)" if skipped else ""
-            )
-        if self.status == NOT_JUDGED:
-            return f"none of {total} cases could be judged against {self.against}"
-        failed, parts = self.counts.get("failed", 0), []
-        if failed:
-            parts.append(f"{failed} of {total} cases failed")
-        if self.errors:
-            parts.append(f"{self.errors} of {total} cases could not run (error, crash or timeout)")
+            parts.append(f"{self.judged} of {total} cases within {allowed} of {self.against}'s error")
+        elif self.status == NOT_JUDGED:
+            parts.append(f"none of {total} cases could be judged against {self.against}")
+        else:
+            failed = self.counts.get("failed", 0)
+            if failed:
+                parts.append(f"{failed} of {total} cases failed")
+            if self.errors:
+                parts.append(f"{self.errors} of {total} cases could not run (error, crash or timeout)")
+        if self.not_judged:
+            kinds = [f"{self.not_saved} not in the saved run"] if self.not_saved else []
+            if self.not_judged > self.not_saved:
+                kinds.append(f"{self.not_judged - self.not_saved} skipped here")
+            parts.append(f"not judged: {', '.join(kinds)} (harness report lists why)")
         return "; ".join(parts)
 
     def to_dict(self) -> dict[str, Any]:
@@ -170,6 +189,8 @@ class PortVerdict:
             "against": self.against,
             "allowed_ratio": self.allowed_ratio,
             "counts": dict(self.counts),
+            "not_judged": self.not_judged,
+            "not_saved": self.not_saved,
             "worst": worst,
         }
 
@@ -202,6 +223,7 @@ def port_verdicts(
                 labels[0] if labels else against,
                 allowed_ratio,
                 Counter(r.status for r in recs),
+                sum(r.status == "skipped" and (r.reason or "").startswith(NOT_SAVED) for r in recs),
                 worst,
                 None if worst is None else ratio_figure(worst.parity),
             )

@@ -150,7 +150,7 @@ def _block(name: str, records: list[Record], baseline: Mapping[str, float], widt
 
 def _port_block(verdict: PortVerdict, width: int) -> list[str]:
     """`PORT NOT OK  bug-wrong-gqa against torch-cpu`, why, and the worst case with its error ratio."""
-    lines = _wrap(f"{verdict.status}  {verdict.backend} against {verdict.against}", width, "")
+    lines = _wrap(verdict.headline(), width, "")
     lines += _wrap(verdict.why(), width, "  ")
     r = verdict.worst
     if r is None:
@@ -228,6 +228,13 @@ def final_line(records: list[Record], facts: RunFacts) -> str:
     counts = Counter(r.status for r in records)
     summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
     return f"{len(records)} cases ({summary}); results: {facts.out_path}\n"
+
+
+def brief(records: list[Record], facts: RunFacts) -> str:
+    """What --no-table prints: each --against port verdict's headline (`PORT OK  ascend-sim against torch-cpu;
+    8 of 40 cases not judged`), so the verdict is never left out, then the final line."""
+    ports = "".join(f"{v.headline()}\n" for v in port_verdicts(records, facts.against, facts.against_ratio))
+    return ports + final_line(records, facts)
 
 
 def _strict(value: Any) -> Any:

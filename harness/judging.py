@@ -4,7 +4,7 @@ into the record's parity section. Timing is a separate step (harness/case_timing
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from harness import parity, quant_parity
@@ -72,9 +72,13 @@ class Judge:
             )
         else:
             name, ratio = baseline.record.backend, self.options.against_ratio
-            primary = parity.judge_against(
-                evaluation.metrics, baseline.record.metrics, budget, name, ratio=ratio, prefix=evaluation.prefix
-            )
+            if evaluation.judge_primary:
+                primary = parity.judge_against(
+                    evaluation.metrics, baseline.record.metrics, budget, name, ratio=ratio, prefix=evaluation.prefix
+                )
+            else:  # judged by its own checks, re-judged below, as in absolute mode
+                primary = parity.Verdict(True, mode=f"against {name}")
+                baseline = Against(replace(baseline.record, ratio_judged=False), baseline.checks)
             failures, checks = parity.checks_against(failures, checks, baseline.checks, name, ratio)
             if baseline.checks:
                 details["baseline_checks"] = {c.metric: c.value for c in baseline.checks}

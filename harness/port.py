@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from harness.names import DEFAULT_AGAINST_RATIO
 from harness.parity import RATIO_FLOOR
 from harness.results import ParityRecord, Record
 from harness.saved import NOT_SAVED
@@ -75,6 +76,8 @@ def ratio_figure(parity: ParityRecord | None) -> RatioFigure | None:
     """The case's metric furthest over (or closest to) the baseline's error; None when it was not judged
     against a baseline (absolute mode, a malformed output)."""
     if parity is None or parity.baseline is None or parity.metrics is None or parity.budget is None:
+        return None
+    if not parity.baseline.ratio_judged:  # judged by the workload's own checks against the baseline's
         return None
     figures = [
         RatioFigure(
@@ -195,9 +198,17 @@ class PortVerdict:
         }
 
 
-def _rank(record: Record) -> tuple[int, float]:
-    figure = ratio_figure(record.parity)
-    return (record.status == "failed", math.inf if figure is None else figure.ratio)
+def _rank(record: Record, allowed: float) -> tuple[int, float]:
+    """Failed cases first; then the largest ratio to the baseline. A case judged by its own checks alone (no
+    figure) ranks by its closest check's share of its budget times the allowed ratio (the same ratio: that
+    budget is the allowed multiple of the baseline's value); one failed on another check first."""
+    failed, figure = record.status == "failed", ratio_figure(record.parity)
+    if figure is not None:
+        return (failed, figure.ratio)
+    closest = record.parity.verdict.worst if record.parity is not None else None
+    if failed or closest is None:
+        return (failed, math.inf if failed else -math.inf)
+    return (failed, closest.ratio * allowed)
 
 
 def port_verdicts(
@@ -216,7 +227,8 @@ def port_verdicts(
         if backend == against and all(label == against for label in labels):
             continue  # the baseline backend judged against itself says nothing about a port
         judged = [r for r in recs if r.status in ("passed", "failed")]
-        worst = max(judged, key=_rank) if judged else None
+        allowed = DEFAULT_AGAINST_RATIO if allowed_ratio is None else allowed_ratio
+        worst = max(judged, key=lambda r: _rank(r, allowed)) if judged else None
         verdicts.append(
             PortVerdict(
                 backend,

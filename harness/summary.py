@@ -158,6 +158,10 @@ def _port_block(verdict: PortVerdict, width: int) -> list[str]:
     lines += [f"  worst   {_fit(case_label(r.case), width - 10)}"]
     if verdict.figure is not None:
         lines += _wrap(verdict.figure.describe(verdict.against, verdict.allowed_ratio), width, "          ")
+    elif r.status == "passed" and r.parity is not None and r.parity.verdict.worst is not None:
+        w = r.parity.verdict.worst  # judged by its own checks (an LLM's): the closest to its budget
+        text = f"{w.metric} {w.value:.3g} (budget {w.budget:.3g}, {w.ratio:.0%} of it)"
+        lines += _wrap(text, width, "          ")
     if r.status == "failed" and (verdict.figure is None or verdict.figure.ratio <= (verdict.allowed_ratio or 0)):
         lines += _wrap(f"failed on: {r.reason}", width, "          ")  # over an absolute check, not the ratio
     return lines

@@ -100,3 +100,21 @@ def test_a_verdict_over_no_judged_case_is_not_ok_and_exits_3(harness_cli, saved)
     assert "not judged: 1 not in the saved run" in _joined(run.output)
     data = json.loads(harness_cli(*args, "--summary-format", "json").result.stdout)
     assert data["exit_code"] == 3 and data["backends"][0]["port"]["verdict"] == "PORT NOT JUDGED"
+
+
+@pytest.mark.slow
+def test_under_torchrun_a_verdict_over_no_judged_case_exits_3_too(saved, tmp_path) -> None:
+    """Rank 0 of a sharded run exits with the port verdict's code as a one-process run does."""
+    import os
+
+    from tests.torchrun_launch import TORCHRUN, run_group
+
+    root = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")}
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")])))
+    args = (*LINEAR, "--shape", "square", "--dtype", "float32", "-b", "ascend-sim", "--against", str(saved))
+    command = [*TORCHRUN, "--nproc-per-node", "2", "-m", "harness", "run", *args, "--out", str(tmp_path / "r.jsonl")]
+    run = run_group(command, env, 150)
+    assert "PORT NOT JUDGED  ascend-sim against" in run.stdout, run.stderr[-3000:]
+    assert "exitcode  : 3" in run.stderr  # rank 0's code, as torchrun reports it (torchrun itself exits 1)
+    assert run.returncode != 0

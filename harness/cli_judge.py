@@ -56,6 +56,8 @@ def _summary(judgement: Any, out: Path) -> dict[str, Any]:
 def _print_text(judgement: Any, out: Path) -> None:
     from rich.table import Table
 
+    from harness.parity import RATIO_FLOOR
+
     console = stdout_console()
     against = judgement.against is not None
     title = f"harness judge {judgement.directory}" + (f" against {judgement.against}" if against else "")
@@ -81,7 +83,7 @@ def _print_text(judgement: Any, out: Path) -> None:
         ]
         if against:
             base = o.baseline
-            ratio = None if base is None or m is None else m.rel_l2 / max(base.rel_l2, 0.1 * b.rel_l2)
+            ratio = None if base is None or m is None else m.rel_l2 / max(base.rel_l2, RATIO_FLOOR * b.rel_l2)
             row += [_fmt(base and base.rel_l2), _fmt(ratio)]
         table.add_row(*row, o.reason)
     console.print(table)

@@ -26,8 +26,8 @@ from harness.lazy import torch
 from harness.planning import Planner, against_source
 from harness.results import CaseRef, Record, TimingRecord, utc_now
 from harness.run_options import RunOptions, Skip
-from harness.saved import SavedOutputs, SavedOutputsError
-from harness.workload import Case, CaseInputs, WorkloadError, WorkloadUnavailableError, map_tensors
+from harness.saved import NOT_SAVED, SavedOutputs, SavedOutputsError
+from harness.workload import Case, CaseInputs, WorkloadUnavailableError, map_tensors
 
 log = logging.getLogger(__name__)
 
@@ -134,16 +134,13 @@ class CaseExecutor:
         try:
             if self.saved_in is not None:
                 try:
-                    saved = self.saved_in.load_inputs(case)
-                except SavedOutputsError as exc:
+                    template = planner.template(workload, case.preset, case.shape)
+                    found = self.saved_in.fit_inputs(case, workload, template)
+                except SavedOutputsError as exc:  # a saved case that cannot be judged: an error, never a skip
                     return Skip(str(exc), broken=True)
-                if saved is None:
-                    return Skip(f"{self.saved_in.root} has no saved inputs for {case.input_key}")
-                try:
-                    shape = workload.shape_from_inputs(saved, planner.template(workload, case.preset, case.shape))
-                except WorkloadError as exc:
-                    return Skip(f"saved inputs for {case.input_key} do not fit {workload.name}: {exc}")
-                inputs = saved
+                if found is None:
+                    return Skip(f"{NOT_SAVED}: {self.saved_in.root} has no saved inputs for {case.input_key}")
+                inputs, shape = found
             elif planner.user_inputs is not None:
                 shape = planner.user_shape(workload, case.preset)
                 inputs = workload.cast_inputs(planner.user_inputs, dtype)

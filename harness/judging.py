@@ -4,14 +4,14 @@ into the record's parity section. Timing is a separate step (harness/case_timing
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from harness import parity, quant_parity
 from harness.backend import Backend
 from harness.results import Baseline, ParityRecord, VerdictRecord
 from harness.run_options import RunOptions, Skip
-from harness.saved import SavedOutputs, SavedOutputsError
+from harness.saved import NOT_SAVED, SavedOutputs, SavedOutputsError
 from harness.workload import Call, Case, CaseInputs
 
 BackendFor = Callable[[str], "Backend | Skip"]  # a backend of this run by name, created once
@@ -72,9 +72,13 @@ class Judge:
             )
         else:
             name, ratio = baseline.record.backend, self.options.against_ratio
-            primary = parity.judge_against(
-                evaluation.metrics, baseline.record.metrics, budget, name, ratio=ratio, prefix=evaluation.prefix
-            )
+            if evaluation.judge_primary:
+                primary = parity.judge_against(
+                    evaluation.metrics, baseline.record.metrics, budget, name, ratio=ratio, prefix=evaluation.prefix
+                )
+            else:  # judged by its own checks, re-judged below, as in absolute mode
+                primary = parity.Verdict(True, mode=f"against {name}")
+                baseline = Against(replace(baseline.record, ratio_judged=False), baseline.checks)
             failures, checks = parity.checks_against(failures, checks, baseline.checks, name, ratio)
             if baseline.checks:
                 details["baseline_checks"] = {c.metric: c.value for c in baseline.checks}
@@ -132,7 +136,7 @@ class Judge:
         except SavedOutputsError as exc:
             return Skip(str(exc), broken=True)
         if outputs is None:
-            return Skip(f"{saved.root} has no output of {name} for {case.input_key}")
+            return Skip(f"{NOT_SAVED}: {saved.root} has no output of {name} for {case.input_key}")
         try:
             evaluation = workload.judge_outputs(outputs, group, budget)
         except (ValueError, TypeError, IndexError, RuntimeError) as exc:  # tensors that do not fit: the file's fault

@@ -21,6 +21,7 @@ from harness.backend import default_registry
 from harness.display import RunProgress
 from harness.isolate import IsolationSpec
 from harness.parts import finished_with_parts, merge_parts
+from harness.port import NOT_JUDGED, port_verdicts
 from harness.results import Record, ResultWriter, new_run_id
 from harness.run_options import RayConfig
 from harness.runner import Runner, RunOptions, RunSummary, UsageError
@@ -279,9 +280,12 @@ def outcome(
         against=None if request.options.against is None else str(request.options.against),
         against_ratio=request.options.against_ratio,
     )
+    verdicts = port_verdicts(everything, facts.against, facts.against_ratio)
+    if exit_code == 0 and any(v.status == NOT_JUDGED for v in verdicts):
+        exit_code = 3  # a port verdict was asked of a backend and none could be given: that is no success
     if request.summary_format == "json":
         return RunOutcome(exit_code, summary_mod.RunSummary(tuple(everything), facts, exit_code).to_json())
     if not request.summary:
-        return RunOutcome(exit_code, summary_mod.final_line(everything, facts))
+        return RunOutcome(exit_code, summary_mod.brief(everything, facts))
     width = shutil.get_terminal_size((80, 24)).columns  # COLUMNS when set; 80 when not a terminal
     return RunOutcome(exit_code, summary_mod.render(everything, facts, width))

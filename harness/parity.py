@@ -245,7 +245,12 @@ def judge(m: Metrics, budget: Budget, prefix: str = "") -> Verdict:
 
 
 DEFAULT_RATIO = DEFAULT_AGAINST_RATIO  # --against: the candidate may have at most this multiple of its error
-RATIO_FLOOR = 0.1  # ... where the baseline's error is floored at this fraction of the absolute budget
+# ... where the baseline's error is floored at this fraction of the absolute budget: below it, correct
+# implementations of one function in one dtype differ by their rounding alone. Measured (--suite ci, attention
+# and MoE, three dtypes, torch-cpu against ort-cpu and ascend-sim): up to 2.3x at 23% of the budget (float32 MLA
+# decode on stress inputs: ORT's textbook scores -> softmax -> PV against torch's fused SDPA, both correct); a
+# tenth failed that one, a fifth keeps it at 1.2x.
+RATIO_FLOOR = 0.2
 
 
 def judge_against(

@@ -15,8 +15,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from harness.names import DEFAULT_AGAINST_RATIO
 from harness.parity import RATIO_FLOOR
 from harness.results import ParityRecord, Record
+from harness.saved import NOT_SAVED
 
 RATIO_METRICS = ("rel_l2", "worst_row_rel_l2")  # the metrics parity.judge_against compares, in its order
 BAD = ("error", "crashed", "timeout")
@@ -75,6 +77,8 @@ def ratio_figure(parity: ParityRecord | None) -> RatioFigure | None:
     against a baseline (absolute mode, a malformed output)."""
     if parity is None or parity.baseline is None or parity.metrics is None or parity.budget is None:
         return None
+    if not parity.baseline.ratio_judged:  # judged by the workload's own checks against the baseline's
+        return None
     figures = [
         RatioFigure(
             metric,
@@ -120,6 +124,7 @@ class PortVerdict:
     against: str  # the baseline: a backend of this run, or `NAME (saved in DIR)`
     allowed_ratio: float | None  # --against-ratio, where the run knows it
     counts: Mapping[str, int]  # status -> cases
+    not_saved: int = 0  # skipped cases an --against directory holds nothing for (planned here, not judged)
     worst: Record | None = None  # the failed case (else any case) with the largest ratio
     figure: RatioFigure | None = None  # the worst case's ratio, where it had one
 
@@ -132,27 +137,44 @@ class PortVerdict:
         return sum(self.counts.get(s, 0) for s in BAD)
 
     @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def not_judged(self) -> int:
+        """Planned cases that were neither judged nor errored: skipped here, or with nothing saved to judge by."""
+        return self.total - self.judged - self.errors
+
+    @property
     def status(self) -> str:
         if self.counts.get("failed", 0) or self.errors:
             return NOT_OK
         return OK if self.judged else NOT_JUDGED
 
+    def headline(self) -> str:
+        """`PORT OK  ascend against cuda (saved in DIR)`, and how many planned cases it does not speak for."""
+        line = f"{self.status}  {self.backend} against {self.against}"
+        return line + (f"; {self.not_judged} of {self.total} cases not judged" if self.not_judged else "")
+
     def why(self) -> str:
-        """`4 of 4 cases within 2x of torch-cpu's error`; `2 of 4 cases failed`."""
-        total = sum(self.counts.values())
+        """`4 of 4 cases within 2x of torch-cpu's error`; `2 of 4 cases failed`; then what was not judged."""
+        total, parts = self.total, []
         if self.status == OK:
             allowed = "the allowed ratio" if self.allowed_ratio is None else _times(self.allowed_ratio)
-            skipped = self.counts.get("skipped", 0)
-            return f"{self.judged} of {total} cases within {allowed} of {self.against}'s error" + (
-                f" ({skipped} skipped)" if skipped else ""
-            )
-        if self.status == NOT_JUDGED:
-            return f"none of {total} cases could be judged against {self.against}"
-        failed, parts = self.counts.get("failed", 0), []
-        if failed:
-            parts.append(f"{failed} of {total} cases failed")
-        if self.errors:
-            parts.append(f"{self.errors} of {total} cases could not run (error, crash or timeout)")
+            parts.append(f"{self.judged} of {total} cases within {allowed} of {self.against}'s error")
+        elif self.status == NOT_JUDGED:
+            parts.append(f"none of {total} cases could be judged against {self.against}")
+        else:
+            failed = self.counts.get("failed", 0)
+            if failed:
+                parts.append(f"{failed} of {total} cases failed")
+            if self.errors:
+                parts.append(f"{self.errors} of {total} cases could not run (error, crash or timeout)")
+        if self.not_judged:
+            kinds = [f"{self.not_saved} not in the saved run"] if self.not_saved else []
+            if self.not_judged > self.not_saved:
+                kinds.append(f"{self.not_judged - self.not_saved} skipped here")
+            parts.append(f"not judged: {', '.join(kinds)} (harness report lists why)")
         return "; ".join(parts)
 
     def to_dict(self) -> dict[str, Any]:
@@ -170,13 +192,23 @@ class PortVerdict:
             "against": self.against,
             "allowed_ratio": self.allowed_ratio,
             "counts": dict(self.counts),
+            "not_judged": self.not_judged,
+            "not_saved": self.not_saved,
             "worst": worst,
         }
 
 
-def _rank(record: Record) -> tuple[int, float]:
-    figure = ratio_figure(record.parity)
-    return (record.status == "failed", math.inf if figure is None else figure.ratio)
+def _rank(record: Record, allowed: float) -> tuple[int, float]:
+    """Failed cases first; then the largest ratio to the baseline. A case judged by its own checks alone (no
+    figure) ranks by its closest check's share of its budget times the allowed ratio (the same ratio: that
+    budget is the allowed multiple of the baseline's value); one failed on another check first."""
+    failed, figure = record.status == "failed", ratio_figure(record.parity)
+    if figure is not None:
+        return (failed, figure.ratio)
+    closest = record.parity.verdict.worst if record.parity is not None else None
+    if failed or closest is None:
+        return (failed, math.inf if failed else -math.inf)
+    return (failed, closest.ratio * allowed)
 
 
 def port_verdicts(
@@ -195,13 +227,15 @@ def port_verdicts(
         if backend == against and all(label == against for label in labels):
             continue  # the baseline backend judged against itself says nothing about a port
         judged = [r for r in recs if r.status in ("passed", "failed")]
-        worst = max(judged, key=_rank) if judged else None
+        allowed = DEFAULT_AGAINST_RATIO if allowed_ratio is None else allowed_ratio
+        worst = max(judged, key=lambda r: _rank(r, allowed)) if judged else None
         verdicts.append(
             PortVerdict(
                 backend,
                 labels[0] if labels else against,
                 allowed_ratio,
                 Counter(r.status for r in recs),
+                sum(r.status == "skipped" and (r.reason or "").startswith(NOT_SAVED) for r in recs),
                 worst,
                 None if worst is None else ratio_figure(worst.parity),
             )

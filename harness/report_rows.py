@@ -278,7 +278,7 @@ def against_caption(rows: list[Row]) -> str:
         return ""
     return (
         f"Judged against {', '.join(labels)}: a case passes when its error against the float64 reference is within "
-        "--against-ratio times the baseline's (floored at a tenth of the dtype's budget)."
+        "--against-ratio times the baseline's (floored at a fifth of the dtype's budget)."
     )
 
 

@@ -132,6 +132,7 @@ class Baseline:
     backend: str
     source: str  # "this run", or the --save-outputs directory
     metrics: Metrics
+    ratio_judged: bool = True  # False (then written): only the workload's own checks were (LLM logits)
 
 
 @dataclass(frozen=True)
@@ -179,7 +180,7 @@ class ParityRecord:
             None if budget is None else Budget(**_known(Budget, budget)),
             data.get("reduction_length"),
             data.get("deterministic"),
-            None if base is None else Baseline(base["backend"], base["source"], _metrics(base["metrics"])),
+            None if base is None else Baseline(**_known(Baseline, base) | {"metrics": _metrics(base["metrics"])}),
             {k: v for k, v in data.items() if k not in own},
         )
 
@@ -195,7 +196,8 @@ class ParityRecord:
             "deterministic": self.deterministic,
             "baseline": None
             if base is None
-            else {"backend": base.backend, "source": base.source, "metrics": base.metrics.to_record()},
+            else {"backend": base.backend, "source": base.source, "metrics": base.metrics.to_record()}
+            | ({} if base.ratio_judged else {"ratio_judged": False}),
             **self.details,
         }
 

@@ -17,11 +17,14 @@ from typing import TYPE_CHECKING, Any
 from harness.lazy import torch
 
 if TYPE_CHECKING:
-    from harness.workload import Case, CaseInputs
+    from harness.workload import Case, CaseInputs, Workload
 
 INPUTS_FILE = "inputs.safetensors"
 REFERENCE_KEY = "reference_l2"  # inputs.safetensors metadata: the float64 reference's L2 norm
 REFERENCE_RTOL = 1e-6  # float64 references of the same function on two machines differ by rounding only
+# How the reason of a case the --against directory holds nothing for begins: such a case was planned here but
+# not judged, which the port verdict counts apart (harness/port.py).
+NOT_SAVED = "not in the saved run"
 
 
 def _safetensors() -> Any:
@@ -114,8 +117,32 @@ class SavedOutputs:
         return names[0]
 
     def load_inputs(self, case: Case) -> dict[str, torch.Tensor] | None:
-        path = self.root / _dirname(case) / INPUTS_FILE
+        path = self.inputs_path(case)
         return _load(path) if path.is_file() else None
+
+    def inputs_path(self, case: Case) -> Path:
+        return self.root / _dirname(case) / INPUTS_FILE
+
+    def fit_inputs(self, case: Case, workload: Workload, template: Any) -> tuple[dict[str, torch.Tensor], Any] | None:
+        """The case group's saved inputs and the shape they have (None: nothing saved for it). Inputs that do
+        not fit the workload (a tensor missing, unknown, of another rank or kind, or shapes the workload
+        refuses) raise SavedOutputsError naming the file and what did not fit: a case the source saved must be
+        judged, never quietly skipped, or a port verdict could pass on cases nobody judged."""
+        from harness.workload import WorkloadError
+
+        tensors = self.load_inputs(case)
+        if tensors is None:
+            return None
+        try:
+            workload.check_user_tensors(tensors)
+            shape = workload.shape_from_inputs(tensors, template)
+        except (WorkloadError, KeyError, ValueError, TypeError, IndexError, RuntimeError) as exc:
+            detail = str(exc) if isinstance(exc, WorkloadError) else f"{type(exc).__name__}: {exc}"
+            raise SavedOutputsError(
+                f"{self.inputs_path(case)}: the saved inputs do not fit {case.workload} "
+                f"({case.preset}/{case.shape}): {detail}; save the source run again with this harness"
+            ) from None
+        return tensors, shape
 
     def load_outputs(self, case: Case, backend: str, needs: tuple[str, ...]) -> dict[str, torch.Tensor] | None:
         """The backend's saved outputs of the case (None: none saved); SavedOutputsError if one `needs` is

@@ -187,4 +187,5 @@ def _merge(
         result.add(record.status)
     code = worst([*codes, result.exit_code])
     seconds = time.perf_counter() - started
-    return code, outcome(request, runner, everything, code, out_path, seconds, unavailable).summary
+    done = outcome(request, runner, everything, code, out_path, seconds, unavailable)  # a port verdict may raise it
+    return done.exit_code, done.summary

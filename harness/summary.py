@@ -157,7 +157,7 @@ def _block(name: str, records: list[Record], baseline: Mapping[str, float], widt
 
 def _port_block(verdict: PortVerdict, width: int) -> list[str]:
     """`PORT NOT OK  bug-wrong-gqa against torch-cpu`, why, and the worst case with its error ratio."""
-    lines = _wrap(f"{verdict.status}  {verdict.backend} against {verdict.against}", width, "")
+    lines = _wrap(verdict.headline(), width, "")
     lines += _wrap(verdict.why(), width, "  ")
     r = verdict.worst
     if r is None:
@@ -165,6 +165,10 @@ def _port_block(verdict: PortVerdict, width: int) -> list[str]:
     lines += [f"  worst   {_fit(case_label(r.case), width - 10)}"]
     if verdict.figure is not None:
         lines += _wrap(verdict.figure.describe(verdict.against, verdict.allowed_ratio), width, "          ")
+    elif r.status == "passed" and r.parity is not None and r.parity.verdict.worst is not None:
+        w = r.parity.verdict.worst  # judged by its own checks (an LLM's): the closest to its budget
+        text = f"{w.metric} {w.value:.3g} (budget {w.budget:.3g}, {w.ratio:.0%} of it)"
+        lines += _wrap(text, width, "          ")
     if r.status == "failed" and (verdict.figure is None or verdict.figure.ratio <= (verdict.allowed_ratio or 0)):
         lines += _wrap(f"failed on: {r.reason}", width, "          ")  # over an absolute check, not the ratio
     return lines
@@ -241,6 +245,13 @@ def final_line(records: list[Record], facts: RunFacts) -> str:
     counts = Counter(r.status for r in records)
     summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
     return f"{plural(len(records), 'case')} ({summary}); results: {facts.out_path}\n"
+
+
+def brief(records: list[Record], facts: RunFacts) -> str:
+    """What --no-table prints: each --against port verdict's headline (`PORT OK  ascend-sim against torch-cpu;
+    8 of 40 cases not judged`), so the verdict is never left out, then the final line."""
+    ports = "".join(f"{v.headline()}\n" for v in port_verdicts(records, facts.against, facts.against_ratio))
+    return ports + final_line(records, facts)
 
 
 def _strict(value: Any) -> Any:

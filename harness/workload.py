@@ -149,7 +149,7 @@ class Evaluation:
     prefix: str = ""  # the name of the primary output in failure messages ("forced." for moe.layer)
     failures: tuple[parity.Failure, ...] = ()
     details: dict[str, Any] = field(default_factory=dict)
-    judge_primary: bool = True  # False: the workload judged its output itself (LLM logits); --against still applies
+    judge_primary: bool = True  # False: the workload judged its output itself (LLM logits), --against too
     checks: tuple[parity.Check, ...] = ()  # the workload's own budgeted comparisons, passed or not (the closest call)
     outputs: dict[str, torch.Tensor] = field(default_factory=dict)  # the named output tensors (--save-outputs)
 

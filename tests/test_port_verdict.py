@@ -31,12 +31,12 @@ def _joined(text: str) -> str:
 
 def _worst_ratio(records: list[dict], backend: str) -> tuple[dict, float]:
     """The record of `backend` with the largest error / floored baseline error, computed here from the record
-    alone (the floor is parity.RATIO_FLOOR, a tenth of the dtype's budget)."""
+    alone (the floor is parity.RATIO_FLOOR, a fifth of the dtype's budget)."""
 
     def ratio(r: dict) -> float:
         p = r["parity"]
         return max(
-            p["metrics"][m] / max(p["baseline"]["metrics"][m], 0.1 * p["budget"][m])
+            p["metrics"][m] / max(p["baseline"]["metrics"][m], 0.2 * p["budget"][m])
             for m in ("rel_l2", "worst_row_rel_l2")
         )
 
@@ -178,3 +178,41 @@ def test_pytest_fixtures_take_torch_spelled_dtypes(pytester: pytest.Pytester) ->
     bad = pytester.runpytest("--harness-dtypes", "bfloat61", "-p", "no:cacheprovider")
     assert bad.ret == pytest.ExitCode.USAGE_ERROR
     bad.stderr.fnmatch_lines(["*--harness-dtypes: unknown dtype 'bfloat61': not one of: *; did you mean 'bfloat16'*"])
+
+
+def test_an_llm_is_judged_against_the_baseline_by_its_own_checks(harness_cli) -> None:
+    """As in absolute mode, an LLM's logits are judged by the median position error and KL, not by rel_l2 or the
+    worst position, which one near-tie MoE routing flip moves on its own: ascend-sim's float16 Mixtral flips
+    one (position 58, worst-row rel_l2 0.29 against torch-cpu's 0.0018) and passes absolutely; it must pass
+    against torch-cpu too, with those checks re-judged against the baseline's."""
+    run = harness_cli(
+        "run", "-w", "llm.mixtral", "--preset", "tiny", "--dtype", "float16", "--distribution", "normal",
+        "-b", "ascend-sim", "--against", "torch-cpu", "--parity-only",
+    )  # fmt: skip
+    assert run.exit_code == 0, run.output
+    (mine,) = [r for r in run.records if r["case"]["backend"] == "ascend-sim"]
+    p = mine["parity"]
+    floor = 0.2 * p["budget"]["worst_row_rel_l2"]
+    assert p["metrics"]["worst_row_rel_l2"] > 2 * max(p["baseline"]["metrics"]["worst_row_rel_l2"], floor)
+    assert p["baseline"]["ratio_judged"] is False
+    assert p["verdict"]["worst"]["metric"].endswith("_vs_torch-cpu")  # its own checks, against the baseline's
+    assert "PORT OK  ascend-sim against torch-cpu" in run.output
+    assert "(allowed 2x)" not in run.output  # no logits ratio shown as if judged: the closest check instead
+    assert "worst   llm.mixtral" in run.output and "_vs_torch-cpu" in run.output.split("PORT OK", 1)[1]
+
+
+def test_a_textbook_float32_port_of_a_fused_kernel_passes(harness_cli) -> None:
+    """A correct but different float32 implementation is as good as the source: ort-cpu computes MLA decode as
+    textbook scores -> softmax -> PV, 2.3x torch-cpu's fused error on stress inputs, yet at 23% of the absolute
+    budget (rounding alone); the baseline's error is floored at a fifth of the budget, so it passes."""
+    pytest.importorskip("onnxruntime")
+    run = harness_cli(
+        "run", "-w", "attention.mla_decode", "--preset", "tiny", "--shape", "mtp", "--dtype", "float32",
+        "--distribution", "stress", "-b", "ort-cpu", "--against", "torch-cpu", "--parity-only",
+    )  # fmt: skip
+    assert run.exit_code == 0, run.output
+    (mine,) = [r for r in run.records if r["case"]["backend"] == "ort-cpu"]
+    p = mine["parity"]
+    error, base = p["metrics"]["worst_row_rel_l2"], p["baseline"]["metrics"]["worst_row_rel_l2"]
+    assert error > 2 * base and error < 0.4 * p["budget"]["worst_row_rel_l2"]  # the situation under test
+    assert "PORT OK  ort-cpu against torch-cpu" in run.output

@@ -196,7 +196,8 @@ def render(records: Iterable[Record], facts: RunFacts, width: int = 80) -> str:
     lines = _wrap(head, width, "")
     if facts.excluded:
         lines += _wrap(
-            f"({facts.excluded} cases left out by the suite's exclude list, as the suite's description in harness list says)",
+            f"({facts.excluded} cases left out by the suite's exclude list, "
+            "as the suite's description in harness list says)",
             width,
             "",
         )

@@ -193,6 +193,14 @@ def test_non_finite_weights_exit_2_naming_the_tensor(checkpoint: Path, tmp_path:
 # ----- options -----
 
 
+def test_a_quantized_dtype_no_selected_workload_takes_exits_2_naming_those_that_do(
+    tmp_path: Path, earlier_records: str
+) -> None:
+    line = refused(tmp_path, earlier_records, "-w", "attention.prefill", "-b", "torch-cpu", "--dtype", "w8a8")
+    assert "dtype w8a8: no selected workload computes in it (attention.prefill)" in line
+    assert "linear.projection (w8a8, fp8, fp8-block)" in line and "moe.layer" in line
+
+
 def test_layerwise_without_a_workload_with_layers_exits_2(tmp_path: Path, earlier_records: str) -> None:
     line = refused(tmp_path, earlier_records, "-w", "attention.decode,moe.*", "-b", "torch-cpu", "--layerwise")
     assert "--layerwise" in line and "llm.llama3" in line and "attention.decode" in line

@@ -6,6 +6,7 @@ import sys
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -74,6 +75,18 @@ def bad_input_exits() -> Iterator[None]:
     except BadInputError as exc:
         if not repeated_rank():
             click.echo(f"{rank_prefix()}error: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
+
+
+@contextmanager
+def writing(flag: str, path: Path) -> Iterator[None]:
+    """An OS error writing an output the user named (`--plots DIR`, `--output FILE`: a read-only or full file
+    system, a path under a file) is exit 2 with one line naming the option and the path, not an unexpected error."""
+    try:
+        yield
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename and str(exc.filename) != str(path) else ""
+        click.echo(f"error: {flag} {path}: cannot write there: {exc.strerror or exc}{where}", err=True)
         sys.exit(EXIT_USAGE)
 
 

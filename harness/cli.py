@@ -15,7 +15,15 @@ from typing import Any
 
 import click
 
-from harness.cli_common import DEBUG_KEY, HarnessGroup, bad_input_exits, load_registry, plugin_option, stdout_console
+from harness.cli_common import (
+    DEBUG_KEY,
+    HarnessGroup,
+    bad_input_exits,
+    load_registry,
+    plugin_option,
+    stdout_console,
+    writing,
+)
 from harness.cli_judge import judge_cmd
 from harness.cli_run import run_cmd
 from harness.names import REPORT_FORMATS
@@ -311,12 +319,14 @@ def compare_cmd(
     if plots_dir is not None:
         from harness import plots
 
-        plots_dir.mkdir(parents=True, exist_ok=True)
         path = plots_dir / f"ratio.{plot_format}"
-        path.write_bytes(plots.render(plots.ratio_plot(result.ratios, names), plot_format))
+        with writing("--plots", plots_dir):
+            plots_dir.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(plots.render(plots.ratio_plot(result.ratios, names), plot_format))
         click.echo(f"wrote {path}", err=True)
     if output is not None:  # the file alone, as harness report -o writes it
-        output.write_text(text)
+        with writing("--output", output):
+            output.write_text(text)
     else:
         click.echo(text, nl=False)
     if result.regressions and (fmt_name != "md" or output is not None):
@@ -403,10 +413,12 @@ def report_cmd(
     if plots_dir is not None:
         from harness import plots
 
-        for path in plots.write_plots(records, plots_dir, plot_format):
-            click.echo(f"wrote {path}", err=True)
+        with writing("--plots", plots_dir):
+            for path in plots.write_plots(records, plots_dir, plot_format):
+                click.echo(f"wrote {path}", err=True)
     if output is not None:
-        output.write_text(text)
+        with writing("--output", output):
+            output.write_text(text)
     else:
         click.echo(text, nl=False)
 

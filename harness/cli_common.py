@@ -7,11 +7,13 @@ import sys
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from harness.names import BadInputError, split_values
+from harness.ranks import rank_prefix, repeated_rank
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -46,6 +48,18 @@ def answer_unexpected(exc: BaseException) -> int:
 class HarnessGroup(click.Group):
     """The command group whose commands never end in a traceback (unless --debug): see answer_unexpected."""
 
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        """Click's usage errors (an unknown option, a bad choice) once per node under torchrun: repeated_rank."""
+        if not repeated_rank() or kwargs.get("standalone_mode") is False:
+            return super().main(*args, **kwargs)
+        try:
+            code = super().main(*args, **{**kwargs, "standalone_mode": False})
+        except click.ClickException as exc:
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
     def invoke(self, ctx: click.Context) -> object:
         try:
             return super().invoke(ctx)
@@ -60,7 +74,20 @@ def bad_input_exits() -> Iterator[None]:
     try:
         yield
     except BadInputError as exc:
-        click.echo(f"error: {exc}", err=True)
+        if not repeated_rank():
+            click.echo(f"{rank_prefix()}error: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
+
+
+@contextmanager
+def writing(flag: str, path: Path) -> Iterator[None]:
+    """An OS error writing an output the user named (`--plots DIR`, `--output FILE`: a read-only or full file
+    system, a path under a file) is exit 2 with one line naming the option and the path, not an unexpected error."""
+    try:
+        yield
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename and str(exc.filename) != str(path) else ""
+        click.echo(f"error: {flag} {path}: cannot write there: {exc.strerror or exc}{where}", err=True)
         sys.exit(EXIT_USAGE)
 
 

@@ -118,8 +118,24 @@ class Planner:
                 + did_you_mean(unknown[0], sorted(known_shapes))
             )
         if not cases:
+            self._no_quantized_taker(workloads, suite.dtypes)
             raise UsageError("the selection is empty: no workload x preset x shape x dtype x backend combination")
         return cases
+
+    def _no_quantized_taker(self, workloads: list[Workload], dtypes: tuple[str, ...]) -> None:
+        """An empty plan because no selected workload computes in the selected quantized formats: say which
+        workloads do (UsageError), instead of the bare "selection is empty"."""
+        if not dtypes or not all(is_quantized(d) for d in dtypes):
+            return
+        if any(d in w.quant_formats for w in workloads for d in dtypes):
+            return  # emptied by something else (shapes, exclude globs)
+        takers = [self.workloads.get(n) for n in self.workloads.names()]
+        listed = ", ".join(f"{w.name} ({', '.join(w.quant_formats)})" for w in takers if w.quant_formats)
+        raise UsageError(
+            f"dtype {', '.join(dtypes)}: no selected workload computes in {'it' if len(dtypes) == 1 else 'them'} "
+            f"({', '.join(w.name for w in workloads)}); "
+            f"the quantized formats apply to: {listed or 'no registered workload'}"
+        )
 
     def _checkpoint_workloads(self, workloads: list[Workload], presets: tuple[str, ...]) -> list[Workload]:
         """The selected workloads that take the --model checkpoint (validated once, here: exit 2 if bad)."""

@@ -74,6 +74,28 @@ class RankInfo:
         return None if info.world_size == 1 else info
 
 
+def _this_rank() -> RankInfo | None:
+    """This process's torchrun rank (None: one process, or torchrun's variables malformed, which every rank says)."""
+    try:
+        return RankInfo.from_env()
+    except BadInputError:
+        return None
+
+
+def repeated_rank() -> bool:
+    """Under torchrun, a rank other than its node's first: it reads the same flags and files as that rank, so its
+    usage errors would print that rank's line again (two ranks, two identical lines). It exits with the same code,
+    silently; torchrun names every rank's exit code."""
+    info = _this_rank()
+    return info is not None and info.local_rank != 0
+
+
+def rank_prefix() -> str:
+    """`[rank K] ` on a torchrun rank other than 0 (its errors carry it: README, Scale-out), else ''."""
+    info = _this_rank()
+    return f"[rank {info.rank}] " if info is not None and info.rank else ""
+
+
 def local_rank() -> int | None:
     """LOCAL_RANK under torchrun (the device index a backend places itself on), else None."""
     info = RankInfo.from_env()

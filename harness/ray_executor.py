@@ -229,7 +229,11 @@ class _Sweep:
         if "num_cpus" in resources:  # never more CPUs than the largest node has: the task would never start
             resources["num_cpus"] = max(1, min(int(resources["num_cpus"]), int(self.cpus)))
         keys = [c.key for c in task.cases]
-        options = self.remote.options(num_returns="streaming", max_retries=0, **resources)
+        # Backpressure 1: the task starts its next case only once this driver has taken the last record, so a
+        # worker that dies loses the case in flight only, never a finished record still on its way here.
+        options = self.remote.options(
+            num_returns="streaming", _generator_backpressure_num_objects=1, max_retries=0, **resources
+        )
         self.pending[options.remote(self.spec, self.inputs, keys, self.runner.isolate)] = task
 
     def run(self, cases: list[Case]) -> None:

@@ -24,6 +24,7 @@ from harness.launch import (
     RunOutcome,
     RunRequest,
     RunStoppedError,
+    _os_error,
     _Output,
     default_out,
     outcome,
@@ -166,7 +167,17 @@ def _merge(
             )
             codes.append(3)
     parts = [p for p in part_files(out_path) if p.is_file()]
-    merge_parts(out_path, [c.key for c in cases], parts)
+    try:
+        merge_parts(out_path, [c.key for c in cases], parts)
+    except OSError as exc:  # a full disk, /dev/full: the parts stay (deleted only after the merge), one line
+        kept = ", ".join(str(p) for p in parts) or "no part file"
+        err.print(
+            f"error: cannot write results to {out_path}: {_os_error(exc, out_path)}; this run's records stay in "
+            f"{kept}; `--resume {out_path}` merges them once {out_path} takes writes",
+            markup=False,
+            highlight=False,
+        )
+        return 3, ""
     recorded = {r.case.key: r for r in previous}  # resumed, then this run's (a rerun error's new record wins)
     if out_path.is_file():
         recorded.update({r.case.key: r for r in read_records(out_path) if r.run_id == run_id})

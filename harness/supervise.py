@@ -24,6 +24,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
+from harness.ranks import rank_prefix, repeated_rank
+
 EXIT_CRASHED = 3
 PAGE = 16384  # the shared state: JSON, NUL-terminated
 SI_KERNEL = 0x80  # siginfo si_code of a signal the kernel generated (a terminal's Ctrl-C), not sent by a process
@@ -163,7 +165,10 @@ def _wait(pid: int, state: mmap.mmap, watched: set[signal.Signals]) -> int:
     signum = os.WTERMSIG(status)
     if signum == signal.SIGINT:
         return 130
-    print(f"error: {crash_line(signum, _read(state))}", file=sys.stderr, flush=True)
+    facts = _read(state)
+    if signum == signal.SIGTERM and facts.get("out") is None and repeated_rank():
+        return EXIT_CRASHED  # torchrun stopping a rank that had run nothing after another failed: that one says why
+    print(f"{rank_prefix()}error: {crash_line(signum, facts)}", file=sys.stderr, flush=True)
     return EXIT_CRASHED
 
 

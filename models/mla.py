@@ -88,6 +88,10 @@ class MlaDecodeWorkload(Workload):
                     f"input q {list(q.shape)} and kv {list(kv.shape)}: expected [B,H,Sq,D] and [B,Skv,D] (paged:"
                     " [num_blocks,block_size,D]) with the same D"
                 )
+            if table is None and kv.shape[0] != q.shape[0]:  # else named after k, a view the user never gave
+                raise ops.ContractError(
+                    f"input kv {list(kv.shape)}: expected [B,Skv,D] with q's B = {q.shape[0]} (q {list(q.shape)})"
+                )
             k, v = ops.latent_views(kv, template.dv, paged_form=table is not None)
             if table is not None:
                 paged.check_paged_inputs(q, k, v, table, kv_lens)

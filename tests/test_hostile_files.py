@@ -170,6 +170,20 @@ def test_baseline_must_be_a_timed_backend_of_the_files(tmp_path: Path, timed: Pa
     assert "none of its records is timed" in line
 
 
+@pytest.mark.parametrize("command", ["report", "compare"])
+@pytest.mark.parametrize("option", ["--plots", "--output"])
+def test_an_output_that_cannot_be_written_exits_2_naming_it(
+    tmp_path: Path, timed: Path, command: str, option: str
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    where = blocker / "plots"  # under a file: refused as a read-only or full file system would be
+    files = (timed,) if command == "report" else (timed, timed)
+    result = cli(command, *files, option, where)
+    line = assert_answered(result, 2, f"{option} {where}: cannot write there")
+    assert "Not a directory" in line
+
+
 # ----- 5. --against DIR with a corrupt file -----
 def corrupt_copy(saved: Path, tmp_path: Path, name: str, content: bytes) -> tuple[Path, Path]:
     """A copy of the saved directory with `name` of its mqa group replaced by `content`: (root, that file)."""

@@ -91,6 +91,31 @@ def test_attention_inputs_that_do_not_fit_exit_2_naming_the_tensor(
     assert "every dimension must be >= 1" in line or "expected" in line
 
 
+def _mla(b: int = 1, h: int = 32, skv: int = 8, d: int = 576) -> dict:
+    return {"q": torch.randn(b, h, 1, d), "kv": torch.randn(1, skv, d), "kv_lens": torch.tensor([skv] * b)}
+
+
+@pytest.mark.parametrize(
+    ("workload", "tensors", "needles"),
+    [
+        ("attention.mla_decode", _mla(b=2), ("input kv [1, 8, 576]", "q's B = 2")),
+        ("attention.mla_decode", {**_mla(), "kv": torch.randn(1, 8, 512)}, ("kv [1, 8, 512]", "the same D")),
+        ("attention.mla_decode", _mla(skv=0), ("input kv", "dimension Skv is 0")),
+        ("attention.mla_decode", {**_mla(), "kv_lens": torch.tensor([9])}, ("kv_lens", "must lie in [0, 8]")),
+        ("linear.projection", {"x": torch.randn(32, 320), "w": torch.randn(192, 321)}, ("[32, 320]", "[192, 321]")),
+        ("linear.projection", {"x": torch.randn(0, 320), "w": torch.randn(192, 320)}, ("input x", "T is 0")),
+        ("linear.projection", {"x": torch.randn(32), "w": torch.randn(192, 320)}, ("input x", "expected 2 dims")),
+    ],
+    ids=["mla-batch", "mla-d", "mla-skv0", "mla-lens", "linear-k", "linear-t0", "linear-rank"],
+)
+def test_mla_and_linear_inputs_that_do_not_fit_exit_2_naming_the_tensor(
+    tmp_path: Path, earlier_records: str, workload: str, tensors: dict, needles: tuple[str, ...]
+) -> None:
+    path = tensors_file(tmp_path, **tensors)
+    line = refused(tmp_path, earlier_records, "-w", workload, "-b", "torch-cpu", "--inputs", path)
+    assert all(n in line for n in needles), line
+
+
 @pytest.mark.parametrize(
     ("tensors", "needles"),
     [
@@ -191,6 +216,14 @@ def test_non_finite_weights_exit_2_naming_the_tensor(checkpoint: Path, tmp_path:
 
 
 # ----- options -----
+
+
+def test_a_quantized_dtype_no_selected_workload_takes_exits_2_naming_those_that_do(
+    tmp_path: Path, earlier_records: str
+) -> None:
+    line = refused(tmp_path, earlier_records, "-w", "attention.prefill", "-b", "torch-cpu", "--dtype", "w8a8")
+    assert "dtype w8a8: no selected workload computes in it (attention.prefill)" in line
+    assert "linear.projection (w8a8, fp8, fp8-block)" in line and "moe.layer" in line
 
 
 def test_layerwise_without_a_workload_with_layers_exits_2(tmp_path: Path, earlier_records: str) -> None:

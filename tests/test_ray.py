@@ -60,6 +60,12 @@ class KillingOnce(TorchCpu):
             os.kill(os.getpid(), signal.SIGKILL)
         return super().attention(q, k, v, **kw)
 
+class Dying(TorchCpu):
+    name: ClassVar[str] = "dying-cpu"
+
+    def attention(self, q, k, v, **kw):
+        os.kill(os.getpid(), signal.SIGKILL)  # every case: dies just after the case before it yielded its record
+
 class Slow(TorchCpu):
     name: ClassVar[str] = "slow-cpu"
 
@@ -126,6 +132,20 @@ def test_a_killed_worker_costs_the_case_in_flight_only(ray_cluster: str, tmp_pat
     assert "WorkerCrashedError" in crashed.reason or "died" in crashed.reason, crashed.reason
     assert sorted(statuses.values()) == ["crashed"] + ["passed"] * 3  # the rest of its group ran on
     assert statuses[crashed.case.key.replace("@killing-cpu", "@torch-cpu")] == "passed"
+
+
+def test_a_record_yielded_just_before_the_worker_dies_is_kept(ray_cluster: str, tmp_path: Path, plugin: str) -> None:
+    """The task waits for the driver to take each record before its next case: a worker killed right after a
+    healthy case finished must not turn that case into `crashed` (its record was in flight to the driver)."""
+    out = tmp_path / "r.jsonl"
+    flags = {**TINY, "workloads": ("attention.prefill",), "seeds": "0,1,2"}  # 6 groups, each torch-cpu then dying
+    assert _run(out, backends=("torch-cpu,dying-cpu",), executor="ray", plugins=(plugin,), **flags) == 3
+    statuses = {(r.case.shape, r.case.seed, r.case.backend): r.status for r in read_records(out)}
+    assert len(statuses) == 12
+    assert {k: s for k, s in statuses.items() if k[2] == "torch-cpu"} == {
+        k: "passed" for k in statuses if k[2] == "torch-cpu"
+    }
+    assert {s for k, s in statuses.items() if k[2] == "dying-cpu"} == {"crashed"}
 
 
 def test_ray_retries_resubmit_a_dead_tasks_unfinished_cases(ray_cluster: str, tmp_path: Path, plugin: str) -> None:

@@ -9,6 +9,7 @@ seconds that the command would start and do what it is meant to on a GPU, so a t
     python scripts/gpu_dryrun.py PYTHON -m pytest ARGS...            # the same files, --collect-only
     python scripts/gpu_dryrun.py PYTHON benchmarks/moe_ep.py ARGS    # the same preset and shape on torch-cpu
     python scripts/gpu_dryrun.py PYTHON benchmarks/cuda_bar.py ARGS  # the same options, --dry-run
+    python scripts/gpu_dryrun.py --from FILE                         # each line `N NAME COMMAND...` (quoted)
 
 Exit 0 when the command would run, 2 when it is malformed (bad option, unknown shape, missing file), 1 when it
 parses but plans nothing a GPU would run (every case of a workload unsupported, zero tests collected)."""
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -148,7 +150,23 @@ def check_benchmark(python: str, script: str, args: list[str]) -> int:
     return 0
 
 
+def check_listed(path: Path) -> int:
+    """`--from FILE`: one command a line, `N NAME ARGV...` shell-quoted (gpu_pending.sh's check mode), all checked
+    in this one process (a Python start-up per step would make the check slow); the worst exit code."""
+    worst = 0
+    for line in path.read_text().splitlines():
+        n, name, *argv = shlex.split(line)
+        print(f"== check step {n} ({name}): {' '.join(argv)}", file=sys.stderr, flush=True)
+        code = main(argv)
+        if code:
+            print(f"== check step {n} ({name}): FAILED (exit {code})", file=sys.stderr, flush=True)
+        worst = max(worst, code)
+    return worst
+
+
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["--from"] and len(argv) == 2:
+        return check_listed(Path(argv[1]))
     if len(argv) < 2:
         return fail(2, "usage: gpu_dryrun.py PYTHON (-m MODULE | SCRIPT) ARGS...")
     python, rest = argv[0], argv[1:]

@@ -6,8 +6,8 @@
 #
 # The run tool allows 10 minutes a command: run it in two calls (results/cuda/README.md, "Pending"):
 #   scripts/gpu_pending.sh python 1 4      # steps 1-4: at most 345 s
-#   scripts/gpu_pending.sh python 5 9      # steps 5-9: at most 315 s
-# Steps 10 and 11 (heavy float64 references on the host) only where device time is left after both.
+#   scripts/gpu_pending.sh python 5 10     # steps 5-10: at most 315 s
+# Steps 11 and 12 (heavy float64 references on the host) only where device time is left after both.
 #
 # Check mode, on any CPU machine, in about a minute (make test runs it: tests/test_gpu_pending.py):
 #   GPU_PENDING_CHECK=1 scripts/gpu_pending.sh [python] [first-step] [last-step]
@@ -28,9 +28,11 @@
 #   6 bar     the MoE bar: three layers, each step timed beside the grouped GEMMs alone (22)          120
 #   7 moeci   MoE parity of the ci suite on cuda (22: routing-aware verdicts unchanged)                 45
 #   8 qtiny   w8a8 / fp8 / fp8-block parity on cuda at tiny shapes (21: a layout mistake shows first)  25
-#   9 quant   the same beside bf16 at real shapes: projections and the Qwen3-30B-A3B-like MoE (21)    85
-#  10 paper   MoE parity of the paper suite on cuda, bf16 (22)                                         240
-#  11 dsquant the DeepSeek-V3-like MoE layer quantized (21; 22 GB of weights, float64 reference)        420
+#   9 qmoe    the same beside bf16 on the Qwen3-30B-A3B-like MoE layer, real shape, timed (21)         55
+#  10 qproj   the same on three real DeepSeek-V3 / Qwen3 projections (21)                              30
+#  11 paper   MoE parity of the paper suite on cuda, bf16, real shapes (22)                           240
+#  12 qheavy  the DeepSeek-V3-like MoE layer and the two largest projections quantized (21; 22 GB of
+#             weights, float64 references on the host, --isolate so an out-of-memory kill costs a record) 420
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${1:-$(command -v python || command -v python3)}
@@ -87,13 +89,13 @@ step 6 bar 120 "$PY" benchmarks/cuda_bar.py --only moe --time-budget 0.5 --out "
 step 7 moeci 45 "${harness[@]}" run --suite ci -b cuda -w 'moe.*' --parity-only --out "$RES/issue22-parity-ci.jsonl"
 step 8 qtiny 25 "${harness[@]}" run -w linear.projection,moe.layer --dtype w8a8,fp8,fp8-block --preset tiny -b cuda \
   --parity-only --seeds 0 --out "$RES/quant-tiny.jsonl"
-step 9 quant 85 "${harness[@]}" run -w linear.projection,moe.layer "${quant[@]}" \
-  --shape deepseek-v3-expert-gate,deepseek-v3-o,deepseek-v3-q-a,qwen3-30b-a3b-q,qwen3-32b-gate,qwen3-moe \
-  --out "$RES/quant.jsonl"
-step 10 paper 240 "${harness[@]}" run --suite paper -b cuda -w moe.layer,moe.experts --shape qwen3-moe,mixtral \
+step 9 qmoe 55 "${harness[@]}" run -w moe.layer "${quant[@]}" --shape qwen3-moe --out "$RES/quant.jsonl"
+step 10 qproj 30 "${harness[@]}" run -w linear.projection "${quant[@]}" \
+  --shape deepseek-v3-expert-gate,deepseek-v3-q-a,qwen3-30b-a3b-q --out "$RES/quant.jsonl"
+step 11 paper 240 "${harness[@]}" run --suite paper -b cuda -w moe.layer,moe.experts --shape qwen3-moe,mixtral \
   --dtype bfloat16 --parity-only --out "$RES/issue22-parity-paper.jsonl"
-step 11 dsquant 420 "${harness[@]}" run -w moe.layer "${quant[@]}" --shape deepseek-v3 --isolate \
-  --out "$RES/quant.jsonl"
+step 12 qheavy 420 "${harness[@]}" run -w moe.layer,linear.projection "${quant[@]}" \
+  --shape deepseek-v3,deepseek-v3-o,qwen3-32b-gate --isolate --out "$RES/quant.jsonl"
 if [ "$CHECK" = list ]; then  # GPU_PENDING_CHECK=list: only the selected steps' commands, one a line
   cat "$checks"
 elif [ -n "$CHECK" ]; then

@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,7 +47,7 @@ def check_run(args: list[str]) -> int:
     try:
         with run_cmd.make_context("run", list(args)) as ctx:
             request = RunFlags(**ctx.params).request()
-        _, cases = prepare(request)
+        _, cases = prepare(replace(request, isolate=False))  # planned the same; no spec file left in /tmp
     except click.ClickException as exc:
         return fail(2, f"harness run {' '.join(args)}: {exc.format_message()}")
     except BadInputError as exc:
@@ -72,13 +73,18 @@ def check_run(args: list[str]) -> int:
 def check_selftest(args: list[str]) -> int:
     """`harness selftest ARGS`: the fault plugin must be named (the GPU machine runs an uninstalled checkout,
     which has no `harness.faults` entry points) and must load."""
+    import click
+
     from harness.backend import default_registry
     from harness.cli import selftest_cmd
     from harness.names import BadInputError
     from harness.selftest import load_fault_plugins
 
-    with selftest_cmd.make_context("selftest", list(args)) as ctx:
-        faults = tuple(ctx.params["fault_modules"])
+    try:
+        with selftest_cmd.make_context("selftest", list(args)) as ctx:
+            faults = tuple(ctx.params["fault_modules"])
+    except click.ClickException as exc:
+        return fail(2, f"harness selftest {' '.join(args)}: {exc.format_message()}")
     if not faults:
         return fail(2, "harness selftest without --faults: an uninstalled checkout has no fault plugin entry points")
     try:

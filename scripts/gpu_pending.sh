@@ -18,7 +18,8 @@
 # name missing at its preset or a missing file fails here and not on the GPU. Exit 1 if any step fails.
 #
 # Each step has its own time limit (seconds) and writes under results/cuda/ with the command beside it
-# (pending-*.txt); a failing or timed-out step is reported and the next one runs.
+# (pending-*.txt); a failing or timed-out step is reported and the next one runs. Exit 3 at once where the
+# python sees no GPU.
 #   1 tests   cuda unit tests with the real kernels: side stream and cheat checks (23), fused MoE route /
 #             permute in triton (22), quantized GEMM layouts (21)                                      120
 #   2 self    harness selftest: the CUDA side-stream cheat caught, honest cuda timings valid (23)      80
@@ -75,6 +76,14 @@ step() {  # step N NAME LIMIT_S COMMAND...: run it when selected, log the comman
   [ -z "$DEST" ] || tar -czf "$DEST/gpu-pending-$tag.tgz" -C "$RES" .
 }
 
+if [ -z "$CHECK" ]; then  # without a GPU every step would only skip: stop before spending the limits
+  probe='import torch; assert torch.cuda.is_available(), "no CUDA device"; print(torch.__version__, torch.version.cuda, torch.cuda.get_device_name())'
+  if ! device=$("$PY" -c "$probe" 2>&1); then
+    echo "gpu_pending: $PY sees no GPU, nothing run: ${device##*$'\n'}" >&2
+    exit 3
+  fi
+  echo "# $(date -u +%FT%TZ) torch, CUDA, device: $device" >> "$RES/pending-commands.txt"
+fi
 harness=("$PY" -m harness.cli)
 quant=(--preset real -b cuda --seeds 0 --distribution normal --time-budget 0.3 --dtype w8a8,fp8,fp8-block,bfloat16)
 step 1 tests 120 "$PY" -m pytest -q -p no:cacheprovider -rs tests/test_cheats_selftest.py tests/test_cuda.py \

@@ -81,6 +81,7 @@ RUN = [PY, "-m", "harness.cli", "run", "-b", "cuda", "--preset", "real", "--dtyp
         ([*RUN, "-w", "attention.decode,attention.mla_decode", "--shape", "mla-b32-s8k"], 1),  # decode plans nothing
         ([*RUN[:-1], "float64", "-w", "attention.decode"], 1),  # planned, but cuda computes no float64
         ([PY, "-m", "harness.cli", "selftest"], 2),  # no --faults: nothing to load in an uninstalled checkout
+        ([PY, "-m", "harness.cli", "selftest", "--fault", "harness_faults.cuda_checks"], 2),  # no such option
         ([PY, "-m", "harness.cli", "calibrate", "-b", "cuda-typo"], 2),
         ([PY, "-m", "pytest", "-q", "tests/test_no_such_file.py"], 2),
         ([PY, "benchmarks/cuda_bar.py", "--only", "mo"], 2),  # an unknown section

@@ -351,6 +351,10 @@ def main() -> int:
     parser.add_argument("--only", default="attention,decode,moe,tiny", help="comma list of sections")
     parser.add_argument("--dry-run", action="store_true", help="CPU only: the MoE step timing on a tiny layer")
     opts = parser.parse_args()
+    sections = {"attention": attention_rows, "decode": decode_rows, "moe": moe_rows, "tiny": tiny_rows}
+    unknown = [name for name in opts.only.split(",") if name not in sections]
+    if unknown:  # before --dry-run and before the GPU: a typo must not cost a GPU run
+        parser.error(f"--only {unknown[0]!r}: sections are {', '.join(sections)}")
     if opts.dry_run:
         for r in dry_run_rows():
             print(json.dumps(r))
@@ -361,7 +365,6 @@ def main() -> int:
         return 2
     backend = Cuda()
     config = TimingConfig(budget_s=opts.time_budget, warmup_s=0.2, min_samples=10)
-    sections = {"attention": attention_rows, "decode": decode_rows, "moe": moe_rows, "tiny": tiny_rows}
     rows: list[dict[str, Any]] = []
     env = backend.environment()
     for name in opts.only.split(","):

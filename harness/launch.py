@@ -283,9 +283,13 @@ def outcome(
     verdicts = port_verdicts(everything, facts.against, facts.against_ratio)
     if exit_code == 0 and any(v.status == NOT_JUDGED for v in verdicts):
         exit_code = 3  # a port verdict was asked of a backend and none could be given: that is no success
+    tested_nothing = bool(everything) and all(r.status == "skipped" for r in everything)
+    if exit_code == 0 and tested_nothing:
+        exit_code = 3  # `-b cuda` on a CPU machine: every case skipped, and a run that tested nothing never passes
+    note = f"nothing was tested: all {len(everything)} cases were skipped (exit 3)\n" if tested_nothing else ""
     if request.summary_format == "json":
         return RunOutcome(exit_code, summary_mod.RunSummary(tuple(everything), facts, exit_code).to_json())
     if not request.summary:
-        return RunOutcome(exit_code, summary_mod.brief(everything, facts))
+        return RunOutcome(exit_code, summary_mod.brief(everything, facts) + note)
     width = shutil.get_terminal_size((80, 24)).columns  # COLUMNS when set; 80 when not a terminal
-    return RunOutcome(exit_code, summary_mod.render(everything, facts, width))
+    return RunOutcome(exit_code, summary_mod.render(everything, facts, width) + note)

@@ -209,3 +209,16 @@ def test_worst_case_share_of_its_budget_reads_as_a_multiple_past_the_budget() ->
     assert budget_share(1.8) == "1.8x it"
     assert budget_share(10546774.0) == "1.05e+07x it"
     assert budget_share(float("inf")) == "over"
+
+
+def test_a_run_whose_every_case_skipped_tested_nothing_and_exits_3(harness_cli) -> None:
+    """`-b cuda` on a CPU machine (here: a backend whose SDK is missing) skips every case: that run tested nothing
+    and must not pass; one judged case beside the skips is a normal run (exit 0)."""
+    args = ("run", "-w", "attention.decode", "--preset", "tiny", "--dtype", "float32", "--parity-only")
+    nothing = harness_cli(*args, "-b", "needs-missing-sdk", "--plugin", plugin("unavailable"))
+    assert nothing.exit_code == 3, nothing.output
+    assert {r["status"] for r in nothing.records} == {"skipped"}
+    assert "nothing was tested: all" in nothing.output
+    some = harness_cli(*args, "-b", "needs-missing-sdk,cpu-reference", "--plugin", plugin("unavailable"))
+    assert some.exit_code == 0, some.output
+    assert "nothing was tested" not in some.output

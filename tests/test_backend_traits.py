@@ -8,6 +8,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from harness.backend import BackendRegistry
 from harness.launch import launch
 from harness.results import read_records
 from harness.run_flags import RunFlags
@@ -29,3 +30,8 @@ def test_every_record_carries_its_backends_declared_device_and_eager_reference(t
         "ascend-sim": {"device": "cpu", "eager_reference": False},
     }
     assert eager_references(records) == ["torch-cpu"]
+
+
+def test_the_shipped_eager_references_are_one_per_device_class(registry: BackendRegistry) -> None:
+    eager = {name: registry.get(name).device for name in registry.names() if registry.get(name).eager_reference}
+    assert eager == {"torch-cpu": "cpu", "cuda": "cuda"}  # the cuda-* variants pin one kernel: not eager torch

@@ -172,6 +172,12 @@ def test_the_reference_is_the_backend_whose_records_declare_it_eager_torch_whate
     assert "speedup vs my-npu-eager" in render(records, "html")
 
 
+def test_the_html_summary_holds_speeds_against_eager_torch_of_the_cpu_before_that_of_cuda(tmp_path: Path) -> None:
+    for eager in (None, True):  # older records (by name) and declaring ones alike; cuda written first
+        lines = [record("cuda", 5e5, device="cuda", eager=eager), record("torch-cpu", 1e6, eager=eager)]
+        assert "speedup vs torch-cpu" in render(write(tmp_path / f"r{eager}.jsonl", lines), "html")
+
+
 def test_records_from_before_the_declaration_keep_their_reference_by_backend_name() -> None:
     from harness.timing_view import device_class, eager_references
 

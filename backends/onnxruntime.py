@@ -368,6 +368,7 @@ class OrtCuda(OrtBackend):
     name: ClassVar[str] = "ort-cuda"
     provider: ClassVar[str] = "CUDAExecutionProvider"
     device: ClassVar[str] = "cuda"
+    ray_resources: ClassVar[dict[str, Any]] = {"num_gpus": 1}
     io_binding: ClassVar[bool] = True
     binding_device: ClassVar[str] = "cuda"
     description: ClassVar[str] = "ONNX Runtime, CUDA execution provider (onnxruntime-gpu)"
@@ -377,6 +378,7 @@ class OrtCann(OrtBackend):
     name: ClassVar[str] = "ort-cann"
     provider: ClassVar[str] = "CANNExecutionProvider"
     device: ClassVar[str] = "npu"
+    ray_resources: ClassVar[dict[str, Any]] = {"resources": {"NPU": 1}}  # `ray start --resources '{"NPU": 8}'`
     io_binding: ClassVar[bool] = True
     binding_device: ClassVar[str] = "cann"  # inputs come from the host (torch_npu tensors are not bound)
     description: ClassVar[str] = "ONNX Runtime, CANN execution provider (onnxruntime-cann, Ascend)"

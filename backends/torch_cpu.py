@@ -12,6 +12,7 @@ from harness.torch_backend import TorchBackend
 class TorchCpu(TorchBackend):
     name: ClassVar[str] = "torch-cpu"
     device: ClassVar[str] = "cpu"
+    eager_reference: ClassVar[bool] = True  # eager torch on the CPU: the reference of the 10x speedup notice
     dtypes: ClassVar[frozenset[str]] = frozenset({"float32", "bfloat16", "float16", *QUANT_FORMATS})
     description: ClassVar[str] = "torch CPU kernels (SDPA with an explicit bottom-right mask) in the case dtype"
 

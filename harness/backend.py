@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from harness.backend_options import BackendOption, parse_options
+from harness.backend_traits import BackendTraits
 from harness.collective_ops import CollectiveOps
 from harness.dtypes import DTYPES  # re-exported: plugins import it from here
 from harness.lazy import torch
@@ -76,13 +77,13 @@ class UnsupportedCaseError(Exception):
     refuses the shape). The runner records a skip with this message, as for a `supports()` no."""
 
 
-class Backend(CollectiveOps, QuantOps, abc.ABC):
+class Backend(CollectiveOps, QuantOps, BackendTraits, abc.ABC):
     """An execution backend. Implementer's checklist:
 
     1. Subclass (a torch device: subclass `harness.torch_backend.TorchBackend` and override only the ops you
        have native kernels for) and set the class attributes `name` (unique, kebab-case: "my-npu"), `device`,
-       `dtypes` (names from DTYPES the backend computes in) and `simulated` (True when timings say nothing
-       about a real device).
+       `dtypes` (names from DTYPES it computes in), `simulated` (True when timings say nothing about a real
+       device) and `eager_reference` (True for eager torch on its device; records carry it: backend_traits.py).
     2. `probe()` (classmethod): import your SDK guardedly and return `Availability(False, reason)` with the
        import error's text when it fails. It must never raise and must be cheap: `harness list` calls it.
     3. `to_device` / `to_host`: move a host tensor in, and an output back to a host tensor. Never change dtype
@@ -104,13 +105,12 @@ class Backend(CollectiveOps, QuantOps, abc.ABC):
        Optionally `timer(config)` (device events, graph replay, cache flushes as the TimingConfig asks),
        `timing_input_sets()` (copies of the inputs to rotate among while timing), `memory_stats()` (peak
        bytes) and `case_details()` (which kernel a case actually ran: recorded as `implementation`).
-    9. Register: one line under [project.entry-points."harness.backends"] in your pyproject, or pass the module
-       or file with `--plugin`.
-    10. Scale-out (torchrun): `collective_backend` names the torch.distributed backend of your device's process
-       groups ("gloo" on the CPU, "nccl" CUDA, "hccl" Ascend); `place(local_rank)` (classmethod) selects this
-       node's device number `local_rank` for the process (torch.cuda.set_device) before the backend is created,
-       so `device` ("cuda", "npu") means that one. The default does nothing: right for CPU backends. The dist
-       ops (`moe_ep`, `attention_tp`, `llm_tp`: collective_ops.py) run on its group ("" = none: a skip).
+    9. Register: one line under [project.entry-points."harness.backends"] in your pyproject, or `--plugin`.
+    10. Scale-out: under torchrun, `collective_backend` names the torch.distributed backend of your device's
+       process groups ("gloo" CPU, "nccl" CUDA, "hccl" Ascend; "" = none: dist ops skip), on which the dist ops
+       (`moe_ep`, `attention_tp`, `llm_tp`: collective_ops.py) run; `place(local_rank)` (classmethod; default:
+       nothing, right on the CPU) selects node device `local_rank` for the process before the backend is created.
+       `--executor ray`: `ray_resources`, what a Ray task running it asks for ({"num_gpus": 1}; {} = host CPUs).
     """
 
     name: ClassVar[str] = ""

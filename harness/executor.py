@@ -383,6 +383,7 @@ class CaseExecutor:
                     env = dict(backend.environment())
                 except Exception as exc:
                     env = {"error": f"environment() raised {type(exc).__name__}: {exc}"}
+                env |= type(backend).declared()  # device, eager_reference: what readers of the record go by
             self._environments[name] = env
         return {**host_environment(), "backend": self._environments[name]}
 

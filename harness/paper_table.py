@@ -22,7 +22,14 @@ from typing import Any
 
 from harness.quant_parity import FORMAT_ERROR
 from harness.results import Record
-from harness.timing_view import device_class, invalid_reason, pick_reference, review_notice, valid_timing
+from harness.timing_view import (
+    device_class,
+    eager_references,
+    invalid_reason,
+    pick_reference,
+    review_notice,
+    valid_timing,
+)
 
 # (column label, the shape fields it shows): the first matching entry of each label wins; "a/b" joins two fields.
 DIM_COLUMNS: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -273,9 +280,10 @@ def _table(
 def _mark_implausible(cells: dict[str, Cell], per: dict[str, list[Record]], baseline: str | None) -> dict[str, Cell]:
     """Cells over 10x faster than the row's reference backend on the same device class, marked for review."""
     classes = {b: device_class(recs[0]) for b, recs in per.items() if cells[b].median is not None}
+    eager = eager_references(r for recs in per.values() for r in recs)
     out = dict(cells)
     for backend, dc in classes.items():
-        ref = pick_reference(classes, dc, baseline)
+        ref = pick_reference(classes, dc, baseline, eager)
         if ref is not None and ref != backend:
             notice = review_notice(cells[ref].median / cells[backend].median, ref)  # type: ignore[operator]
             out[backend] = replace(cells[backend], review=notice)

@@ -1,9 +1,9 @@
 """`harness run --executor ray`: a sweep fanned out over a Ray cluster. Ray schedules; this module only says what
 each task needs and writes home what it returns.
 
-Each case group (cases sharing inputs) splits by the device its backends run on, and each part becomes one Ray
-task asking for that device: `num_gpus=1` for a cuda backend, the custom resource `NPU: 1` for an npu one
-(`ray start --resources '{"NPU": 8}'` on Ascend nodes), CPUs (the run's thread count) otherwise. The task
+Each case group (cases sharing inputs) splits by the Ray resources its backends declare (Backend.ray_resources:
+`num_gpus=1`, or a custom resource such as `{"resources": {"NPU": 1}}` that nodes declare with `ray start
+--resources`), and each part becomes one Ray task asking for them, CPUs (the run's thread count) when none. The task
 (harness/ray_task.py) runs the ordinary executor on its node and yields each record as the case ends; the driver
 writes it to the one JSONL as it arrives (ray.wait), so a killed driver loses only cases in flight and
 `--resume` runs the rest. A task whose worker or node dies leaves a `crashed` record, with Ray's reason, for the
@@ -14,6 +14,7 @@ cases N times, for node losses that are not the case's fault. Ray is imported on
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import socket
@@ -57,27 +58,36 @@ def require_ray() -> None:
 
 @dataclass(frozen=True)
 class Need:
-    """What one task asks Ray for: a device kind and the matching `.options(...)` resources."""
+    """What one task asks Ray for: the `.options(...)` resources, and `kind`, the backend's declared resources as
+    text ("cpu" for host CPU work): a case group splits into one task per kind."""
 
-    kind: str  # "gpu", "npu" or "cpu"
+    kind: str
     resources: Mapping[str, Any]
 
+    def accelerators(self) -> list[str]:
+        """The cluster resources this task needs beyond CPUs, as Ray names them: GPU for num_gpus, custom ones as
+        given."""
+        named = ["GPU"] if self.resources.get("num_gpus") else []
+        return named + [k for k, v in (self.resources.get("resources") or {}).items() if v]
+
     def missing(self, cluster: Mapping[str, float]) -> str | None:
-        """Why no node of the cluster can run this task now (None: some can)."""
-        name = {"gpu": "GPU", "npu": "NPU"}.get(self.kind)
-        if name is not None and not cluster.get(name):
-            hint = " (start its nodes with `ray start --resources '{\"NPU\": N}'`)" if name == "NPU" else ""
-            return f"no node of the Ray cluster has the {name} resource this backend needs{hint}"
-        return None
+        """Why no node of the cluster can run this task now (None: some can): each resource it lacks, named."""
+        lacking = [name for name in self.accelerators() if not cluster.get(name)]
+        if not lacking:
+            return None
+        custom = [name for name in lacking if name != "GPU"]  # Ray finds GPUs itself; custom resources are declared
+        hint = ", ".join(f"""`ray start --resources '{{"{name}": N}}'`""" for name in custom)
+        hint = f" (start its nodes with {hint})" if hint else ""
+        which = "the " + " and ".join(lacking) + (" resources" if len(lacking) > 1 else " resource")
+        return f"no node of the Ray cluster has {which} this backend needs{hint}"
 
 
-def need_of(device: str, cpus: int) -> Need:
-    """The Ray resources of a task running a backend whose class says `device` (Backend.device)."""
-    if device == "cuda":
-        return Need("gpu", {"num_gpus": 1, "num_cpus": 1})
-    if device == "npu":
-        return Need("npu", {"num_cpus": 1, "resources": {"NPU": 1}})
-    return Need("cpu", {"num_cpus": cpus})
+def need_of(ray_resources: Mapping[str, Any], cpus: int) -> Need:
+    """The Ray resources of a task running a backend whose class declares `ray_resources` (BackendTraits): one CPU
+    beside them, or, with none declared (host CPU work), `cpus` CPUs."""
+    if not ray_resources:
+        return Need("cpu", {"num_cpus": cpus})
+    return Need(json.dumps(ray_resources, sort_keys=True, default=str), {"num_cpus": 1, **ray_resources})
 
 
 @dataclass
@@ -164,11 +174,12 @@ class RayRunner(Runner):
             return path.read_text()
 
     def need(self, case: Case) -> Need:
+        """What the task running the case asks for, as its backend class declares (never instantiated here)."""
         try:
-            device = self.planner.backends.get(case.backend).device
+            resources = self.planner.backends.get(case.backend).ray_resources
         except Exception:  # a backend class that cannot load here runs as CPU work (its record says why)
-            device = "cpu"
-        return need_of(device, self.options.threads or 1)
+            resources = {}
+        return need_of(resources, self.options.threads or 1)
 
     def driver_record(self, case: Case, status: str, reason: str, node: Mapping[str, Any]) -> Record:
         """A record for a case whose task did not report it, made here: the environment names the Ray node

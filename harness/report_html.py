@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from harness.paper_table import ERROR_MARK, FAIL_MARK, PASS_MARK, PaperTable, build_tables
 from harness.report_rows import Row, against_caption, judged_against, layerwise_section, table
 from harness.results import Record
-from harness.timing_view import EAGER_REFERENCES, ORACLES
+from harness.timing_view import ORACLES, eager_references
 
 FILTERS = ("workload", "backend", "dtype", "verdict")
 EMPTY = ("-", "")
@@ -35,11 +35,11 @@ class BackendSummary:
     compared: int  # rows in that mean
 
 
-def reference_backend(tables: list[PaperTable], baseline: str | None) -> str | None:
-    """--baseline, else the first timed of eager torch (torch-cpu, cuda) and the oracle: what speeds are
-    shown against; None when none of them was timed."""
+def reference_backend(tables: list[PaperTable], baseline: str | None, eager: list[str]) -> str | None:
+    """--baseline, else the first timed of eager torch (`eager`: timing_view.eager_references, e.g. torch-cpu,
+    cuda) and the oracle: what speeds are shown against; None when none of them was timed."""
     timed = {b for t in tables for r in t.rows for b, c in r.cells.items() if c.median is not None}
-    for name in (baseline, *dict.fromkeys(EAGER_REFERENCES.values()), *ORACLES):
+    for name in (baseline, *eager, *ORACLES):
         if name is not None and name in timed:
             return name
     return None
@@ -50,7 +50,7 @@ def summarize_backends(
 ) -> tuple[str | None, list[BackendSummary]]:
     """The reference backend and, per backend, its verdict counts and geometric-mean speedup against it."""
     tables = build_tables(records, baseline=baseline, include_simulated_speed=include_simulated_speed)
-    reference = reference_backend(tables, baseline)
+    reference = reference_backend(tables, baseline, eager_references(records))
     if reference != baseline:
         tables = build_tables(records, baseline=reference, include_simulated_speed=include_simulated_speed)
     cells: dict[str, list] = {}

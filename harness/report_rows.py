@@ -19,7 +19,14 @@ from harness.parity_llm import OpError
 from harness.port import against_label, ratio_figure
 from harness.quant_parity import FORMAT_ERROR
 from harness.results import ParityRecord, Record
-from harness.timing_view import device_class, invalid_reason, pick_reference, plural, review_notice
+from harness.timing_view import (
+    device_class,
+    eager_references,
+    invalid_reason,
+    pick_reference,
+    plural,
+    review_notice,
+)
 
 
 @dataclass(frozen=True)
@@ -152,7 +159,7 @@ def summarize(
                 timing_invalid=_invalid_text(invalid, sum(r.timing is not None for r in recs)),
             )
         )
-    return _mark_implausible(rows, baseline)
+    return _mark_implausible(rows, baseline, eager_references(r for recs in groups.values() for r in recs))
 
 
 def _invalid_text(reasons: list[str], timed: int) -> str:
@@ -166,7 +173,7 @@ def _case_of(row: Row) -> tuple[str, str, str, str]:
     return (row.workload, row.preset, row.shape, row.dtype)
 
 
-def _mark_implausible(rows: list[Row], baseline: str | None) -> list[Row]:
+def _mark_implausible(rows: list[Row], baseline: str | None, eager: list[str]) -> list[Row]:
     """Rows over IMPLAUSIBLE_SPEEDUP faster than their case's reference on the same device class, marked."""
     timed: dict[tuple[str, ...], dict[str, Row]] = {}
     for row in rows:
@@ -175,7 +182,7 @@ def _mark_implausible(rows: list[Row], baseline: str | None) -> list[Row]:
     out = []
     for row in rows:
         peers = timed.get(_case_of(row), {})
-        ref = pick_reference({b: r.device_class for b, r in peers.items()}, row.device_class, baseline)
+        ref = pick_reference({b: r.device_class for b, r in peers.items()}, row.device_class, baseline, eager)
         ref_us = peers[ref].median_us if ref is not None else None
         if ref is not None and ref != row.backend and ref_us and row.median_us:
             out.append(replace(row, review=review_notice(ref_us / row.median_us, ref)))

@@ -12,12 +12,11 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Mapping
 
+from harness.record_traits import backend_device, is_eager_reference
 from harness.results import Record, TimingRecord
 
 IMPLAUSIBLE_SPEEDUP = 10.0
 ORACLES = ("cpu-reference",)  # the float64 oracles: timed only with --time-oracles
-EAGER_REFERENCES = {"cpu": "torch-cpu", "cuda": "cuda"}  # eager torch on each device class
-DEVICE_WORDS = (("npu", ("npu", "ascend", "cann")), ("cuda", ("cuda",)))  # when the record names no device
 
 
 def timings(record: Record) -> list[TimingRecord]:
@@ -53,27 +52,26 @@ def plural(n: int, noun: str) -> str:
 
 
 def device_class(record: Record) -> str:
-    """cpu, cuda or npu: the backend's device as its environment records it; for records that do not say,
-    cpu where the timer measured host CPU time (only host-CPU backends do), else the backend's name or timing
-    method; "unknown" when nothing tells (such a record is compared with no reference)."""
-    env = (record.environment or {}).get("backend")
-    if isinstance(env, Mapping) and isinstance(env.get("device"), str) and env["device"]:
-        return str(env["device"])
-    timing = record.timing
-    if timing is not None and timing.cpu_ns is not None:
-        return "cpu"
-    text = f"{record.case.backend} {'' if timing is None else timing.method}".lower()
-    for name, words in DEVICE_WORDS:
-        if any(w in text for w in words):
-            return name
-    return "cpu" if "cpu" in text else "unknown"
+    """cpu, cuda, npu...: the device class of the record's backend (harness/record_traits.py: as the record
+    declares it; older records by their timing); "unknown" when nothing tells (then compared with no reference)."""
+    return backend_device(record)
 
 
-def pick_reference(timed: Mapping[str, str], device: str, baseline: str | None = None) -> str | None:
+def eager_references(records: Iterable[Record]) -> list[str]:
+    """The backends whose records say they are eager torch on their device (torch-cpu, cuda), in a fixed order:
+    by device class, then name."""
+    found = {(device_class(r), r.case.backend) for r in records if is_eager_reference(r)}
+    return list(dict.fromkeys(name for _, name in sorted(found)))
+
+
+def pick_reference(
+    timed: Mapping[str, str], device: str, baseline: str | None = None, eager: Iterable[str] = ()
+) -> str | None:
     """The backend a case's speed on `device` is judged plausible against, from those validly timed on the
-    case (backend -> device class): the --baseline backend, else eager torch of that device class (torch-cpu,
-    cuda), else the oracle (cpu-reference, when timed with --time-oracles); only one of the same class."""
-    for name in (baseline, EAGER_REFERENCES.get(device), *ORACLES):
+    case (backend -> device class): the --baseline backend, else a backend of `eager` (eager_references: eager
+    torch of that device class), else the oracle (cpu-reference, when timed with --time-oracles); only one of
+    the same class."""
+    for name in (baseline, *eager, *ORACLES):
         if name is not None and timed.get(name) == device and device != "unknown":
             return name
     return None

@@ -60,11 +60,19 @@ class KillingOnce(TorchCpu):
             os.kill(os.getpid(), signal.SIGKILL)
         return super().attention(q, k, v, **kw)
 
+
 class Dying(TorchCpu):
     name: ClassVar[str] = "dying-cpu"
 
     def attention(self, q, k, v, **kw):
         os.kill(os.getpid(), signal.SIGKILL)  # every case: dies just after the case before it yielded its record
+
+
+class TpuX(TorchCpu):  # a device the core has never heard of, on nodes started with --resources '{"TPU_X": 4}'
+    name: ClassVar[str] = "tpu-x"
+    device: ClassVar[str] = "tpu"
+    ray_resources: ClassVar[dict] = {"resources": {"TPU_X": 1}}
+
 
 class Slow(TorchCpu):
     name: ClassVar[str] = "slow-cpu"
@@ -175,6 +183,19 @@ def test_a_killed_driver_resumes_without_duplicates(ray_cluster: str, tmp_path: 
     keys = [r.case.key for r in read_records(out)]
     assert len(keys) == len(set(keys)) > len(written)  # nothing twice, the rest added
     assert keys[: len(written)] == written  # what the killed driver wrote is kept as it was
+
+
+def test_a_resource_no_node_has_is_a_skip_naming_it(ray_cluster: str, tmp_path: Path, plugin: str) -> None:
+    out = tmp_path / "r.jsonl"
+    flags = {**TINY, "workloads": ("attention.prefill",)}
+    code = _run(out, backends=("tpu-x,torch-cpu",), executor="ray", plugins=(plugin,), **flags)
+    records = read_records(out)
+    assert {r.case.backend: r.status for r in records} == {"tpu-x": "skipped", "torch-cpu": "passed"}
+    for r in records:
+        if r.case.backend == "tpu-x":  # the 2-CPU cluster has no TPU_X: said, with how nodes declare it
+            assert "tpu-x: no node of the Ray cluster has the TPU_X resource" in r.reason, r.reason
+            assert """ray start --resources '{"TPU_X": N}'""" in r.reason
+    assert len(records) == 4 and code == 0
 
 
 def test_ray_options_without_executor_ray_exit_2(harness_cli) -> None:

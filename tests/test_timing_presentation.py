@@ -27,6 +27,7 @@ def record(
     device: str = "cpu",
     seed: int = 0,
     simulated: bool = False,
+    eager: bool | None = None,
 ) -> dict[str, Any]:
     """A timed results line as `harness run` writes it (the fields readers use), valid unless `why` is given."""
     samples = [median_ns * f for f in (0.98, 0.99, 1.0, 1.0, 1.01, 1.02, 0.995, 1.005)]
@@ -58,7 +59,7 @@ def record(
         "shape_dims": {"skv": 256},
         "simulated": simulated,
         "timing": timing,
-        "environment": {"backend": {"device": device}},
+        "environment": {"backend": {"device": device} | ({} if eager is None else {"eager_reference": eager})},
     }
 
 
@@ -153,6 +154,38 @@ def test_the_oracle_is_the_reference_when_no_eager_backend_was_timed(tmp_path: P
     md = render(write(tmp_path / "r.jsonl", lines), "md")
     assert "20x faster than cpu-reference on the same device class" in md
     assert md.count("check the timing") == 1
+
+
+def test_the_reference_is_the_backend_whose_records_declare_it_eager_torch_whatever_its_name(tmp_path: Path) -> None:
+    lines = [
+        record("my-npu-eager", 1e6, device="npu", eager=True),
+        record("npu-kernel", 5e4, device="npu", eager=False),
+        record("torch-cpu", 1e6, eager=False),  # its record says it is not: the name alone makes no reference
+        record("too-fast", 5e4, eager=False),
+    ]
+    records = write(tmp_path / "r.jsonl", lines)
+    md = render(records, "md")
+    row = {b: next(line for line in md.splitlines() if f"| {b} |" in line) for b in ("npu-kernel", "too-fast")}
+    assert "20x faster than my-npu-eager on the same device class (over 10x): check the timing" in row["npu-kernel"]
+    assert "check the timing" not in row["too-fast"] and md.count("check the timing") == 1
+    assert "npu-kernel: 20x faster than my-npu-eager" in render(records, "latex")  # the paper table
+    assert "speedup vs my-npu-eager" in render(records, "html")
+
+
+def test_the_html_summary_holds_speeds_against_eager_torch_of_the_cpu_before_that_of_cuda(tmp_path: Path) -> None:
+    for eager in (None, True):  # older records (by name) and declaring ones alike; cuda written first
+        lines = [record("cuda", 5e5, device="cuda", eager=eager), record("torch-cpu", 1e6, eager=eager)]
+        assert "speedup vs torch-cpu" in render(write(tmp_path / f"r{eager}.jsonl", lines), "html")
+
+
+def test_records_from_before_the_declaration_keep_their_reference_by_backend_name() -> None:
+    from harness.timing_view import device_class, eager_references
+
+    root = Path(__file__).resolve().parents[1] / "results" / "cuda"
+    ci, paper = read_records(root / "ci.jsonl"), read_records(root / "paper.jsonl")  # schema 1, no such fields
+    assert eager_references(ci) == eager_references(paper) == ["cuda"]
+    classes = {r.case.backend: device_class(r) for r in ci if r.timing is not None}
+    assert classes == {"cpu-reference": "cpu", "cuda": "cuda", "cuda-flash": "cuda"}
 
 
 def test_compare_lists_an_invalid_timing_as_not_comparable_and_marks_a_10x_speedup(tmp_path: Path) -> None:

@@ -75,6 +75,7 @@ class Ascend(AscendQuantOps, TorchBackend):
 
     name: ClassVar[str] = "ascend"
     device: ClassVar[str] = "npu"
+    ray_resources: ClassVar[dict[str, Any]] = {"resources": {"NPU": 1}}  # `ray start --resources '{"NPU": 8}'`
     dtypes: ClassVar[frozenset[str]] = frozenset({"float32", "bfloat16", "float16", "w8a8"})  # fp8: quant.py
     description: ClassVar[str] = "Huawei Ascend NPU through torch_npu's fused kernels (FIA, grouped matmul MoE)"
     collective_backend: ClassVar[str] = "hccl"
@@ -472,6 +473,7 @@ class AscendSim(Ascend):
 
     name: ClassVar[str] = "ascend-sim"
     device: ClassVar[str] = "cpu"
+    ray_resources: ClassVar[dict[str, Any]] = {}  # CPU work
     simulated: ClassVar[bool] = True
     description: ClassVar[str] = "the ascend adapter over a CPU simulator of torch_npu (parity only)"
     collective_backend: ClassVar[str] = "gloo"  # the simulator's collectives run on the CPU

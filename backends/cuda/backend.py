@@ -70,6 +70,8 @@ def _tf32_matmuls(allowed: bool) -> Iterator[None]:
 class Cuda(TorchBackend):
     name: ClassVar[str] = "cuda"
     device: ClassVar[str] = "cuda"
+    ray_resources: ClassVar[dict[str, Any]] = {"num_gpus": 1}
+    eager_reference: ClassVar[bool] = True  # SDPA as torch picks it: the cuda-* variants pin one kernel
     dtypes: ClassVar[frozenset[str]] = frozenset({"float32", "bfloat16", "float16", *QUANT_FORMATS})
     description: ClassVar[str] = "torch on an NVIDIA GPU: per-shape fastest SDPA kernel, grouped-GEMM MoE, graphs"
     kernels: ClassVar[tuple[str, ...]] = AUTO_KERNELS
@@ -275,21 +277,25 @@ class CudaCudnn(Cuda):
     name: ClassVar[str] = "cuda-cudnn"
     description: ClassVar[str] = "cuda with attention pinned to SDPA's cuDNN kernel"
     kernels: ClassVar[tuple[str, ...]] = ("cudnn",)
+    eager_reference: ClassVar[bool] = False
 
 
 class CudaFlash(Cuda):
     name: ClassVar[str] = "cuda-flash"
     description: ClassVar[str] = "cuda with attention pinned to SDPA's flash kernel (FA2)"
     kernels: ClassVar[tuple[str, ...]] = ("flash",)
+    eager_reference: ClassVar[bool] = False
 
 
 class CudaEfficient(Cuda):
     name: ClassVar[str] = "cuda-efficient"
     description: ClassVar[str] = "cuda with attention pinned to SDPA's memory-efficient kernel (GQA: repeated kv)"
     kernels: ClassVar[tuple[str, ...]] = ("efficient",)
+    eager_reference: ClassVar[bool] = False
 
 
 class CudaMath(Cuda):
     name: ClassVar[str] = "cuda-math"
     description: ClassVar[str] = "cuda with attention pinned to SDPA's math fallback (the unfused baseline)"
     kernels: ClassVar[tuple[str, ...]] = ("math",)
+    eager_reference: ClassVar[bool] = False

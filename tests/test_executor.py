@@ -157,7 +157,11 @@ def test_a_group_no_backend_can_run_makes_no_inputs(harness_cli, monkeypatch) ->
         raise AssertionError("inputs were made for a group that no backend can run")
 
     monkeypatch.setattr(AttentionWorkload, "make_inputs", no_inputs)
-    run = harness_cli("run", "-w", "attention.prefill", "--preset", "tiny", "-b", "cuda", "--parity-only")
-    assert run.exit_code == 0, run.output
+    unavailable = str(Path(__file__).parent / "plugins" / "unavailable.py")  # as cuda on a CPU machine
+    run = harness_cli(
+        "run", "-w", "attention.prefill", "--preset", "tiny", "-b", "needs-missing-sdk", "--plugin", unavailable,
+        "--parity-only",
+    )  # fmt: skip
+    assert run.exit_code == 3, run.output  # every case skipped: the run tested nothing
     assert run.records and {r["status"] for r in run.records} == {"skipped"}
-    assert all("backend cuda unavailable" in r["reason"] for r in run.records)
+    assert all("backend needs-missing-sdk unavailable" in r["reason"] for r in run.records)

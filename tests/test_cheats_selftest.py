@@ -201,3 +201,24 @@ def test_the_cuda_timer_leaves_the_verdict_in_its_notes_for_the_timing_section()
     for _ in range(20):
         timer._judge_streams(1e6, 8e6, calls=20)
     assert timer.notes["invalid_reason"].startswith("work outside the timed stream")
+
+
+def test_a_planted_cheats_expected_warnings_are_quiet_and_an_honest_backends_are_not(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """selftest's line for a cheat already says its timing was flagged: the runner's warning for it is noise, but
+    an honest backend's invalid timing is news and must still be logged."""
+    import logging
+
+    log = logging.getLogger("harness.case_timing")
+    cheat = Check("memo", "cheat-pointer-memo", "timing_invalid", ("attention.*",), reasons=("differs",))
+    honest = Check("honest", "torch-cpu", "passes", ("attention.*",), timed=True)
+    with caplog.at_level(logging.WARNING):
+        with selftest._expected_warnings(cheat):
+            log.warning("timing invalid: the cheat")
+        with selftest._expected_warnings(honest):
+            log.warning("timing invalid: the honest one")
+        log.warning("timing invalid: after the cheat's check")
+    messages = [r.getMessage() for r in caplog.records]
+    assert "timing invalid: the cheat" not in messages
+    assert "timing invalid: the honest one" in messages and "timing invalid: after the cheat's check" in messages

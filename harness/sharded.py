@@ -103,7 +103,12 @@ def _run_rank(request: RunRequest, err: Console, info: RankInfo, coordinator: Co
     mine = [c for c in share.cases if c.key not in done]
     if resumed:
         err.print(f"resuming {out_path}: {len(previous)} cases already recorded, {len(cases) - len(previous)} to run")
-    err.print(f"{info.world_size} ranks: rank 0 runs {len(mine)} cases, the others theirs in {out_path}.rank-K.part")
+    together = sum(1 for c in mine if workloads.get(c.workload).collective)
+    shared = f" ({together} of them collective: every rank runs them, rank 0 records them)" if together else ""
+    err.print(
+        f"{info.world_size} ranks: rank 0 runs {len(mine)} cases{shared}; the others record theirs in "
+        f"{out_path}.rank-K.part"
+    )
     coordinator.barrier()  # every rank has read OUT and the leftover parts before any rank appends to its own
     started = time.perf_counter()
     code, message, count = 0, "", 0

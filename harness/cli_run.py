@@ -25,7 +25,13 @@ from harness.suites import BUILTIN_SUITES
     multiple=True,
     help="Workload name or glob ('attention.*'); repeat or comma-separate.",
 )
-@click.option("-b", "--backend", "backends", multiple=True, help="Backend names, or 'all'; repeat or comma-separate.")
+@click.option(
+    "-b",
+    "--backend",
+    "backends",
+    multiple=True,
+    help="Backend names, 'all', or 'devices' (every backend on an accelerator); repeat or comma-separate.",
+)
 @click.option("--dtype", "dtypes", multiple=True, help=f"Case dtypes: {', '.join(DTYPE_NAMES)}.")
 @click.option("--preset", "presets", multiple=True, help="Shape presets: tiny, small, real.")
 @click.option(

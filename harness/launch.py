@@ -286,7 +286,8 @@ def outcome(
     tested_nothing = bool(everything) and all(r.status == "skipped" for r in everything)
     if exit_code == 0 and tested_nothing:
         exit_code = 3  # `-b cuda` on a CPU machine: every case skipped, and a run that tested nothing never passes
-    note = f"nothing was tested: all {len(everything)} cases were skipped (exit 3)\n" if tested_nothing else ""
+    hint = "  choose backends that run here with -b (harness list says which)\n" if facts.unavailable else ""
+    note = f"nothing was tested: all {len(everything)} cases were skipped (exit 3)\n{hint}" if tested_nothing else ""
     if request.summary_format == "json":
         return RunOutcome(exit_code, summary_mod.RunSummary(tuple(everything), facts, exit_code).to_json())
     if not request.summary:

@@ -97,6 +97,7 @@ BUILTIN_SUITES: dict[str, Suite] = {
             shapes=("llama3-8b", "qwen3-moe", "mixtral", *PAPER_MLA_SHAPES, *PAPER_QUANT_SHAPES),
             dtypes=("bfloat16", "w8a8", "fp8"),
             inputs=("normal",),
+            backends=("devices",),  # real shapes: on the accelerators here; -b to choose (CPU backends: hours)
             timing=TimingConfig(budget_s=1.0, warmup_s=0.2, min_samples=10),
         ),
         Suite(

@@ -222,3 +222,35 @@ def test_a_run_whose_every_case_skipped_tested_nothing_and_exits_3(harness_cli) 
     some = harness_cli(*args, "-b", "needs-missing-sdk,cpu-reference", "--plugin", plugin("unavailable"))
     assert some.exit_code == 0, some.output
     assert "nothing was tested" not in some.output
+
+
+def test_the_paper_suite_runs_on_the_accelerator_backends_unless_told_otherwise() -> None:
+    """`devices` = every registered backend whose device is not the host CPU (a plugin's `tpu` too): the paper
+    suite's real shapes never land on the CPU backends (hours) by default; elsewhere `devices` names them."""
+    from harness.backend import default_registry
+    from harness.backends.torch_cpu import TorchCpu
+    from harness.planning import Planner, expand_devices
+    from harness.workload import WorkloadRegistry
+
+    class Tpu(TorchCpu):
+        name = "tpu-test"
+        device = "tpu"
+
+    registry = default_registry()
+    registry.register(Tpu, "test")
+    devices = expand_devices(registry, ["devices"])
+    assert "tpu-test" in devices and "cuda" in devices and "ascend" in devices
+    assert not {"torch-cpu", "cpu-reference", "ascend-sim", "ort-cpu"} & set(devices)
+    assert expand_devices(registry, ["torch-cpu", "devices"])[0] == "torch-cpu"
+    cases = Planner(registry, WorkloadRegistry.discover()).plan(BUILTIN_SUITES["paper"])
+    assert cases and {c.backend for c in cases} <= set(devices)
+
+
+def test_a_paper_run_on_a_machine_without_an_accelerator_says_to_choose_backends(harness_cli) -> None:
+    """Here every `devices` backend is unavailable (a plugin's whose SDK is missing stands for them on a GPU box)."""
+    run = harness_cli(
+        "run", "-w", "attention.decode", "--preset", "tiny", "-b", "needs-missing-sdk", "--plugin",
+        plugin("unavailable"), "--parity-only",
+    )  # fmt: skip
+    assert run.exit_code == 3
+    assert "choose backends that run here with -b" in run.output

@@ -65,7 +65,8 @@ def _options_data(options: RunOptions) -> dict[str, Any]:
     """RunOptions as JSON values (paths as strings, mappings as objects; --backend-option values included)."""
     data = {f.name: getattr(options, f.name) for f in fields(options)}
     data["timing"] = asdict(options.timing)
-    data["budget_overrides"] = None if options.budget_overrides is None else dict(options.budget_overrides)
+    for name in ("budget_overrides", "format_budget_overrides"):
+        data[name] = None if getattr(options, name) is None else dict(getattr(options, name))
     data["backend_options"] = {name: dict(opts) for name, opts in options.backend_options.items()}
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in data.items()}
 

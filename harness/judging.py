@@ -82,8 +82,7 @@ class Judge:
             failures, checks = parity.checks_against(failures, checks, baseline.checks, name, ratio)
             if baseline.checks:
                 details["baseline_checks"] = {c.metric: c.value for c in baseline.checks}
-        if self.options.budget_overrides:  # a quantized case's format error counts only against budgets set by hand
-            failures += quant_parity.format_failures(details, budget)
+        failures += self.format_failures(case, group, details, budget)
         failures += quant_parity.not_quantized(details, evaluation.metrics)  # a kernel that skipped the format
         verdict = parity.merge(primary.mode, primary, extra=failures, checks=checks)
         section = ParityRecord(
@@ -95,6 +94,16 @@ class Judge:
             details=details,
         )
         return Judgement(section, evaluation.outputs)
+
+    def format_failures(
+        self, case: Case, group: CaseInputs, details: dict[str, Any], budget: parity.Budget
+    ) -> tuple[parity.Failure, ...]:
+        """A quantized case's format error counts only against budgets set by hand: `--budget
+        format_error.FIELD=` alone where given (on the case's budget), else the case's own `--budget`."""
+        own, fmt = self.options.budget_overrides, self.options.format_budget_overrides
+        if fmt:
+            budget = group.workload.budget(case.dtype, group.shape, {**(own or {}), **fmt})
+        return quant_parity.format_failures(details, budget) if own or fmt else ()
 
     def baseline(self, case: Case, group: CaseInputs) -> Against | Skip | None:
         """The --against baseline for this group (found once), a Skip, or None (no --against)."""

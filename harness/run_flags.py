@@ -14,6 +14,8 @@ from harness.names import DEFAULT_AGAINST_RATIO, did_you_mean, split_values
 from harness.run_options import RayConfig, RunOptions
 from harness.suites import Suite, SuiteError, check_values, parse_threads, resolve_suite, resolve_threads
 
+FORMAT_PREFIX = "format_error."  # --budget format_error.rel_l2=0.05: the format error's own budget
+
 # Suite list fields and the flags that override them (`--distribution` overrides the suite's `inputs`).
 SUITE_LISTS = {
     "workloads": "workloads",
@@ -83,6 +85,7 @@ class RunFlags:
             against=self.against,
             against_ratio=self.checked_against_ratio(),
             budget_overrides=self.budget_overrides(),
+            format_budget_overrides=self.budget_overrides(FORMAT_PREFIX) or None,
             layerwise=self.layerwise,
             invariance=self.invariance or self.require_invariance,
             require_invariance=self.require_invariance,
@@ -167,24 +170,31 @@ class RunFlags:
         settings += [OptionSetting.parse(item) for item in self.backend_options]  # not split: a value may hold a comma
         return resolve(registry, selected, settings)
 
-    def budget_overrides(self) -> dict[str, float]:
-        """--budget FIELD=VALUE items as Budget field -> value."""
+    def budget_overrides(self, prefix: str = "") -> dict[str, float]:
+        """--budget FIELD=VALUE items as Budget field -> value: the case's budget (no prefix), or with
+        FORMAT_PREFIX the budget a quantized case's format error alone is judged against."""
         from harness.parity import Budget
 
         names = {f.name for f in fields(Budget)}
+        keys = sorted(names) + [f"{FORMAT_PREFIX}{n}" for n in sorted(names)]
         overrides = {}
         for item in split_values(self.budgets):
             key, sep, value = item.partition("=")
-            if not sep or key not in names:
+            if not sep or key not in keys:
                 allowed = ", ".join(sorted(names))
-                hint = did_you_mean(key, sorted(names)) if sep else ""
-                raise SuiteError(f"--budget {item!r}: expected FIELD=VALUE with FIELD one of: {allowed}{hint}")
+                hint = did_you_mean(key, keys) if sep else ""
+                raise SuiteError(
+                    f"--budget {item!r}: expected FIELD=VALUE with FIELD one of: {allowed} (or "
+                    f"{FORMAT_PREFIX}FIELD: the quantized formats' own error alone){hint}"
+                )
             try:
-                overrides[key] = float(value)
+                number = float(value)
             except ValueError:
                 raise SuiteError(f"--budget {item!r}: {value!r} is not a number") from None
-            if not (math.isfinite(overrides[key]) and overrides[key] >= 0):
+            if not (math.isfinite(number) and number >= 0):
                 raise SuiteError(f"--budget {item!r}: expected a finite number >= 0")
+            if key.startswith(FORMAT_PREFIX) == bool(prefix):
+                overrides[key.removeprefix(prefix)] = number
         return overrides
 
     def check_isolation(self) -> None:

@@ -22,6 +22,9 @@ class RunOptions:
     against: str | None = None  # a backend name, or a directory written by --save-outputs
     against_ratio: float = parity.DEFAULT_RATIO  # --against: allowed multiple of the baseline's error
     budget_overrides: Mapping[str, float] | None = None
+    # --budget format_error.FIELD=...: a quantized case's format error judged against these alone (on the case's
+    # budget with budget_overrides); without them, budget_overrides judge it too
+    format_budget_overrides: Mapping[str, float] | None = None
     layerwise: bool = False  # workloads that can: per-layer localization (propagated and teacher-forced)
     model_path: str | None = None  # --model: a user's checkpoint directory instead of seeded weights
     invariance: bool = False  # also run each part of a case alone (Workload.invariance_parts) and compare

@@ -86,6 +86,24 @@ def test_format_error_is_judged_only_with_budget():
     assert rc == 1 and all("format_error.rel_l2" in r["parity"]["verdict"]["reason"] for r in records)
 
 
+def test_a_format_error_budget_judges_the_format_alone_and_leaves_the_kernel_budget_as_it_was():
+    """`--budget format_error.rel_l2=X`: the format's own error against X; the kernel error keeps its default
+    budget (a plain `--budget rel_l2=` would loosen or tighten both)."""
+    args = ("-w", "linear.projection", "--dtype", "w8a8", "--distribution", "normal")
+    rc, tight = _cli(*args, "--budget", "format_error.rel_l2=0.001", backend="torch-cpu")
+    assert rc == 1 and tight
+    for r in tight:
+        reasons = r["parity"]["verdict"]["reason"].split("; ")
+        assert reasons and all(x.startswith("format_error.") for x in reasons), reasons  # the kernel passes
+        assert r["parity"]["budget"]["rel_l2"] > 0.001  # the record's (kernel) budget is the default
+    rc, loose = _cli(*args, "--budget", "format_error.rel_l2=0.5", backend="torch-cpu")
+    assert rc == 0 and all(r["status"] == "passed" for r in loose)
+    rc, kernel = _cli(*args, "--budget", "rel_l2=0.0001", backend="torch-cpu")
+    assert rc == 1 and all(  # the kernel's own rel_l2 fails (the format's too: plain keys judge both)
+        any(x.startswith("rel_l2") for x in r["parity"]["verdict"]["reason"].split("; ")) for r in kernel
+    )
+
+
 def test_quantized_dtype_not_declared_is_a_skip():
     _, records = _cli("-w", "linear.projection", "--dtype", "fp8-block", backend="ascend-sim")
     assert records and all(r["status"] == "skipped" and "fp8-block" in r["reason"] for r in records)

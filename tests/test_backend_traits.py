@@ -33,5 +33,26 @@ def test_every_record_carries_its_backends_declared_device_and_eager_reference(t
 
 
 def test_the_shipped_eager_references_are_one_per_device_class(registry: BackendRegistry) -> None:
-    eager = {name: registry.get(name).device for name in registry.names() if registry.get(name).eager_reference}
+    eager = {name: registry.get(name).device for name in registry.names() if registry.get(name).is_eager_reference()}
     assert eager == {"torch-cpu": "cpu", "cuda": "cuda"}  # the cuda-* variants pin one kernel: not eager torch
+
+
+def test_a_subclass_of_eager_torch_is_held_against_it_not_a_reference_of_itself(tmp_path: Path) -> None:
+    """A plugin subclassing TorchCpu (a faster kernel, or a cheat) inherits the class attribute, but not the
+    declaration: were it an eager reference, a name sorting before torch-cpu would be its own reference and a
+    20x "speedup" would go unflagged."""
+    from harness.backends.torch_cpu import TorchCpu
+    from tests.conftest import FAULTS
+
+    class Faster(TorchCpu):
+        name = "a-faster-cpu"
+
+    assert TorchCpu.is_eager_reference() and not Faster.is_eager_reference()
+    assert Faster.declared()["eager_reference"] is False
+    out = tmp_path / "r.jsonl"
+    flags = {"workloads": ("attention.decode",), "presets": ("tiny",), "shapes": ("gqa",), "dtypes": ("float32",)}
+    request = RunFlags(
+        out=out, backends=("torch-cpu,blockwise-online",), plugins=(FAULTS,), parity_only=True, **flags
+    ).request()
+    assert launch(request, Console(stderr=True, quiet=True)).exit_code == 0
+    assert eager_references(read_records(out)) == ["torch-cpu"]  # "blockwise-online" sorts first: not a reference

@@ -277,25 +277,21 @@ class CudaCudnn(Cuda):
     name: ClassVar[str] = "cuda-cudnn"
     description: ClassVar[str] = "cuda with attention pinned to SDPA's cuDNN kernel"
     kernels: ClassVar[tuple[str, ...]] = ("cudnn",)
-    eager_reference: ClassVar[bool] = False
 
 
 class CudaFlash(Cuda):
     name: ClassVar[str] = "cuda-flash"
     description: ClassVar[str] = "cuda with attention pinned to SDPA's flash kernel (FA2)"
     kernels: ClassVar[tuple[str, ...]] = ("flash",)
-    eager_reference: ClassVar[bool] = False
 
 
 class CudaEfficient(Cuda):
     name: ClassVar[str] = "cuda-efficient"
     description: ClassVar[str] = "cuda with attention pinned to SDPA's memory-efficient kernel (GQA: repeated kv)"
     kernels: ClassVar[tuple[str, ...]] = ("efficient",)
-    eager_reference: ClassVar[bool] = False
 
 
 class CudaMath(Cuda):
     name: ClassVar[str] = "cuda-math"
     description: ClassVar[str] = "cuda with attention pinned to SDPA's math fallback (the unfused baseline)"
     kernels: ClassVar[tuple[str, ...]] = ("math",)
-    eager_reference: ClassVar[bool] = False

@@ -226,7 +226,9 @@ def selftest_cmd(out: Path | None, fault_modules: tuple[str, ...]) -> None:
     if quiet:
         outcomes = selftest.run_selftest(selftest.DiscardRecords(), on_check, plugins)
     else:
-        with ResultWriter(out_path) as writer:
+        with writing("--out", out_path):
+            writer = ResultWriter(out_path)
+        with writer:
             outcomes = selftest.run_selftest(writer, on_check, plugins)
         stdout_console().print(table)
     selftest.leave_ranks()
@@ -236,6 +238,9 @@ def selftest_cmd(out: Path | None, fault_modules: tuple[str, ...]) -> None:
         f", {skipped} skipped" * bool(skipped)
     )
     console.print(f"{held}; records: {out_path}")
+    if not bad and skipped == len(outcomes):  # e.g. the CUDA block on a machine whose cuda is not available
+        console.print("nothing was checked: every check skipped (exit 3)")
+        sys.exit(3)
     sys.exit(1 if bad else 0)
 
 

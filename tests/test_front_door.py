@@ -254,3 +254,25 @@ def test_a_paper_run_on_a_machine_without_an_accelerator_says_to_choose_backends
     )  # fmt: skip
     assert run.exit_code == 3
     assert "choose backends that run here with -b" in run.output
+
+
+def test_a_selftest_whose_every_check_skipped_checked_nothing_and_exits_3(harness_cli, tmp_path: Path) -> None:
+    """The CUDA block on a machine whose cuda is not available (here: checks that need two ranks, run alone)."""
+    (tmp_path / "my_backends.py").write_text(
+        "from typing import ClassVar\nfrom harness.backends.cpu_reference import CpuReference\n"
+        "class MyRef(CpuReference):\n    name: ClassVar[str] = 'my-ref'\n"
+    )
+    (tmp_path / "my_checks.py").write_text(
+        "from harness.selftest import Check\n"
+        f"BACKENDS = {str(tmp_path / 'my_backends.py')!r}\n"
+        "CHECKS = (\n"
+        "    Check('a two-rank claim', 'my-ref', 'passes', ('attention.decode',), ('float32',),"
+        " shapes=('gqa',), inputs=('normal',), min_world=2),\n"
+        ")\n"
+    )
+    run = harness_cli("selftest", "--faults", str(tmp_path / "my_checks.py"), "--out", str(tmp_path / "s.jsonl"))
+    assert run.exit_code == 3, run.output
+    assert "nothing was checked: every check skipped" in run.output
+    (tmp_path / "afile").write_text("")
+    unwritable = harness_cli("selftest", "--faults", str(tmp_path / "my_checks.py"), "--out", str(tmp_path / "afile/s"))
+    assert unwritable.exit_code == 2 and "--out" in unwritable.output and "cannot write there" in unwritable.output

@@ -288,8 +288,16 @@ def outcome(
         exit_code = 3  # `-b cuda` on a CPU machine: every case skipped, and a run that tested nothing never passes
     hint = "  choose backends that run here with -b (harness list says which)\n" if facts.unavailable else ""
     note = f"nothing was tested: all {len(everything)} cases were skipped (exit 3)\n{hint}" if tested_nothing else ""
+    unsaved = sum(v.not_saved for v in verdicts)
+    if unsaved and not tested_nothing:  # PORT OK over the few cases saved must not read as the port being OK
+        exit_code = exit_code or 3
+        note += (
+            f"{unsaved} planned cases are not in the saved run (exit {exit_code})\n"
+            "  select what the source saved, or save those cases there too\n"
+        )
     if request.summary_format == "json":
-        return RunOutcome(exit_code, summary_mod.RunSummary(tuple(everything), facts, exit_code).to_json())
+        notes = tuple(" ".join(line.split()) for line in note.replace("\n  ", " ").splitlines())
+        return RunOutcome(exit_code, summary_mod.RunSummary(tuple(everything), facts, exit_code, notes).to_json())
     if not request.summary:
         return RunOutcome(exit_code, summary_mod.brief(everything, facts) + note)
     width = shutil.get_terminal_size((80, 24)).columns  # COLUMNS when set; 80 when not a terminal

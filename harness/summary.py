@@ -282,6 +282,7 @@ class RunSummary:
     records: tuple[Record, ...]
     facts: RunFacts
     exit_code: int
+    notes: tuple[str, ...] = ()  # why the exit code is what it is beyond the records (nothing tested, unsaved)
 
     def backend(self, name: str, records: list[Record], port: PortVerdict | None) -> dict[str, Any]:
         counts = Counter(r.status for r in records)
@@ -325,6 +326,7 @@ class RunSummary:
                 "suite": facts.suite,
                 "results": facts.out_path,
                 "exit_code": self.exit_code,
+                "notes": list(self.notes),
                 "seconds": round(facts.seconds, 3),
                 "cases": len(self.records),
                 "counts": dict(Counter(r.status for r in self.records)),

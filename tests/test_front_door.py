@@ -219,6 +219,10 @@ def test_a_run_whose_every_case_skipped_tested_nothing_and_exits_3(harness_cli) 
     assert nothing.exit_code == 3, nothing.output
     assert {r["status"] for r in nothing.records} == {"skipped"}
     assert "nothing was tested: all" in nothing.output
+    as_json = harness_cli(*args, "-b", "needs-missing-sdk", "--plugin", plugin("unavailable"), "--summary-format",
+                          "json")  # fmt: skip
+    data = __import__("json").loads(as_json.result.stdout)
+    assert as_json.exit_code == data["exit_code"] == 3 and data["notes"][0].startswith("nothing was tested")
     some = harness_cli(*args, "-b", "needs-missing-sdk,cpu-reference", "--plugin", plugin("unavailable"))
     assert some.exit_code == 0, some.output
     assert "nothing was tested" not in some.output

@@ -1,9 +1,10 @@
-"""Workloads and cases: what runs, with which shapes, dtypes and inputs.
+"""Workloads: what runs, with which shapes, dtypes and inputs, and how its outputs are judged.
 
 A workload names one op of the kernel contract and a set of shape presets (`tiny` for CI, `small` for CPU
 benchmarking, `real` for GPUs and NPUs); each preset holds one or more named shapes (a GQA and an MQA variant,
 say). It generates seeded inputs on the host, already rounded to the case dtype, so the float64 reference sees
-exactly what the backend saw. A case is one point of workload x preset x shape x dtype x inputs x seed x backend.
+exactly what the backend saw. `Case` and the input helpers are harness/case.py, `Evaluation` and the values a
+workload hands the executor harness/evaluation.py; both are re-exported here, the import path workloads use.
 """
 
 from __future__ import annotations
@@ -12,108 +13,38 @@ import abc
 import fnmatch
 import logging
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from harness import ops, parity, quant_parity
-from harness.dtypes import DTYPES, is_quantized
+from harness.case import (  # noqa: F401 - re-exported: workloads import these from harness.workload
+    USER_SHAPE,
+    Case,
+    WorkloadError,
+    WorkloadUnavailableError,
+    generator,
+    map_tensors,
+    random_tensor,
+)
+from harness.dtypes import is_quantized
+from harness.evaluation import (  # noqa: F401 - re-exported: workloads import these from harness.workload
+    Call,
+    Evaluation,
+    InvariancePart,
+    Outputs,
+    TimingVariant,
+    VariantInputs,
+    evaluate_tensor,
+    structural_failures,
+    with_outputs,
+)
 from harness.lazy import torch
-from harness.names import DISTRIBUTIONS, OPS, BadInputError, did_you_mean, unknown_name
-from harness.op_types import TensorGroup
+from harness.names import DISTRIBUTIONS, OPS, did_you_mean, unknown_name
 from harness.plugins import PluginError, entry_points
 
 log = logging.getLogger(__name__)
 
 WORKLOAD_GROUP = "harness.workloads"
-USER_SHAPE = "user"  # the shape name of a case run on the user's own tensors (--inputs)
-
-
-class WorkloadError(BadInputError):
-    """An unknown workload, preset or shape, or user inputs that do not fit a workload."""
-
-
-class WorkloadUnavailableError(RuntimeError):
-    """A workload that cannot run here (a missing optional dependency): its cases are skipped with the reason."""
-
-
-@dataclass(frozen=True, order=True)
-class Case:
-    """One unit of work and of results; `key` is stable across runs and machines (resume, compare, --against)."""
-
-    workload: str
-    preset: str
-    shape: str
-    dtype: str
-    inputs: str
-    seed: int
-    backend: str
-    op: str = field(compare=False)
-
-    @property
-    def input_key(self) -> str:
-        """Everything that determines the inputs and the reference, i.e. the key without the backend."""
-        return f"{self.workload}/{self.preset}/{self.shape}/{self.dtype}/{self.inputs}/seed{self.seed}"
-
-    @property
-    def key(self) -> str:
-        return f"{self.input_key}@{self.backend}"
-
-    def to_record(self) -> dict[str, Any]:
-        return {
-            "key": self.key,
-            "workload": self.workload,
-            "op": self.op,
-            "preset": self.preset,
-            "shape": self.shape,
-            "dtype": self.dtype,
-            "inputs": self.inputs,
-            "seed": self.seed,
-            "backend": self.backend,
-        }
-
-
-def generator(seed: int, *salt: str) -> torch.Generator:
-    """A CPU generator seeded by the seed and the tensor's name, so inputs do not depend on generation order."""
-    mixed = seed * 1_000_003
-    for s in salt:
-        for ch in s:
-            mixed = (mixed * 31 + ord(ch)) % (2**61 - 1)
-    return torch.Generator().manual_seed(mixed)
-
-
-def random_tensor(
-    shape: tuple[int, ...], dtype: torch.dtype, *, seed: int, name: str, distribution: str, scale: float = 1.0
-) -> torch.Tensor:
-    """Seeded host tensor in `dtype`. `stress`: 3x wider, with 0.2% outliers at +-8 sigma (overflow bait)."""
-    if distribution not in DISTRIBUTIONS:
-        raise WorkloadError(unknown_name("input distribution", distribution, DISTRIBUTIONS))
-    gen = generator(seed, name, distribution)
-    x = torch.randn(shape, generator=gen, dtype=torch.float32) * scale
-    if distribution == "stress":
-        x = x * 3.0
-        outliers = torch.rand(shape, generator=gen) < 0.002
-        signs = torch.where(torch.rand(shape, generator=gen) < 0.5, -1.0, 1.0)
-        x = torch.where(outliers, signs * 8.0 * 3.0 * scale, x)
-    return x.to(dtype)
-
-
-def map_tensors(value: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
-    """Apply fn to every tensor in a (nested) tuple / list / dict; other values (a model) pass through."""
-    if isinstance(value, torch.Tensor):
-        return fn(value)
-    if isinstance(value, TensorGroup):  # a Routing, a SharedExpert
-        return value.map(fn)
-    if isinstance(value, (tuple, list)):
-        return type(value)(map_tensors(v, fn) for v in value)
-    if isinstance(value, dict):
-        return {k: map_tensors(v, fn) for k, v in value.items()}
-    return value
-
-
-Call = Callable[..., Any]  # call(**extra_op_kwargs) -> the backend's output(s), on the host
-# A backend's outputs by name, as a workload's judgement needs them ("out" the primary output; tensors, or
-# whatever a malformed backend returned): what --save-outputs writes and --against DIR judges again.
-Outputs = dict[str, Any]
 
 
 @dataclass
@@ -137,86 +68,6 @@ class CaseInputs:
     def reference(self) -> torch.Tensor:
         """The float64 reference of the primary output (what `--against` and saved outputs compare)."""
         return self.cached("reference", lambda: self.workload.reference_output(self.tensors, self.shape, self.context))
-
-
-@dataclass
-class Evaluation:
-    """A backend's output judged: the primary output and its metrics (None when it is malformed), failures
-    beyond the primary metrics (routing, say), and extra record sections."""
-
-    output: torch.Tensor | None
-    metrics: parity.Metrics | None
-    prefix: str = ""  # the name of the primary output in failure messages ("forced." for moe.layer)
-    failures: tuple[parity.Failure, ...] = ()
-    details: dict[str, Any] = field(default_factory=dict)
-    judge_primary: bool = True  # False: the workload judged its output itself (LLM logits), --against too
-    checks: tuple[parity.Check, ...] = ()  # the workload's own budgeted comparisons, passed or not (the closest call)
-    outputs: dict[str, torch.Tensor] = field(default_factory=dict)  # the named output tensors (--save-outputs)
-
-
-def structural_failures(out: Any, ref: torch.Tensor, dtype: str, prefix: str = "") -> tuple[parity.Failure, ...]:
-    """An output that is not a tensor of the contract's shape and the case dtype fails before any metric."""
-    if not isinstance(out, torch.Tensor):
-        return (parity.Failure(f"{prefix}output", 0.0, 0.0, detail=f"expected a tensor, got {type(out).__name__}"),)
-    problems = []
-    if tuple(out.shape) != tuple(ref.shape):
-        problems.append(f"output shape {list(out.shape)} != contract shape {list(ref.shape)}")
-    if out.dtype != DTYPES[dtype]:
-        problems.append(f"output dtype {out.dtype} != case dtype {dtype}")
-    return tuple(parity.Failure(f"{prefix}output", 0.0, 0.0, detail=p) for p in problems)
-
-
-def evaluate_tensor(out: Any, ref: torch.Tensor, dtype: str, budget: parity.Budget, prefix: str = "") -> Evaluation:
-    """The standard judgement of one output tensor against its reference."""
-    failures = structural_failures(out, ref, dtype, prefix)
-    if failures:
-        return Evaluation(out if isinstance(out, torch.Tensor) else None, None, prefix, failures)
-    return Evaluation(out, parity.compare(out, ref, budget), prefix)
-
-
-def with_outputs(evaluation: Evaluation, outputs: Mapping[str, Any]) -> Evaluation:
-    """The evaluation keeping the tensors among `outputs`, and its primary output as "out" (--save-outputs)."""
-    tensors = {n: t for n, t in outputs.items() if isinstance(t, torch.Tensor)}
-    if isinstance(evaluation.output, torch.Tensor):
-        tensors.setdefault("out", evaluation.output)
-    return replace(evaluation, outputs=tensors)
-
-
-@dataclass(frozen=True)
-class VariantInputs:
-    """One input set of a timing variant, held on the device: what its timed call reads can change from call to
-    call (an LLM's KV cache grows and is cropped back), so `tensors()` says what it reads now, and `load(host)`
-    refills the same storage (the same objects) with other host data: timing checks rotate over such sets
-    (harness/timing_checks.py), as they do over the main op's inputs."""
-
-    call: Callable[[], Any]
-    tensors: Callable[[], Mapping[str, Any]]  # name -> device tensor the call reads (checksummed across timing)
-    load: Callable[[Mapping[str, Any]], None]  # the group's host tensors (or their perturbed copies) -> same storage
-
-
-@dataclass(frozen=True)
-class TimingVariant:
-    """A second timed call of a workload (LLM decode beside prefill), with its own work counts. With `inputs`
-    (the set `fn` runs on) and `make_inputs` (a fresh set from host tensors like the group's), its timing is
-    checked as the main op's is; without them, only against the device's physical limits."""
-
-    fn: Callable[[], Any]
-    flops: float
-    bytes_moved: float
-    tokens: int | None = None
-    inputs: VariantInputs | None = None
-    make_inputs: Callable[[Mapping[str, Any]], VariantInputs] | None = None
-
-
-@dataclass(frozen=True)
-class InvariancePart:
-    """A part of a case that also runs alone (--invariance): a batch row, the first tokens, a shorter prefill
-    chunk. `index` picks the part's rows out of the whole call's primary output (tensor[index])."""
-
-    name: str
-    shape: Any
-    tensors: Mapping[str, torch.Tensor]
-    index: tuple[slice, ...]
 
 
 class Workload(abc.ABC):

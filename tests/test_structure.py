@@ -110,7 +110,7 @@ def long_files(root: Path) -> list[str]:
     return out
 
 
-RECORD_OWNERS = {"harness/results.py", "harness/record_check.py"}  # the schema, and the check of a line's types
+RECORD_OWNERS = {"harness/record_schema.py", "harness/record_check.py"}  # the schema, and the check of a line's types
 
 
 def record_digging(root: Path) -> list[str]:
@@ -135,7 +135,7 @@ def test_no_record_section_read_by_string_outside_the_schema() -> None:
 
 def test_a_record_read_by_string_is_found(tree: Path) -> None:
     (tree / "harness" / "view.py").write_text("def f(t):\n    return t.data['median_ns'], t.data.get('x')\n")
-    (tree / "harness" / "results.py").write_text("def g(t):\n    return t.data.get('x')\n")
+    (tree / "harness" / "record_schema.py").write_text("def g(t):\n    return t.data.get('x')\n")
     assert record_digging(tree) == ["harness/view.py:2", "harness/view.py:2"]
 
 

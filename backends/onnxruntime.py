@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from harness import interrupts
 from harness.backend import Availability, Backend, Support, UnsupportedCaseError
 from harness.lazy import LazyModule, torch
 from harness.names import OPS, QUANT_FORMATS
@@ -70,7 +71,8 @@ class OrtBackend(Backend):
     @classmethod
     def probe(cls) -> Availability:
         try:
-            import onnxruntime
+            with interrupts.deferred():  # a Ctrl-C inside the native module's init would abort the process
+                import onnxruntime
         except Exception as exc:
             return Availability(
                 False, f"onnxruntime not importable: {type(exc).__name__}: {exc} (pip install 'harness[onnx]')"
@@ -83,7 +85,9 @@ class OrtBackend(Backend):
         return Availability(True)
 
     def __init__(self) -> None:
-        import onnxruntime
+        with interrupts.deferred():  # onnx's pybind11 init aborts the process (SIGABRT) on a KeyboardInterrupt
+            import onnx  # noqa: F401  (first here, so the exporter's later imports find it loaded)
+            import onnxruntime
 
         self.ort = onnxruntime
         self._sessions: dict[str, Any] = {}

@@ -15,8 +15,8 @@ from typing import Any
 
 from rich.console import Console
 
+from harness import interrupts, supervise
 from harness import summary as summary_mod
-from harness import supervise
 from harness.backend import default_registry
 from harness.display import RunProgress
 from harness.isolate import IsolationSpec
@@ -125,6 +125,9 @@ class _InterruptFlag:
         if self.seen and now - self._when < REPEAT_S:  # the same Ctrl-C twice: sent to the process group, and
             return  # forwarded by the supervising parent (harness/supervise.py); a later one interrupts again
         self.seen, self._when = True, now
+        if interrupts.holding():  # a native library is initializing: raised once its import is done
+            interrupts.hold()
+            return
         raise KeyboardInterrupt
 
     def __enter__(self) -> _InterruptFlag:

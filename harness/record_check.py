@@ -79,7 +79,9 @@ PARITY = Obj(
         "budget": Maybe(_of(Budget, required=False)),
         "reduction_length": Maybe(int),
         "deterministic": Maybe(bool),
-        "baseline": Maybe(Obj({"backend": str, "source": str, "metrics": MapOf(object)}, ("backend", "source"))),
+        "baseline": Maybe(
+            Obj({"backend": str, "source": str, "metrics": MapOf(object), "ratio_judged": bool}, ("backend", "source"))
+        ),
         # workload sections the report reads
         "routing": Maybe(
             Obj({"agreement": Number, "near_ties": int, "unexplained": int}, ("agreement", "near_ties", "unexplained"))

@@ -22,6 +22,7 @@ from harness.parity import Failure
 from harness.port import PortVerdict, divergence, port_verdicts
 from harness.quant_parity import FORMAT_ERROR
 from harness.results import CaseRef, Record
+from harness.saved import NOT_SAVED
 from harness.timing_view import invalid_reason, left_out, plural, valid_timing
 
 BASELINE = "torch-cpu"  # speed ratios are against this backend where it was timed
@@ -102,6 +103,11 @@ def format_errors(records: Iterable[Record]) -> dict[str, tuple[float, float]]:
     return out
 
 
+def _skip_kind(reason: str) -> str:
+    """A skip reason as counted: "not in the saved run: ... KEY" names its case, but is one reason for them all."""
+    return NOT_SAVED if reason.startswith(NOT_SAVED) else reason
+
+
 def _block(name: str, records: list[Record], baseline: Mapping[str, float], width: int) -> list[str]:
     counts = Counter(r.status for r in records)
     head = f"{name}  {counts['passed']} passed, {counts['failed']} failed"
@@ -109,7 +115,7 @@ def _block(name: str, records: list[Record], baseline: Mapping[str, float], widt
     head += f", {errors} errors" if errors else ""
     head += f", {counts['skipped']} skipped"
     lines = _wrap(head, width, "")
-    skips = Counter(r.reason for r in records if r.status == "skipped" and r.reason)
+    skips = Counter(_skip_kind(r.reason) for r in records if r.status == "skipped" and r.reason)
     if skips:
         reason, n = skips.most_common(1)[0]
         others = f" (and {plural(len(skips) - 1, 'other reason')})" if len(skips) > 1 else ""

@@ -124,3 +124,37 @@ def test_under_torchrun_a_verdict_over_no_judged_case_exits_3_too(saved, tmp_pat
     assert "PORT NOT JUDGED  ascend-sim against" in run.stdout, run.stderr[-3000:]
     assert "exitcode  : 3" in run.stderr  # rank 0's code, as torchrun reports it (torchrun itself exits 1)
     assert run.returncode != 0
+
+
+def test_a_hand_edited_ratio_judged_is_refused_not_read_as_true() -> None:
+    """`"ratio_judged": "no"` is a truthy string: read as is, the case would count as ratio-judged."""
+    from harness.names import BadInputError
+    from harness.record_check import check_types
+
+    class DamagedError(BadInputError):
+        pass
+
+    parity = {"verdict": {"passed": True, "failures": [], "mode": "against torch-cpu"}}
+    baseline = {"backend": "torch-cpu", "source": "saved", "metrics": {}}
+    check_types({"parity": {**parity, "baseline": {**baseline, "ratio_judged": False}}}, "f:1", DamagedError)
+    with pytest.raises(DamagedError, match="ratio_judged must be true or false"):
+        check_types({"parity": {**parity, "baseline": {**baseline, "ratio_judged": "no"}}}, "f:1", DamagedError)
+
+
+def test_skips_not_in_the_saved_run_count_as_one_reason() -> None:
+    """Each such reason names its case key; the summary counts them as the one reason they are."""
+    from harness.results import SCHEMA_VERSION, Record
+    from harness.saved import NOT_SAVED
+    from harness.summary import RunFacts, render
+
+    def skipped(shape: str) -> Record:
+        key = f"w/tiny/{shape}/float32/normal/seed0@ascend-sim"
+        case = dict(workload="w", preset="tiny", shape=shape, dtype="float32", inputs="normal", seed=0)
+        return Record.from_dict(
+            dict(case={**case, "backend": "ascend-sim", "key": key}, status="skipped",
+                 reason=f"{NOT_SAVED}: saved has no saved inputs for {key}", parity=None, timing=None,
+                 schema_version=SCHEMA_VERSION, run_id="r", time_utc="t")
+        )  # fmt: skip
+
+    text = " ".join(render([skipped("a"), skipped("b"), skipped("c")], RunFacts("s", "o", 1.0), 80).split())
+    assert f"skipped 3: {NOT_SAVED}" in text and "other reason" not in text

@@ -15,6 +15,7 @@ from typing import Any
 
 import click
 
+from harness import list_view
 from harness.cli_common import (
     DEBUG_KEY,
     HarnessGroup,
@@ -54,6 +55,9 @@ def list_cmd(plugins: tuple[str, ...]) -> None:
         registry = load_registry(plugins)
         workloads = WorkloadRegistry.discover()
     console = stdout_console()
+    if console.width < list_view.TABLE_WIDTH:
+        console.out(list_view.render(registry, workloads, console.width), end="", highlight=False)
+        return
     table = Table(title="backends", title_justify="left")
     for col in ("name", "state", "reason", "device", "dtypes", "ops", "simulated"):  # at 80 columns: never cut
         table.add_column(col, overflow="fold", no_wrap=col in ("name", "state"))  # "cpu-refe…" names nothing

@@ -23,9 +23,8 @@ from harness.port import PortVerdict, divergence, port_verdicts
 from harness.quant_parity import FORMAT_ERROR
 from harness.results import CaseRef, Record
 from harness.saved import NOT_SAVED
-from harness.timing_view import invalid_reason, left_out, plural, valid_timing
+from harness.timing_view import eager_references, invalid_reason, left_out, plural, valid_timing
 
-BASELINE = "torch-cpu"  # speed ratios are against this backend where it was timed
 MAX_LISTED = 20  # failing / errored cases listed in full; the rest are counted (harness report lists all)
 BAD = ("failed", "error", "crashed", "timeout")
 
@@ -108,7 +107,10 @@ def _skip_kind(reason: str) -> str:
     return NOT_SAVED if reason.startswith(NOT_SAVED) else reason
 
 
-def _block(name: str, records: list[Record], baseline: Mapping[str, float], width: int) -> list[str]:
+def _block(
+    name: str, records: list[Record], baseline: Mapping[str, float], width: int, reference: str | None = None
+) -> list[str]:
+    """One backend's lines; speed as a ratio to `reference` (eager torch of the run: `baseline` its medians)."""
     counts = Counter(r.status for r in records)
     head = f"{name}  {counts['passed']} passed, {counts['failed']} failed"
     errors = sum(counts[s] for s in ("error", "crashed", "timeout"))
@@ -144,14 +146,14 @@ def _block(name: str, records: list[Record], baseline: Mapping[str, float], widt
         lines += _wrap(text, width, "  ", "batch   ")
     if any(r.simulated for r in records):
         lines += ["  speed   simulated: timings say nothing about the real device"]
-    elif name == BASELINE and baseline:
+    elif name == reference and baseline:
         lines += [f"  speed   the baseline of the speed ratios ({plural(len(baseline), 'case')} timed)"]
     else:
         speed = _speed(records, baseline)
         if speed is not None:
             ratio, n = speed
             verb = f"{ratio:.2f}x faster" if ratio >= 1 else f"{1 / ratio:.2f}x slower"
-            text = f"{verb} than {BASELINE} (geometric mean of {plural(n, 'case')} timed on both)"
+            text = f"{verb} than {reference} (geometric mean of {plural(n, 'case')} timed on both)"
             lines += _wrap(text, width, "  ", "speed   ")
         elif any(invalid_reason(r) for r in records):
             n = sum(bool(invalid_reason(r)) for r in records)
@@ -188,9 +190,10 @@ def render(records: Iterable[Record], facts: RunFacts, width: int = 80) -> str:
     by_backend: dict[str, list[Record]] = {}
     for r in records:
         by_backend.setdefault(r.case.backend, []).append(r)
+    reference = next(iter(eager_references(records)), None)  # eager torch: torch-cpu before cuda
     baseline = {
         r.case.input_key: t.median_ns
-        for r in by_backend.get(BASELINE, [])
+        for r in by_backend.get(reference or "", [])
         if (t := valid_timing(r)) is not None and t.median_ns
     }
     ran = [b for b in by_backend if b not in unavailable]
@@ -208,7 +211,7 @@ def render(records: Iterable[Record], facts: RunFacts, width: int = 80) -> str:
             "",
         )
     for name in ran:
-        lines += ["", *_block(name, by_backend[name], baseline, width)]
+        lines += ["", *_block(name, by_backend[name], baseline, width, reference)]
     if unavailable:
         lines += ["", "not available here"]
         by_reason: dict[str, list[str]] = {}

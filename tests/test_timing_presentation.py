@@ -229,3 +229,19 @@ def test_device_class_of_records_that_do_not_name_their_device(tmp_path: Path) -
     del host["environment"]
     got = [device_class(r) for r in write(tmp_path / "r.jsonl", [host, gpu, npu])]
     assert got == ["cpu", "cuda", "npu"]
+
+
+def test_the_run_summary_takes_its_speed_reference_from_what_the_records_declare(tmp_path: Path) -> None:
+    """A run on a GPU without torch-cpu: its ratios are against the backend declaring itself eager torch on its
+    device (cuda), whatever its name; a plugin subclass declares nothing and is ranked against it."""
+    from harness.summary import RunFacts, render
+
+    records = write(
+        tmp_path / "gpu.jsonl",
+        [
+            record("my-gpu", 1e6, device="cuda", eager=True),
+            record("my-gpu-fused", 5e5, device="cuda", eager=False),
+        ],
+    )
+    text = " ".join(render(records, RunFacts("s", "o", 1.0), 80).split())
+    assert "2.00x faster than my-gpu" in text and "the baseline of the speed ratios" in text

@@ -3,6 +3,7 @@ into the record's parity section. Timing is a separate step (harness/case_timing
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -82,7 +83,7 @@ class Judge:
             failures, checks = parity.checks_against(failures, checks, baseline.checks, name, ratio)
             if baseline.checks:
                 details["baseline_checks"] = {c.metric: c.value for c in baseline.checks}
-        failures += self.format_failures(case, group, details, budget)
+        failures += self.format_failures(details, budget)
         failures += quant_parity.not_quantized(details, evaluation.metrics)  # a kernel that skipped the format
         verdict = parity.merge(primary.mode, primary, extra=failures, checks=checks)
         section = ParityRecord(
@@ -95,15 +96,15 @@ class Judge:
         )
         return Judgement(section, evaluation.outputs)
 
-    def format_failures(
-        self, case: Case, group: CaseInputs, details: dict[str, Any], budget: parity.Budget
-    ) -> tuple[parity.Failure, ...]:
-        """A quantized case's format error counts only against budgets set by hand: `--budget
-        format_error.FIELD=` alone where given (on the case's budget), else the case's own `--budget`."""
-        own, fmt = self.options.budget_overrides, self.options.format_budget_overrides
-        if fmt:
-            budget = group.workload.budget(case.dtype, group.shape, {**(own or {}), **fmt})
-        return quant_parity.format_failures(details, budget) if own or fmt else ()
+    def format_failures(self, details: dict[str, Any], budget: parity.Budget) -> tuple[parity.Failure, ...]:
+        """A quantized case's format error counts only against budgets set by hand, and only on the fields set:
+        `--budget format_error.FIELD=` where given, else the run's plain `--budget` fields (a limit not set
+        stays open: loosening rel_l2 must not judge the format on a default frac_outside it was never held to)."""
+        fields = self.options.format_budget_overrides or self.options.budget_overrides
+        if not fields:
+            return ()
+        unset = {"rel_l2": math.inf, "worst_row_rel_l2": math.inf, "max_outside": math.inf}
+        return quant_parity.format_failures(details, replace(budget, **{**unset, **fields}))
 
     def baseline(self, case: Case, group: CaseInputs) -> Against | Skip | None:
         """The --against baseline for this group (found once), a Skip, or None (no --against)."""

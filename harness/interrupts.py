@@ -37,8 +37,8 @@ def deferred() -> Iterator[None]:
     _Held.depth += 1
     try:
         yield
-    finally:
+    finally:  # also when the block raised (an import that failed): the Ctrl-C is not lost, nor left pending
         _Held.depth -= 1
-    if _Held.depth == 0 and _Held.pending:
-        _Held.pending = False
-        raise KeyboardInterrupt
+        if _Held.depth == 0 and _Held.pending:
+            _Held.pending = False
+            raise KeyboardInterrupt  # chained to the block's own exception, if any

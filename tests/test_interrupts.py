@@ -44,3 +44,13 @@ def test_a_block_without_a_ctrl_c_raises_nothing() -> None:
     with _InterruptFlag(), interrupts.deferred():
         pass
     assert not interrupts._Held.pending
+
+
+def test_a_ctrl_c_held_while_the_import_fails_is_raised_and_not_left_pending() -> None:
+    with _InterruptFlag(), pytest.raises(KeyboardInterrupt) as raised, interrupts.deferred():
+        _ctrl_c_now()
+        import harness_no_such_module  # noqa: F401
+    assert isinstance(raised.value.__context__, ImportError)
+    assert not interrupts._Held.pending
+    with _InterruptFlag(), interrupts.deferred():  # no stale Ctrl-C left for the next block
+        pass

@@ -26,6 +26,7 @@ from harness.results import Record, ResultWriter, new_run_id
 from harness.run_options import RayConfig
 from harness.runner import Runner, RunOptions, RunSummary, UsageError
 from harness.suites import Suite
+from harness.timing_view import plural
 from harness.workload import WorkloadRegistry
 
 
@@ -289,18 +290,23 @@ def outcome(
     tested_nothing = bool(everything) and all(r.status == "skipped" for r in everything)
     if exit_code == 0 and tested_nothing:
         exit_code = 3  # `-b cuda` on a CPU machine: every case skipped, and a run that tested nothing never passes
-    hint = "  choose backends that run here with -b (harness list says which)\n" if facts.unavailable else ""
-    note = f"nothing was tested: all {len(everything)} cases were skipped (exit 3)\n{hint}" if tested_nothing else ""
+    notes: list[tuple[str, str]] = []  # (what, what to do): why the exit code is not 0 beyond the records
+    if tested_nothing:
+        notes.append(
+            (f"nothing was tested: {plural(len(everything), 'case')} planned, all skipped (exit 3)",
+             "see the skip reasons above; choose backends that run here with -b")
+        )  # fmt: skip
     unsaved = sum(v.not_saved for v in verdicts)
     if unsaved and not tested_nothing:  # PORT OK over the few cases saved must not read as the port being OK
         exit_code = exit_code or 3
-        note += (
-            f"{unsaved} planned cases are not in the saved run (exit {exit_code})\n"
-            "  select what the source saved, or save those cases there too\n"
-        )
+        notes.append(
+            (f"{plural(unsaved, 'planned case')} not in the saved run (exit {exit_code})",
+             "select what the source saved, or save those cases there too")
+        )  # fmt: skip
+    note = "".join(f"{what}\n  {todo}\n" for what, todo in notes)
     if request.summary_format == "json":
-        notes = tuple(" ".join(line.split()) for line in note.replace("\n  ", " ").splitlines())
-        return RunOutcome(exit_code, summary_mod.RunSummary(tuple(everything), facts, exit_code, notes).to_json())
+        notes_json = tuple(f"{what}; {todo}" for what, todo in notes)
+        return RunOutcome(exit_code, summary_mod.RunSummary(tuple(everything), facts, exit_code, notes_json).to_json())
     if not request.summary:
         return RunOutcome(exit_code, summary_mod.brief(everything, facts) + note)
     width = shutil.get_terminal_size((80, 24)).columns  # COLUMNS when set; 80 when not a terminal

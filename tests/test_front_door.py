@@ -219,7 +219,7 @@ def test_a_run_whose_every_case_skipped_tested_nothing_and_exits_3(harness_cli) 
     nothing = harness_cli(*args, "-b", "needs-missing-sdk", "--plugin", plugin("unavailable"))
     assert nothing.exit_code == 3, nothing.output
     assert {r["status"] for r in nothing.records} == {"skipped"}
-    assert "nothing was tested: all" in nothing.output
+    assert "nothing was tested: 4 cases planned, all skipped (exit 3)" in nothing.output
     as_json = harness_cli(*args, "-b", "needs-missing-sdk", "--plugin", plugin("unavailable"), "--summary-format",
                           "json")  # fmt: skip
     data = __import__("json").loads(as_json.result.stdout)

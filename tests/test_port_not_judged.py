@@ -77,7 +77,7 @@ def test_cases_not_judged_are_counted_on_the_verdict_line(harness_cli, saved) ->
     args = ("run", *LINEAR, "--shape", "proj,square", "--dtype", "float32,fp8", "-b", "ascend-sim")
     run = harness_cli(*args, "--against", str(saved))
     assert run.exit_code == 3, run.output  # a planned case the source never saved: the selection is not the port's
-    assert "1 planned cases are not in the saved run (exit 3)" in run.output
+    assert "1 planned case not in the saved run (exit 3)" in run.output
     assert sorted(r["status"] for r in run.records) == ["passed", "skipped", "skipped", "skipped"]
     text = _joined(run.output)
     assert f"PORT OK ascend-sim against torch-cpu (saved in {saved}); 3 of 4 cases not judged" in text
@@ -89,7 +89,8 @@ def test_cases_not_judged_are_counted_on_the_verdict_line(harness_cli, saved) ->
     (backend,) = data["backends"]
     port = backend["port"]
     assert (port["verdict"], port["not_judged"], port["not_saved"]) == ("PORT OK", 3, 1)
-    assert data["exit_code"] == 3 and data["notes"][0].startswith("1 planned cases are not in the saved run")
+    assert data["exit_code"] == 3
+    assert data["notes"][0].startswith("1 planned case not in the saved run (exit 3); select what")
     saved_only = harness_cli("run", *LINEAR, "--shape", "proj", "--dtype", "float32,fp8", "-b", "ascend-sim",
                              "--against", str(saved))  # fmt: skip
     assert saved_only.exit_code == 0, saved_only.output  # skipped here (no FP8 on this SoC) is a reasoned skip

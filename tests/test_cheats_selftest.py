@@ -147,15 +147,19 @@ def test_a_check_whose_device_is_missing_is_skipped_and_a_missing_cpu_backend_is
     assert selftest._unavailable_device(registry, cpu) == ""  # a CPU backend always runs (or fails)
 
 
-def test_the_cheats_run_through_the_ordinary_runner_and_are_judged_on_their_timings(tmp_path: Path) -> None:
+def test_the_cheats_run_through_the_ordinary_runner_and_are_judged_on_their_timings(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """Parity passes for every cheat (only the timed path can catch them); once the timed path writes its verdict
     (timing.valid), every cheat must be caught and the honest torch-cpu check must hold."""
     [plugin] = selftest.load_fault_plugins((FAULT_CHECKS,))
     cpu_cheats = tuple(c for c in plugin.checks if c.expect == "timing_invalid" and c.backend != "cheat-side-stream")
     honest = tuple(c for c in plugin.checks if c.backend == "torch-cpu" and c.timed)
     assert {c.backend for c in cpu_cheats} == {"cheat-pointer-memo", "cheat-stale-output", "cheat-writes-input"}
-    with ResultWriter(tmp_path / "r.jsonl") as writer:
+    with caplog.at_level("WARNING"), ResultWriter(tmp_path / "r.jsonl") as writer:
         outcomes = run_selftest(writer, plugins=[FaultPlugin("test", cpu_cheats + honest, plugin.backends)])
+    noise = [r.getMessage() for r in caplog.records if "timing invalid" in r.getMessage()]
+    assert not noise, noise  # a caught cheat's check line says it: no warning besides
     records = [
         Record.from_dict(__import__("json").loads(line)) for line in (tmp_path / "r.jsonl").read_text().splitlines()
     ]

@@ -122,7 +122,8 @@ from harness.suites import BUILTIN_SUITES
     "budgets",
     multiple=True,
     metavar="FIELD=VALUE",
-    help="Override a parity budget field for every case: rel_l2, worst_row_rel_l2, atol, rtol, max_outside.",
+    help="Override a parity budget field for every case: rel_l2, worst_row_rel_l2, atol, rtol, max_outside; "
+    "format_error.FIELD judges a quantized case's format error alone.",
 )
 @click.option(
     "--layerwise",

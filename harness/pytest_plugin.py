@@ -36,7 +36,9 @@ REGISTRY_KEY = pytest.StashKey[BackendRegistry]()
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("harness", "backend parity (harness)")
-    group.addoption("--harness-backends", default="all", help="comma list of backends, or 'all' (default)")
+    group.addoption(
+        "--harness-backends", default="all", help="comma list of backends, 'all' (default) or 'devices' (accelerators)"
+    )
     group.addoption("--harness-dtypes", default="float32", help="comma list of dtypes (default float32)")
     group.addoption("--harness-preset", default="tiny", help="shape preset for marker-generated cases")
     group.addoption("--harness-plugin", action="append", default=[], help="extra backend module or file")
@@ -68,9 +70,11 @@ def _dtypes(config: pytest.Config) -> list[str]:
 
 
 def _backends(config: pytest.Config) -> list[str]:
+    from harness.planning import expand_devices  # here, not at import: the plugin loads in every pytest session
+
     registry = _registry(config)
     try:
-        return registry.select(_split(config.getoption("--harness-backends")))
+        return registry.select(expand_devices(registry, _split(config.getoption("--harness-backends"))))
     except Exception as exc:
         raise pytest.UsageError(f"--harness-backends: {exc}") from None
 

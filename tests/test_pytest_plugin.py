@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch  # noqa: F401  (before pytester's in-process runs, which drop the modules they import: torch twice segfaults)
 
 from tests.conftest import PLUGINS
 

@@ -26,6 +26,11 @@ def holding() -> bool:
     return _Held.depth > 0
 
 
+def pending() -> bool:
+    """A held Ctrl-C waits: a second one means the user will not wait for the import."""
+    return _Held.pending
+
+
 def hold() -> None:
     """Note a Ctrl-C for deferred() to raise when its block ends."""
     _Held.pending = True

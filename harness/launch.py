@@ -126,8 +126,8 @@ class _InterruptFlag:
         if self.seen and now - self._when < REPEAT_S:  # the same Ctrl-C twice: sent to the process group, and
             return  # forwarded by the supervising parent (harness/supervise.py); a later one interrupts again
         self.seen, self._when = True, now
-        if interrupts.holding():  # a native library is initializing: raised once its import is done
-            interrupts.hold()
+        if interrupts.holding() and not interrupts.pending():  # a native library is initializing: raised once its
+            interrupts.hold()  # import is done; a second Ctrl-C (an import that hangs) interrupts at once
             return
         raise KeyboardInterrupt
 

@@ -54,3 +54,17 @@ def test_a_ctrl_c_held_while_the_import_fails_is_raised_and_not_left_pending() -
     assert not interrupts._Held.pending
     with _InterruptFlag(), interrupts.deferred():  # no stale Ctrl-C left for the next block
         pass
+
+
+def test_a_second_ctrl_c_while_held_interrupts_at_once() -> None:
+    """An import that hangs: the first Ctrl-C is held, the next one (past the same-keypress window) is not."""
+    from harness import launch
+
+    finished = False
+    with _InterruptFlag() as flag, pytest.raises(KeyboardInterrupt), interrupts.deferred():
+        _ctrl_c_now()
+        flag._when -= launch.REPEAT_S  # as if the user pressed again after a while
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(5)  # stands for the hanging import
+        finished = True
+    assert not finished and not interrupts._Held.pending

@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 BACKEND_GROUP = "harness.backends"
 
 
+DEVICES = "devices"  # in a backend list: every registered backend whose device is not the host CPU
+
+
 class RegistryError(BadInputError):
     """Bad registry use: an unknown name, a duplicate name, a plugin without backends."""
 
@@ -157,10 +160,15 @@ class BackendRegistry:
         return self._entries[name].origin
 
     def select(self, names: Iterable[str]) -> list[str]:
-        """Validate a user's backend list ('all' = every registered backend), keeping order, no repeats."""
+        """Validate a user's backend list, keeping order, no repeats: 'all' = every registered backend, 'devices'
+        = those on an accelerator (class `device` other than the host "cpu"; the paper suite's default, so a
+        machine without one skips its real shapes at once instead of running them on the CPU for hours)."""
         chosen: list[str] = []
         for name in names:
-            for item in self.names() if name == "all" else [name]:
+            group = [name]
+            if name in ("all", DEVICES):
+                group = [b for b in self.names() if name == "all" or self.get(b).device != "cpu"]
+            for item in group:
                 self.get(item)
                 if item not in chosen:
                     chosen.append(item)

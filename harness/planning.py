@@ -7,7 +7,7 @@ user's own tensors'), since it validated those while planning."""
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -48,19 +48,6 @@ def against_source(target: str | None, backends: BackendRegistry) -> SavedOutput
     return None
 
 
-DEVICES = "devices"  # in a backend list: every registered backend whose device is not the host CPU
-
-
-def expand_devices(registry: BackendRegistry, names: Sequence[str]) -> list[str]:
-    """`devices` -> the registered backends that run on an accelerator (class `device` other than "cpu"), in
-    registry order: the paper suite's default, so a machine without one skips its real shapes in a second
-    (a run that tested nothing exits 3) instead of running them on the CPU backends for hours."""
-    out: list[str] = []
-    for name in names:
-        out += [b for b in registry.names() if registry.get(b).device != "cpu"] if name == DEVICES else [name]
-    return out
-
-
 class Planner:
     """Suite -> cases, in input-group order (the backend varies fastest, so a group's inputs are made once)."""
 
@@ -86,7 +73,7 @@ class Planner:
         """Cases in input-group order. Raises UsageError on a bad selection."""
         try:
             workloads = self.workloads.select(suite.workloads)
-            backends = self.backends.select(expand_devices(self.backends, suite.backends))
+            backends = self.backends.select(suite.backends)
         except (WorkloadError, RegistryError) as exc:
             raise UsageError(str(exc)) from None
         for dtype in suite.dtypes:

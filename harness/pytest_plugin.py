@@ -70,11 +70,9 @@ def _dtypes(config: pytest.Config) -> list[str]:
 
 
 def _backends(config: pytest.Config) -> list[str]:
-    from harness.planning import expand_devices  # here, not at import: the plugin loads in every pytest session
-
     registry = _registry(config)
     try:
-        return registry.select(expand_devices(registry, _split(config.getoption("--harness-backends"))))
+        return registry.select(_split(config.getoption("--harness-backends")))
     except Exception as exc:
         raise pytest.UsageError(f"--harness-backends: {exc}") from None
 

@@ -153,10 +153,9 @@ class RunFlags:
         settings and the alias flags where a backend declares them, then --backend-option, each checked here."""
         from harness.backend import default_registry
         from harness.backend_options import OptionSetting, resolve
-        from harness.planning import expand_devices
 
         registry = default_registry(split_values(self.plugins))
-        selected = registry.select(expand_devices(registry, chosen.backends))
+        selected = registry.select(chosen.backends)
         if self.against is not None and self.against in registry.names() and self.against not in selected:
             selected.append(self.against)
         aliases = {"graphs": self.graphs, "cold_cache": self.cold_cache or None, "tf32": self.allow_tf32 or None}

@@ -234,7 +234,7 @@ def test_the_paper_suite_runs_on_the_accelerator_backends_unless_told_otherwise(
     suite's real shapes never land on the CPU backends (hours) by default; elsewhere `devices` names them."""
     from harness.backend import default_registry
     from harness.backends.torch_cpu import TorchCpu
-    from harness.planning import Planner, expand_devices
+    from harness.planning import Planner
     from harness.workload import WorkloadRegistry
 
     class Tpu(TorchCpu):
@@ -243,10 +243,10 @@ def test_the_paper_suite_runs_on_the_accelerator_backends_unless_told_otherwise(
 
     registry = default_registry()
     registry.register(Tpu, "test")
-    devices = expand_devices(registry, ["devices"])
+    devices = registry.select(["devices"])
     assert "tpu-test" in devices and "cuda" in devices and "ascend" in devices
     assert not {"torch-cpu", "cpu-reference", "ascend-sim", "ort-cpu"} & set(devices)
-    assert expand_devices(registry, ["torch-cpu", "devices"])[0] == "torch-cpu"
+    assert registry.select(["torch-cpu", "devices"])[0] == "torch-cpu"
     cases = Planner(registry, WorkloadRegistry.discover()).plan(BUILTIN_SUITES["paper"])
     assert cases and {c.backend for c in cases} <= set(devices)
 

@@ -95,3 +95,15 @@ def harness_cli(tmp_path: Path):
         return CliRun(result, records)
 
     return invoke
+
+
+def skipped_record(shape: str, reason: str, backend: str = "torch-cpu") -> Any:
+    """A skipped case's Record as `harness run` writes it, for tests of what readers make of skips."""
+    from harness.results import SCHEMA_VERSION, Record
+
+    key = f"w/tiny/{shape}/float32/normal/seed0@{backend}"
+    case = dict(workload="w", preset="tiny", shape=shape, dtype="float32", inputs="normal", seed=0)
+    return Record.from_dict(
+        dict(case={**case, "backend": backend, "key": key}, status="skipped", reason=reason, parity=None,
+             timing=None, schema_version=SCHEMA_VERSION, run_id="r", time_utc="t")
+    )  # fmt: skip

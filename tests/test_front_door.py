@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from harness.suites import BUILTIN_SUITES, SuiteError, load_suite_file, parse_threads, resolve_threads
-from tests.conftest import FAULTS, plugin
+from tests.conftest import FAULTS, plugin, skipped_record
 
 
 def _imports_after(code: str) -> set[str]:
@@ -162,21 +162,12 @@ def test_summary_reports_contention(harness_cli) -> None:
 
 
 def test_summary_counts_other_skip_reasons_in_good_english() -> None:
-    from harness.results import SCHEMA_VERSION, Record
     from harness.summary import RunFacts, render
 
-    def skipped(shape: str, reason: str) -> Record:
-        key = f"w/tiny/{shape}/float32/normal/seed0@torch-cpu"
-        case = dict(workload="w", preset="tiny", shape=shape, dtype="float32", inputs="normal", seed=0)
-        return Record.from_dict(
-            dict(case={**case, "backend": "torch-cpu", "key": key}, status="skipped", reason=reason, parity=None,
-                 timing=None, schema_version=SCHEMA_VERSION, run_id="r", time_utc="t")
-        )  # fmt: skip
-
-    two = [skipped("a", "no bfloat16"), skipped("b", "no bfloat16"), skipped("c", "no op 'moe'")]
+    two = [skipped_record("a", "no bfloat16"), skipped_record("b", "no bfloat16"), skipped_record("c", "no op 'moe'")]
     text = " ".join(render(two, RunFacts("s", "out.jsonl", 1.0, threads=1), 80).split())
     assert "skipped 2: no bfloat16 (and 1 other reason)" in text
-    three = [*two, skipped("d", "no op 'mla'")]
+    three = [*two, skipped_record("d", "no op 'mla'")]
     text = " ".join(render(three, RunFacts("s", "out.jsonl", 1.0, threads=1), 80).split())
     assert "skipped 2: no bfloat16 (and 2 other reasons)" in text
 

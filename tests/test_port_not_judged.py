@@ -144,18 +144,10 @@ def test_a_hand_edited_ratio_judged_is_refused_not_read_as_true() -> None:
 
 def test_skips_not_in_the_saved_run_count_as_one_reason() -> None:
     """Each such reason names its case key; the summary counts them as the one reason they are."""
-    from harness.results import SCHEMA_VERSION, Record
     from harness.saved import NOT_SAVED
     from harness.summary import RunFacts, render
+    from tests.conftest import skipped_record
 
-    def skipped(shape: str) -> Record:
-        key = f"w/tiny/{shape}/float32/normal/seed0@ascend-sim"
-        case = dict(workload="w", preset="tiny", shape=shape, dtype="float32", inputs="normal", seed=0)
-        return Record.from_dict(
-            dict(case={**case, "backend": "ascend-sim", "key": key}, status="skipped",
-                 reason=f"{NOT_SAVED}: saved has no saved inputs for {key}", parity=None, timing=None,
-                 schema_version=SCHEMA_VERSION, run_id="r", time_utc="t")
-        )  # fmt: skip
-
-    text = " ".join(render([skipped("a"), skipped("b"), skipped("c")], RunFacts("s", "o", 1.0), 80).split())
+    records = [skipped_record(s, f"{NOT_SAVED}: saved has no saved inputs for w/tiny/{s}", "ascend-sim") for s in "abc"]
+    text = " ".join(render(records, RunFacts("s", "o", 1.0), 80).split())
     assert f"skipped 3: {NOT_SAVED}" in text and "other reason" not in text

@@ -172,23 +172,28 @@ def test_summary_counts_other_skip_reasons_in_good_english() -> None:
     assert "skipped 2: no bfloat16 (and 2 other reasons)" in text
 
 
-def test_selftest_counts_a_skipped_check_apart_from_those_that_hold(harness_cli, tmp_path: Path) -> None:
-    """A check that could not run (here: it needs two ranks) showed nothing: '1 of 2 checks hold, 1 skipped'."""
-    (tmp_path / "no_backends.py").write_text(
+ORACLE_PASSES = "Check('the oracle passes', 'my-ref', 'passes', ('attention.decode',), ('float32',), shapes=('gqa',))"
+TWO_RANK_CLAIM = "Check('a two-rank claim', 'my-ref', 'passes', ('attention.decode',), ('float32',), min_world=2)"
+
+
+def _fault_plugin(tmp_path: Path, *checks: str) -> str:
+    """A fault plugin file for `harness selftest --faults`: backend `my-ref` (the oracle) and these checks."""
+    (tmp_path / "my_backends.py").write_text(
         "from typing import ClassVar\nfrom harness.backends.cpu_reference import CpuReference\n"
         "class MyRef(CpuReference):\n    name: ClassVar[str] = 'my-ref'\n"
     )
-    (tmp_path / "my_checks.py").write_text(
-        "from harness.selftest import Check\n"
-        f"BACKENDS = {str(tmp_path / 'no_backends.py')!r}\n"
-        "CHECKS = (\n"
-        "    Check('the oracle passes', 'my-ref', 'passes', ('attention.decode',), ('float32',),"
-        " shapes=('gqa',), inputs=('normal',)),\n"
-        "    Check('a two-rank claim', 'my-ref', 'passes', ('attention.decode',), ('float32',),"
-        " shapes=('gqa',), inputs=('normal',), min_world=2),\n"
-        ")\n"
+    path = tmp_path / "my_checks.py"
+    body = "".join(f"    {c[:-1]}, inputs=('normal',)),\n" for c in checks)
+    path.write_text(
+        f"from harness.selftest import Check\nBACKENDS = {str(tmp_path / 'my_backends.py')!r}\nCHECKS = (\n{body})\n"
     )
-    run = harness_cli("selftest", "--faults", str(tmp_path / "my_checks.py"), "--out", str(tmp_path / "s.jsonl"))
+    return str(path)
+
+
+def test_selftest_counts_a_skipped_check_apart_from_those_that_hold(harness_cli, tmp_path: Path) -> None:
+    """A check that could not run (here: it needs two ranks) showed nothing: '1 of 2 checks hold, 1 skipped'."""
+    checks = _fault_plugin(tmp_path, ORACLE_PASSES, TWO_RANK_CLAIM)
+    run = harness_cli("selftest", "--faults", checks, "--out", str(tmp_path / "s.jsonl"))
     assert run.exit_code == 0, run.output
     assert "1 of 2 checks hold, 1 skipped;" in " ".join(run.output.split())
 
@@ -254,21 +259,10 @@ def test_a_paper_run_on_a_machine_without_an_accelerator_says_to_choose_backends
 
 def test_a_selftest_whose_every_check_skipped_checked_nothing_and_exits_3(harness_cli, tmp_path: Path) -> None:
     """The CUDA block on a machine whose cuda is not available (here: checks that need two ranks, run alone)."""
-    (tmp_path / "my_backends.py").write_text(
-        "from typing import ClassVar\nfrom harness.backends.cpu_reference import CpuReference\n"
-        "class MyRef(CpuReference):\n    name: ClassVar[str] = 'my-ref'\n"
-    )
-    (tmp_path / "my_checks.py").write_text(
-        "from harness.selftest import Check\n"
-        f"BACKENDS = {str(tmp_path / 'my_backends.py')!r}\n"
-        "CHECKS = (\n"
-        "    Check('a two-rank claim', 'my-ref', 'passes', ('attention.decode',), ('float32',),"
-        " shapes=('gqa',), inputs=('normal',), min_world=2),\n"
-        ")\n"
-    )
-    run = harness_cli("selftest", "--faults", str(tmp_path / "my_checks.py"), "--out", str(tmp_path / "s.jsonl"))
+    checks = _fault_plugin(tmp_path, TWO_RANK_CLAIM)
+    run = harness_cli("selftest", "--faults", checks, "--out", str(tmp_path / "s.jsonl"))
     assert run.exit_code == 3, run.output
     assert "nothing was checked: every check skipped" in run.output
     (tmp_path / "afile").write_text("")
-    unwritable = harness_cli("selftest", "--faults", str(tmp_path / "my_checks.py"), "--out", str(tmp_path / "afile/s"))
+    unwritable = harness_cli("selftest", "--faults", checks, "--out", str(tmp_path / "afile/s"))
     assert unwritable.exit_code == 2 and "--out" in unwritable.output and "cannot write there" in unwritable.output
